@@ -1,0 +1,283 @@
+//! [`ClientBuilder`]: validates the configuration and assembles the pipeline.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::{Request, Response};
+use tower::util::{BoxCloneSyncService, Either};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::classify::{Classifier, FailureClass, Outcome};
+use crate::client::{Client, ClientRef};
+use crate::error::{ConfigError, Error};
+use crate::event::{Event, Hook};
+use crate::retry::{Retry, RetryLayer};
+use crate::timeout::{AttemptTimeoutLayer, TotalTimeoutLayer};
+use crate::transport::Transport;
+
+enum Http {
+    Default,
+    Client(reqwest::Client),
+    Builder(Box<reqwest::ClientBuilder>),
+}
+
+/// Configures a [`Client`]. Starts from the standard pipeline; each setter's doc gives its
+/// default.
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade::retry::Retry;
+///
+/// let client = palisade::Client::builder()
+///     .total_timeout(Duration::from_secs(20))
+///     .attempt_timeout(Duration::from_secs(5))
+///     .retry(Retry::default().max_attempts(4))
+///     .build()?;
+/// # let _ = client;
+/// # Ok::<(), palisade::ConfigError>(())
+/// ```
+///
+/// Bad values are kept and reported by [`build`](ClientBuilder::build) as a [`ConfigError`]
+/// naming the field; no setter panics.
+#[must_use = "a builder does nothing until built"]
+pub struct ClientBuilder {
+    http: Http,
+    transport: Option<BoxCloneSyncService<Request, Response, Error>>,
+    total_timeout: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+    retry: Option<Retry>,
+    classifier: Classifier,
+    hook: Hook,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder::new()
+    }
+}
+
+impl ClientBuilder {
+    /// The standard pipeline: total timeout 30 s, attempt timeout 10 s, [`Retry::default`].
+    pub fn new() -> Self {
+        ClientBuilder {
+            http: Http::Default,
+            transport: None,
+            total_timeout: Some(Duration::from_secs(30)),
+            attempt_timeout: Some(Duration::from_secs(10)),
+            retry: Some(Retry::default()),
+            classifier: Classifier::default(),
+            hook: Hook::default(),
+        }
+    }
+
+    /// Sends through this `reqwest::Client`. Default: one palisade builds with
+    /// `reqwest::retry::never()`.
+    ///
+    /// **Retries and timeouts of the client you pass still apply.** reqwest 0.13 retries on its
+    /// own: by default only HTTP/2 protocol NACKs (refused streams, which the server never
+    /// processed), but a client built with a `reqwest::retry` policy of its own would multiply
+    /// palisade's attempts. Build it with `.retry(reqwest::retry::never())`, or pass the
+    /// builder to [`http_client_builder`](Self::http_client_builder) and palisade will.
+    /// reqwest's `timeout`, `connect_timeout` and `read_timeout` fire as transport timeouts
+    /// ([`TimeoutKind::Transport`](crate::TimeoutKind::Transport)), which the retry stage
+    /// retries like an attempt timeout.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Http::Client(client);
+        self
+    }
+
+    /// Builds the `reqwest::Client` from this builder, after setting
+    /// `.retry(reqwest::retry::never())` on it so that only palisade retries. Default: a
+    /// default `reqwest::ClientBuilder`.
+    pub fn http_client_builder(mut self, builder: reqwest::ClientBuilder) -> Self {
+        self.http = Http::Builder(Box::new(builder));
+        self
+    }
+
+    /// Sends attempts through `transport` instead of reqwest: an in-memory service in tests, a
+    /// mock, a custom connector. Requests are still built with the `reqwest::Client`.
+    ///
+    /// Errors of the transport convert into [`Error`]; build them from an `io::Error` (its kind
+    /// classes them) or with [`Error::from_source`].
+    pub fn transport<S>(mut self, transport: S) -> Self
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<Error>,
+        S::Future: Send + 'static,
+    {
+        let svc = tower::ServiceExt::map_err(transport, Into::into);
+        self.transport = Some(BoxCloneSyncService::new(svc));
+        self
+    }
+
+    /// The deadline for the whole request: every attempt, every backoff sleep, and reading the
+    /// body. Default 30 s; must be above zero and at least the attempt timeout.
+    pub fn total_timeout(mut self, timeout: Duration) -> Self {
+        self.total_timeout = Some(timeout);
+        self
+    }
+
+    /// Removes the total timeout. Attempts are still bounded by the attempt timeout.
+    pub fn no_total_timeout(mut self) -> Self {
+        self.total_timeout = None;
+        self
+    }
+
+    /// The bound on each attempt, until the response's head arrives. Default 10 s; must be
+    /// above zero and at most the total timeout.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// Removes the attempt timeout.
+    pub fn no_attempt_timeout(mut self) -> Self {
+        self.attempt_timeout = None;
+        self
+    }
+
+    /// The retry policy. Default [`Retry::default`]: 3 attempts, exponential backoff with full
+    /// jitter, `Retry-After`, retry budget.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Removes the retry stage: every request is sent once.
+    pub fn no_retry(mut self) -> Self {
+        self.retry = None;
+        self
+    }
+
+    /// The classifier every stage asks. Default [`Classifier::default`].
+    pub fn classifier(mut self, classifier: Classifier) -> Self {
+        self.classifier = classifier;
+        self
+    }
+
+    /// Classifies outcomes with a closure (see [`Classifier::from_fn`]).
+    pub fn classify_fn<F>(self, f: F) -> Self
+    where
+        F: Fn(Outcome<'_>) -> FailureClass + Send + Sync + 'static,
+    {
+        self.classifier(Classifier::from_fn(f))
+    }
+
+    /// Calls `hook` for every [`Event`]: attempts, retries, give-ups, timeouts. It runs on the
+    /// request's task: keep it quick. Default: none.
+    pub fn on_event<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Event<'_>) + Send + Sync + 'static,
+    {
+        self.hook = Hook::new(hook);
+        self
+    }
+
+    /// Validates the configuration and builds the client.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field when a timeout is zero, the attempt timeout exceeds
+    /// the total timeout, the retry policy is invalid (see [`RetryLayer::new`]), or the
+    /// `reqwest::Client` cannot be built (`http_client`).
+    pub fn build(self) -> Result<Client, ConfigError> {
+        let retry_summary = self.retry_summary();
+        let total = self
+            .total_timeout
+            .map(TotalTimeoutLayer::new)
+            .transpose()?
+            .map(|l| l.with_hook(self.hook.clone()));
+        let attempt = self
+            .attempt_timeout
+            .map(AttemptTimeoutLayer::new)
+            .transpose()?
+            .map(|l| l.with_hook(self.hook.clone()));
+        if let (Some(t), Some(a)) = (self.total_timeout, self.attempt_timeout) {
+            if a > t {
+                return Err(ConfigError::new(
+                    "attempt_timeout",
+                    format!("must not exceed total_timeout ({t:?}), got {a:?}"),
+                ));
+            }
+        }
+        let retry = match self.retry {
+            Some(r) => {
+                r.validate()?;
+                Some(RetryLayer::from_parts(
+                    r,
+                    self.classifier.clone(),
+                    self.hook.clone(),
+                ))
+            }
+            None => None,
+        };
+
+        let http = match self.http {
+            Http::Client(c) => c,
+            Http::Builder(b) => build_http(*b)?,
+            Http::Default => build_http(reqwest::Client::builder())?,
+        };
+        let transport = match self.transport {
+            Some(t) => Transport::Custom(t),
+            None => Transport::Reqwest(http.clone()),
+        };
+
+        let mut summary = Vec::new();
+        if let Some(t) = self.total_timeout {
+            summary.push(format!("total_timeout({t:?})"));
+        }
+        if let Some(r) = retry_summary {
+            summary.push(r);
+        }
+        if let Some(a) = self.attempt_timeout {
+            summary.push(format!("attempt_timeout({a:?})"));
+        }
+        summary.push(match transport {
+            Transport::Reqwest(_) => "reqwest".to_owned(),
+            Transport::Custom(_) => "custom transport".to_owned(),
+        });
+
+        let stage = match attempt {
+            Some(l) => Either::Left(l.layer(transport)),
+            None => Either::Right(transport),
+        };
+        let stage = match retry {
+            Some(l) => Either::Left(l.layer(stage)),
+            None => Either::Right(stage),
+        };
+        let pipeline = match total {
+            Some(l) => Either::Left(l.layer(stage)),
+            None => Either::Right(stage),
+        };
+        Ok(Client::from_ref(ClientRef {
+            http,
+            pipeline,
+            summary: summary.join(" → "),
+        }))
+    }
+
+    fn retry_summary(&self) -> Option<String> {
+        self.retry
+            .as_ref()
+            .map(|r| format!("retry(max_attempts={})", r.get_max_attempts()))
+    }
+}
+
+fn build_http(b: reqwest::ClientBuilder) -> Result<reqwest::Client, ConfigError> {
+    b.retry(reqwest::retry::never())
+        .build()
+        .map_err(|e| ConfigError::new("http_client", format!("could not be built: {e}")))
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("total_timeout", &self.total_timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("retry", &self.retry)
+            .field("classifier", &self.classifier)
+            .field("custom_transport", &self.transport.is_some())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,385 @@
+//! [`Client`] and its reqwest-like request API.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version};
+use pin_project_lite::pin_project;
+use reqwest::{Body, IntoUrl, Request, Response};
+use tower::util::{Either, Oneshot};
+use tower::ServiceExt;
+use tracing::instrument::Instrumented;
+use tracing::Instrument;
+use url::Url;
+
+use crate::builder::ClientBuilder;
+use crate::error::Error;
+use crate::retry::RetryService;
+use crate::timeout::{AttemptTimeout, TotalTimeout};
+use crate::transport::Transport;
+
+type AttemptStage = Either<AttemptTimeout<Transport>, Transport>;
+type RetryStage = Either<RetryService<AttemptStage>, AttemptStage>;
+pub(crate) type Pipeline = Either<TotalTimeout<RetryStage>, RetryStage>;
+
+/// An HTTP client whose requests go through palisade's pipeline: total timeout, retry with
+/// backoff, `Retry-After` and a budget, attempt timeout.
+///
+/// Cheap to clone: the state lives behind an `Arc`, and clones share it (the retry budget
+/// above all). Build one with [`Client::builder`], or [`Client::new`] for the defaults, and
+/// keep it for the life of the application, as you would a `reqwest::Client`.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = palisade::Client::new();
+/// let resp = client.get("https://api.example.com/users/1").send().await?;
+/// println!("{}", resp.status());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientRef>,
+}
+
+pub(crate) struct ClientRef {
+    pub(crate) http: reqwest::Client,
+    pub(crate) pipeline: Pipeline,
+    pub(crate) summary: String,
+}
+
+impl Client {
+    /// A client with the standard pipeline: total timeout 30 s, attempt timeout 10 s, retry (3
+    /// attempts, exponential backoff with full jitter, `Retry-After`, retry budget).
+    ///
+    /// # Panics
+    ///
+    /// If the underlying `reqwest::Client` cannot be built (its TLS backend fails to
+    /// initialise), as `reqwest::Client::new` does. Use [`Client::builder`] to get the error
+    /// instead.
+    pub fn new() -> Client {
+        match Client::builder().build() {
+            Ok(c) => c,
+            Err(e) => panic!("palisade::Client::new(): {e}"),
+        }
+    }
+
+    /// A [`ClientBuilder`] that starts from the standard pipeline.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    pub(crate) fn from_ref(inner: ClientRef) -> Client {
+        Client {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Starts a GET request.
+    pub fn get<U: IntoUrl>(&self, url: U) -> RequestBuilder {
+        self.request(Method::GET, url)
+    }
+
+    /// Starts a POST request. POST is not idempotent: it is retried only after a connect
+    /// failure, or when it carries an `Idempotency-Key` (see
+    /// [`RequestBuilder::idempotency_key`]).
+    pub fn post<U: IntoUrl>(&self, url: U) -> RequestBuilder {
+        self.request(Method::POST, url)
+    }
+
+    /// Starts a PUT request.
+    pub fn put<U: IntoUrl>(&self, url: U) -> RequestBuilder {
+        self.request(Method::PUT, url)
+    }
+
+    /// Starts a PATCH request. PATCH is not idempotent (see [`Client::post`]).
+    pub fn patch<U: IntoUrl>(&self, url: U) -> RequestBuilder {
+        self.request(Method::PATCH, url)
+    }
+
+    /// Starts a DELETE request.
+    pub fn delete<U: IntoUrl>(&self, url: U) -> RequestBuilder {
+        self.request(Method::DELETE, url)
+    }
+
+    /// Starts a HEAD request.
+    pub fn head<U: IntoUrl>(&self, url: U) -> RequestBuilder {
+        self.request(Method::HEAD, url)
+    }
+
+    /// Starts a request with any method.
+    pub fn request<U: IntoUrl>(&self, method: Method, url: U) -> RequestBuilder {
+        RequestBuilder {
+            client: self.clone(),
+            inner: self.inner.http.request(method, url),
+        }
+    }
+
+    /// Sends a request through the pipeline.
+    ///
+    /// The future is `'static`: it holds a clone of the client, not a borrow.
+    pub fn execute(&self, req: Request) -> Pending {
+        let span = request_span(&req);
+        let url = req.url().clone();
+        let fut = self.inner.pipeline.clone().oneshot(req).instrument(span);
+        Pending {
+            state: State::Running { fut, url },
+        }
+    }
+
+    /// The `reqwest::Client` under the pipeline (for building requests with reqwest's own
+    /// builder, say).
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+}
+
+impl Default for Client {
+    /// The same as [`Client::new`].
+    fn default() -> Self {
+        Client::new()
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("palisade::Client")
+            .field("pipeline", &self.inner.summary)
+            .finish()
+    }
+}
+
+/// The span of one request, with the OpenTelemetry HTTP client attribute names. Header values
+/// are never recorded, and query values are dropped from `url.full`.
+fn request_span(req: &Request) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "http.request",
+        http.request.method = %req.method(),
+        server.address = req.url().host_str().unwrap_or(""),
+        url.full = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        span.record("url.full", redacted(req.url()).as_str());
+    }
+    span
+}
+
+/// The URL without credentials, fragment or query values (query keys are kept).
+pub(crate) fn redacted(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    u.set_fragment(None);
+    if u.query().is_some() {
+        let keys: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        u.set_query(None);
+        if !keys.is_empty() {
+            let mut q = u.query_pairs_mut();
+            for k in &keys {
+                q.append_key_only(k);
+            }
+        }
+    }
+    u.into()
+}
+
+pin_project! {
+    /// The future of a request sent through a [`Client`]: resolves to the response, or to the
+    /// [`Error`] of a request that produced none.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Pending {
+        #[pin]
+        state: State,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        Running {
+            #[pin]
+            fut: Instrumented<Oneshot<Pipeline, Request>>,
+            url: Url,
+        },
+        Failed {
+            err: Option<Error>,
+        },
+    }
+}
+
+impl Pending {
+    fn failed(err: Error) -> Pending {
+        Pending {
+            state: State::Failed { err: Some(err) },
+        }
+    }
+}
+
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("palisade::Pending")
+    }
+}
+
+impl Future for Pending {
+    type Output = Result<Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Running { fut, url } => fut.poll(cx).map_err(|mut e| {
+                e.set_url_if_missing(url);
+                e
+            }),
+            StateProj::Failed { err } => Poll::Ready(Err(err.take().unwrap_or_else(|| {
+                Error::from_source(crate::ErrorKind::Request, "polled after completion")
+            }))),
+        }
+    }
+}
+
+/// A request being built, as with `reqwest::RequestBuilder`; [`send`](RequestBuilder::send)
+/// puts it through the pipeline.
+///
+/// A request whose body is a stream cannot be cloned, so it is sent once and never retried.
+#[must_use = "a RequestBuilder does nothing until sent"]
+pub struct RequestBuilder {
+    client: Client,
+    inner: reqwest::RequestBuilder,
+}
+
+impl RequestBuilder {
+    fn map(self, f: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder) -> Self {
+        RequestBuilder {
+            client: self.client,
+            inner: f(self.inner),
+        }
+    }
+
+    /// Adds a header.
+    pub fn header<K, V>(self, key: K, value: V) -> Self
+    where
+        HeaderName: TryFrom<K>,
+        <HeaderName as TryFrom<K>>::Error: Into<http::Error>,
+        HeaderValue: TryFrom<V>,
+        <HeaderValue as TryFrom<V>>::Error: Into<http::Error>,
+    {
+        self.map(|b| b.header(key, value))
+    }
+
+    /// Adds headers.
+    pub fn headers(self, headers: HeaderMap) -> Self {
+        self.map(|b| b.headers(headers))
+    }
+
+    /// Sets an `Idempotency-Key` header, which makes a non-idempotent request (POST, PATCH)
+    /// retryable: the server promises to apply it once whatever the number of copies.
+    pub fn idempotency_key<V>(self, key: V) -> Self
+    where
+        HeaderValue: TryFrom<V>,
+        <HeaderValue as TryFrom<V>>::Error: Into<http::Error>,
+    {
+        self.header(crate::retry::IDEMPOTENCY_KEY, key)
+    }
+
+    /// Sets HTTP basic authentication.
+    pub fn basic_auth<U: fmt::Display, P: fmt::Display>(
+        self,
+        username: U,
+        password: Option<P>,
+    ) -> Self {
+        self.map(|b| b.basic_auth(username, password))
+    }
+
+    /// Sets bearer authentication.
+    pub fn bearer_auth<T: fmt::Display>(self, token: T) -> Self {
+        self.map(|b| b.bearer_auth(token))
+    }
+
+    /// Sets the body. A body from bytes or a string can be sent again; a streaming body
+    /// (`Body::wrap_stream`) cannot, so the request is sent once.
+    pub fn body<T: Into<Body>>(self, body: T) -> Self {
+        self.map(|b| b.body(body))
+    }
+
+    /// Sets this request's total timeout, in place of the client's
+    /// ([`ClientBuilder::total_timeout`]): it covers every attempt, every backoff sleep and
+    /// reading the body.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.map(|b| b.timeout(timeout))
+    }
+
+    /// Sets the HTTP version.
+    pub fn version(self, version: Version) -> Self {
+        self.map(|b| b.version(version))
+    }
+
+    /// Appends query parameters (requires the `query` feature).
+    #[cfg(feature = "query")]
+    pub fn query<T: serde::Serialize + ?Sized>(self, query: &T) -> Self {
+        self.map(|b| b.query(query))
+    }
+
+    /// Sets a form body (requires the `form` feature).
+    #[cfg(feature = "form")]
+    pub fn form<T: serde::Serialize + ?Sized>(self, form: &T) -> Self {
+        self.map(|b| b.form(form))
+    }
+
+    /// Sets a JSON body (requires the `json` feature).
+    #[cfg(feature = "json")]
+    pub fn json<T: serde::Serialize + ?Sized>(self, json: &T) -> Self {
+        self.map(|b| b.json(json))
+    }
+
+    /// Builds the `reqwest::Request` without sending it.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`Request`](crate::ErrorKind::Request) when a part of the request
+    /// was invalid (a bad URL or header).
+    pub fn build(self) -> Result<Request, Error> {
+        self.inner.build().map_err(Error::from)
+    }
+
+    /// Sends the request through the pipeline.
+    pub fn send(self) -> Pending {
+        match self.inner.build() {
+            Ok(req) => self.client.execute(req),
+            Err(e) => Pending::failed(Error::from(e)),
+        }
+    }
+
+    /// A copy of the builder, unless its body is a stream.
+    pub fn try_clone(&self) -> Option<Self> {
+        Some(RequestBuilder {
+            client: self.client.clone(),
+            inner: self.inner.try_clone()?,
+        })
+    }
+}
+
+impl fmt::Debug for RequestBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("palisade::RequestBuilder")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_drops_credentials_and_query_values() {
+        let u =
+            Url::parse("https://user:pw@api.example.com/v1/x?token=secret&page=2#frag").unwrap();
+        assert_eq!(redacted(&u), "https://api.example.com/v1/x?token&page");
+        let u = Url::parse("http://h/p").unwrap();
+        assert_eq!(redacted(&u), "http://h/p");
+    }
+}

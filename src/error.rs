@@ -1,0 +1,377 @@
+//! The error types: [`Error`] for a request that produced no response, and
+//! [`ConfigError`] for a configuration that cannot work.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use url::Url;
+
+/// A boxed error, as tower and reqwest use for sources.
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// The error of a request that produced no HTTP response.
+///
+/// An HTTP response is `Ok(reqwest::Response)` whatever its status, as in reqwest. `Error` is for
+/// what came back instead of a response: a transport failure, a timeout, an invalid request.
+/// [`kind`](Error::kind) tells which; the predicates ([`is_timeout`](Error::is_timeout),
+/// [`is_connect`](Error::is_connect)) look through the whole [`source`](StdError::source) chain,
+/// so they also see a timeout or a refused connection wrapped inside a transport's error.
+///
+/// [`attempts`](Error::attempts) tells how many attempts the pipeline made before it gave up.
+/// The underlying reqwest or I/O error, where there is one, is the `source()`.
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    timeout: Option<TimeoutKind>,
+    connect: bool,
+    source: Option<BoxError>,
+    url: Option<Url>,
+    attempts: u32,
+    retry_after: Option<Duration>,
+}
+
+/// What kind of failure an [`Error`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A timeout fired: palisade's attempt or total timeout, or the transport's own
+    /// ([`Error::timeout_kind`] tells which).
+    Timeout,
+    /// The connection could not be made: refused, DNS failure, unreachable. Nothing reached the
+    /// server, so the retry stage retries it for any method.
+    Connect,
+    /// The connection failed after it was made: reset, closed, an incomplete message, a protocol
+    /// error.
+    Transport,
+    /// The request itself was invalid (a builder error, a bad URL, a redirect loop): retrying it
+    /// cannot help.
+    Request,
+    /// Reading or decoding a body failed.
+    Body,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connect => "connect error",
+            ErrorKind::Transport => "transport error",
+            ErrorKind::Request => "invalid request",
+            ErrorKind::Body => "body error",
+        })
+    }
+}
+
+/// Which timeout fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutKind {
+    /// palisade's per-attempt timeout ([`ClientBuilder::attempt_timeout`](crate::ClientBuilder::attempt_timeout)).
+    Attempt,
+    /// palisade's total timeout, which covers every attempt and every backoff sleep
+    /// ([`ClientBuilder::total_timeout`](crate::ClientBuilder::total_timeout)).
+    Total,
+    /// The transport's own timeout: reqwest's `timeout`, `connect_timeout` or `read_timeout`, or
+    /// an I/O error of kind `TimedOut`.
+    Transport,
+}
+
+impl Error {
+    fn new(kind: ErrorKind) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                timeout: None,
+                connect: false,
+                source: None,
+                url: None,
+                attempts: 1,
+                retry_after: None,
+            }),
+        }
+    }
+
+    /// A timeout of the given kind.
+    pub(crate) fn timeout(kind: TimeoutKind) -> Self {
+        let mut e = Error::new(ErrorKind::Timeout);
+        e.inner.timeout = Some(kind);
+        e
+    }
+
+    /// An error of the given kind with a source, for transports other than reqwest (an in-memory
+    /// transport in tests, a custom connector).
+    ///
+    /// ```
+    /// use palisade::{Error, ErrorKind};
+    /// let e = Error::from_source(ErrorKind::Transport, "connection reset by peer");
+    /// assert_eq!(e.kind(), ErrorKind::Transport);
+    /// ```
+    pub fn from_source(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
+        let mut e = Error::new(kind);
+        if kind == ErrorKind::Timeout {
+            e.inner.timeout = Some(TimeoutKind::Transport);
+        }
+        e.inner.connect = kind == ErrorKind::Connect;
+        e.inner.source = Some(source.into());
+        e
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// Whether a timeout fired: palisade's own or the transport's (looking through the source
+    /// chain for an I/O `TimedOut` too).
+    pub fn is_timeout(&self) -> bool {
+        self.inner.kind == ErrorKind::Timeout
+    }
+
+    /// Which timeout fired, if this is a timeout.
+    pub fn timeout_kind(&self) -> Option<TimeoutKind> {
+        self.inner.timeout
+    }
+
+    /// Whether the connection could not be made (refused, DNS, unreachable, connect timeout):
+    /// the request never reached the server.
+    pub fn is_connect(&self) -> bool {
+        self.inner.connect
+    }
+
+    /// How many attempts the pipeline made before it returned this error (1 without retries).
+    pub fn attempts(&self) -> u32 {
+        self.inner.attempts
+    }
+
+    /// A hint of when trying again may succeed, where the failure gives one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// The URL of the request, where known.
+    pub fn url(&self) -> Option<&Url> {
+        self.inner.url.as_ref()
+    }
+
+    pub(crate) fn set_attempts(&mut self, attempts: u32) {
+        self.inner.attempts = attempts.max(1);
+    }
+
+    pub(crate) fn with_attempts(mut self, attempts: u32) -> Self {
+        self.set_attempts(attempts);
+        self
+    }
+
+    pub(crate) fn set_url_if_missing(&mut self, url: &Url) {
+        if self.inner.url.is_none() {
+            self.inner.url = Some(url.clone());
+        }
+    }
+
+    #[allow(dead_code)] // used by the stages that reject with a hint
+    pub(crate) fn with_retry_after(mut self, hint: Option<Duration>) -> Self {
+        self.inner.retry_after = hint;
+        self
+    }
+}
+
+/// Walks an error's source chain and reports whether any link is a timeout or a refused
+/// connection, so errors from any transport are classed the same way.
+fn scan_chain(err: &(dyn StdError + 'static)) -> (bool, bool) {
+    let (mut timeout, mut connect) = (false, false);
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            match io.kind() {
+                io::ErrorKind::TimedOut => timeout = true,
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::AddrNotAvailable => {
+                    connect = true
+                }
+                _ => {}
+            }
+        }
+        if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+            timeout |= r.is_timeout();
+            connect |= r.is_connect();
+        }
+        // `io::Error::source` skips the error it wraps; `get_ref` returns it.
+        cur = match e.downcast_ref::<io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
+    }
+    (timeout, connect)
+}
+
+impl From<reqwest::Error> for Error {
+    fn from(err: reqwest::Error) -> Self {
+        let (timeout, connect) = scan_chain(&err);
+        let kind = if timeout {
+            ErrorKind::Timeout
+        } else if connect {
+            ErrorKind::Connect
+        } else if err.is_builder() || err.is_redirect() {
+            ErrorKind::Request
+        } else if err.is_body() || err.is_decode() {
+            ErrorKind::Body
+        } else {
+            ErrorKind::Transport
+        };
+        let mut e = Error::new(kind);
+        if timeout {
+            e.inner.timeout = Some(TimeoutKind::Transport);
+        }
+        e.inner.connect = connect;
+        e.inner.url = err.url().cloned();
+        e.inner.source = Some(Box::new(err));
+        e
+    }
+}
+
+impl From<io::Error> for Error {
+    /// Classes an I/O error by its kind: `TimedOut` is a transport timeout, `ConnectionRefused`
+    /// and `AddrNotAvailable` a connect error, anything else a transport error.
+    fn from(err: io::Error) -> Self {
+        let (timeout, connect) = scan_chain(&err);
+        let kind = if timeout {
+            ErrorKind::Timeout
+        } else if connect {
+            ErrorKind::Connect
+        } else {
+            ErrorKind::Transport
+        };
+        Error::from_source(kind, err)
+    }
+}
+
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("palisade::Error");
+        d.field("kind", &self.inner.kind);
+        if let Some(t) = &self.inner.timeout {
+            d.field("timeout", t);
+        }
+        if let Some(url) = &self.inner.url {
+            d.field("url", &url.as_str());
+        }
+        d.field("attempts", &self.inner.attempts);
+        if let Some(h) = &self.inner.retry_after {
+            d.field("retry_after", h);
+        }
+        if let Some(s) = &self.inner.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.inner.timeout {
+            Some(TimeoutKind::Attempt) => f.write_str("attempt timed out")?,
+            Some(TimeoutKind::Total) => f.write_str("total timeout elapsed")?,
+            Some(TimeoutKind::Transport) => f.write_str("transport timed out")?,
+            None => fmt::Display::fmt(&self.inner.kind, f)?,
+        }
+        if self.inner.attempts > 1 {
+            write!(f, " after {} attempts", self.inner.attempts)?;
+        }
+        if let Some(url) = &self.inner.url {
+            write!(f, " for url ({})", url.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+/// A configuration that cannot work, found by a builder's `build()` or a layer's `new()`.
+///
+/// It names the field (as `stage.field`, for example `retry.max_attempts`) and the rule the
+/// value broke. Builders keep bad input and report it here; they never panic on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: `{field}` {rule}")]
+pub struct ConfigError {
+    field: &'static str,
+    rule: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, rule: impl Into<String>) -> Self {
+        ConfigError {
+            field,
+            rule: rule.into(),
+        }
+    }
+
+    /// The field at fault, as `stage.field` (for example `retry.max_attempts`).
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// The rule the value broke, in words.
+    pub fn rule(&self) -> &str {
+        &self.rule
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn errors_are_send_sync_static() {
+        assert_send_sync_static::<Error>();
+        assert_send_sync_static::<ConfigError>();
+    }
+
+    #[test]
+    fn io_errors_are_classed_by_kind() {
+        let e = Error::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(e.kind(), ErrorKind::Connect);
+        assert!(e.is_connect());
+        let e = Error::from(io::Error::from(io::ErrorKind::TimedOut));
+        assert!(e.is_timeout());
+        assert_eq!(e.timeout_kind(), Some(TimeoutKind::Transport));
+        let e = Error::from(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert_eq!(e.kind(), ErrorKind::Transport);
+        assert!(!e.is_connect() && !e.is_timeout());
+    }
+
+    #[test]
+    fn nested_io_timeout_is_found_through_the_chain() {
+        let inner = io::Error::from(io::ErrorKind::TimedOut);
+        let outer = io::Error::other(inner);
+        assert!(Error::from(outer).is_timeout());
+    }
+
+    #[test]
+    fn display_names_kind_attempts_and_url() {
+        let mut e = Error::timeout(TimeoutKind::Total).with_attempts(3);
+        e.set_url_if_missing(&Url::parse("http://example.com/a").unwrap());
+        assert_eq!(
+            e.to_string(),
+            "total timeout elapsed after 3 attempts for url (http://example.com/a)"
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! Events: what the pipeline did, for applications that count it without `tracing`.
+//!
+//! Register a hook with [`ClientBuilder::on_event`](crate::ClientBuilder::on_event) (or a layer's
+//! `on_event`). The hook runs inline on the request's task, so it must be quick: count, do not
+//! block.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use url::Url;
+
+use crate::classify::FailureClass;
+use crate::error::TimeoutKind;
+
+/// Something the pipeline did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// An attempt finished (every attempt, the first included).
+    Attempt {
+        /// The request's method.
+        method: &'a Method,
+        /// The request's URL.
+        url: &'a Url,
+        /// The attempt's number, from 1.
+        attempt: u32,
+        /// How the attempt was classed.
+        class: FailureClass,
+        /// The response's status, if there was a response.
+        status: Option<StatusCode>,
+    },
+    /// The retry stage will try again after `delay`.
+    Retry {
+        /// The request's method.
+        method: &'a Method,
+        /// The request's URL.
+        url: &'a Url,
+        /// The number of the attempt about to be made, from 2.
+        attempt: u32,
+        /// How the previous attempt was classed.
+        class: FailureClass,
+        /// How long the stage sleeps first.
+        delay: Duration,
+        /// Whether `delay` came from the server's `Retry-After`.
+        from_retry_after: bool,
+    },
+    /// The retry stage returned a failed outcome it could otherwise have retried.
+    GaveUp {
+        /// The request's method.
+        method: &'a Method,
+        /// The request's URL.
+        url: &'a Url,
+        /// The attempts made.
+        attempts: u32,
+        /// How the last attempt was classed.
+        class: FailureClass,
+        /// Why it did not try again.
+        reason: GiveUpReason,
+    },
+    /// A timeout fired.
+    Timeout {
+        /// Which timeout.
+        kind: TimeoutKind,
+        /// How long it was.
+        after: Duration,
+    },
+}
+
+/// Why the retry stage did not try a retryable failure again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GiveUpReason {
+    /// Every attempt allowed was made.
+    MaxAttempts,
+    /// The retry budget had no retry left: retries already add as much load as allowed.
+    BudgetExhausted,
+    /// The method is not idempotent and the request carries no `Idempotency-Key`.
+    NotIdempotent,
+    /// The request's body is a stream that cannot be sent twice.
+    BodyNotCloneable,
+    /// The server's `Retry-After` asks for a longer wait than `max_retry_after` allows.
+    RetryAfterTooLong,
+    /// The next attempt could not start before the total deadline.
+    DeadlineTooSoon,
+}
+
+type HookFn = dyn Fn(&Event<'_>) + Send + Sync;
+
+/// A shared event hook; cheap to clone.
+#[derive(Clone, Default)]
+pub(crate) struct Hook(Option<Arc<HookFn>>);
+
+impl Hook {
+    pub(crate) fn new<F>(f: F) -> Self
+    where
+        F: Fn(&Event<'_>) + Send + Sync + 'static,
+    {
+        Hook(Some(Arc::new(f)))
+    }
+
+    #[inline]
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    #[inline]
+    pub(crate) fn emit(&self, event: impl FnOnce() -> Event<'static>) {
+        if let Some(f) = &self.0 {
+            f(&event());
+        }
+    }
+
+    #[inline]
+    pub(crate) fn emit_ref(&self, event: &Event<'_>) {
+        if let Some(f) = &self.0 {
+            f(event);
+        }
+    }
+}
+
+impl fmt::Debug for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Hook(set)"
+        } else {
+            "Hook(none)"
+        })
+    }
+}

@@ -1,0 +1,144 @@
+//! palisade: a resilience client for HTTP.
+//!
+//! palisade wraps a [`reqwest::Client`] and puts every request through a pipeline of stages:
+//! a total timeout, retry (exponential backoff with jitter, `Retry-After`, a retry budget) and
+//! an attempt timeout. Each stage asks one [`Classifier`] what an outcome means — success,
+//! client error (4xx), throttled (429), server error (5xx), timeout, network failure — and
+//! acts on that class.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use palisade::{retry::Retry, ResponseExt};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = palisade::Client::builder()
+//!     .total_timeout(Duration::from_secs(30))
+//!     .attempt_timeout(Duration::from_secs(10))
+//!     .retry(Retry::default().max_attempts(3))
+//!     .build()?;
+//!
+//! let resp = client.get("https://api.example.com/users/1").send().await?;
+//! println!("{} after {} attempt(s)", resp.status(), resp.attempts());
+//! # Ok(()) }
+//! ```
+//!
+//! An HTTP response is `Ok(reqwest::Response)` whatever its status, as in reqwest; when the
+//! retries are spent, the last response is returned. `Err(palisade::Error)` is for failures
+//! that produced no response: transport errors and timeouts.
+//!
+//! # The pipeline
+//!
+//! Outermost first (a request flows down, a response up):
+//!
+//! ```text
+//! TotalTimeout → Retry(+budget) → AttemptTimeout → reqwest
+//! ```
+//!
+//! The total timeout bounds every attempt and every backoff sleep, and the retry stage never
+//! sleeps past it. Each stage is also a public tower [`Layer`](tower_layer::Layer) in
+//! [`layer`], over any `tower::Service<reqwest::Request, Response = reqwest::Response>`, for
+//! those who build their own stacks.
+//!
+//! | class | what | retried by default |
+//! |---|---|---|
+//! | Success | 1xx–3xx | – |
+//! | ClientError | 4xx other than 408 and 429 | no |
+//! | Throttled | 429, and 503 with `Retry-After` | yes |
+//! | ServerError | 5xx | 500, 502, 503, 504 |
+//! | Timeout | attempt timeout, 408, transport timeout | yes |
+//! | Network | connect, DNS, reset, incomplete message | yes |
+//! | Cancelled | the caller dropped the future | no |
+//!
+//! Only idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or requests that carry an
+//! `Idempotency-Key` are retried, except after a connect failure, which is retried for any
+//! method since nothing reached the server. A request whose body is a stream cannot be cloned
+//! and is sent once.
+//!
+//! # palisade and reqwest's own retries and timeouts
+//!
+//! reqwest 0.13 has a retry of its own. The `reqwest::Client` palisade builds (by default, or
+//! from [`ClientBuilder::http_client_builder`]) has it switched off with
+//! `reqwest::retry::never()`, so an attempt is one request on the wire. A client you pass to
+//! [`ClientBuilder::http_client`] keeps its policy: reqwest's default retries only HTTP/2
+//! refused streams, which the server never processed, but a policy of your own would multiply
+//! palisade's attempts; build such a client with `.retry(reqwest::retry::never())`.
+//!
+//! reqwest's timeouts still apply under palisade's and fire as
+//! [`TimeoutKind::Transport`]; the retry stage treats them as attempt timeouts. palisade's
+//! total timeout also sets each attempt's reqwest timeout to what is left of the deadline, so
+//! reading the body after the response is returned is bounded by the same deadline.
+//!
+//! # Events and tracing
+//!
+//! Every request runs in a `tracing` span `http.request` (with `http.request.method`,
+//! `server.address` and `url.full` without query values); each attempt, retry and timeout is a
+//! debug event with `http.request.resend_count` and the class. Header values are never
+//! logged. [`ClientBuilder::on_event`] takes a hook for the same [`Event`]s, to count them
+//! without tracing.
+//!
+//! # Features
+//!
+//! `default-tls`, `rustls`, `native-tls`, `http2`, `charset` and `system-proxy` are forwarded
+//! to reqwest (the first, `http2`, `charset` and `system-proxy` are on by default, as in
+//! reqwest). `json`, `query` and `form` forward to reqwest and enable
+//! `RequestBuilder::json`, `RequestBuilder::query` and `RequestBuilder::form`.
+//!
+//! # MSRV
+//!
+//! Rust 1.85.
+
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod builder;
+pub mod classify;
+mod client;
+mod context;
+mod error;
+mod event;
+mod ext;
+pub mod retry;
+mod retry_after;
+pub mod timeout;
+mod transport;
+
+pub use crate::builder::ClientBuilder;
+pub use crate::classify::{Classifier, FailureClass, Outcome};
+pub use crate::client::{Client, Pending, RequestBuilder};
+pub use crate::error::{ConfigError, Error, ErrorKind, TimeoutKind};
+pub use crate::event::{Event, GiveUpReason};
+pub use crate::ext::ResponseExt;
+
+/// The stages as tower layers, for those who build their own stacks.
+///
+/// Each is a [`Layer`](tower_layer::Layer) over any
+/// `tower::Service<reqwest::Request, Response = reqwest::Response>` whose error converts into
+/// [`Error`]; `reqwest::Client` is such a service. Stack them in the order of the
+/// [pipeline](crate#the-pipeline): a retry stage outside the total timeout would restart the
+/// deadline on each attempt.
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade::layer::{AttemptTimeoutLayer, RetryLayer, TotalTimeoutLayer};
+/// use palisade::retry::Retry;
+///
+/// let svc = tower::ServiceBuilder::new()
+///     .layer(TotalTimeoutLayer::new(Duration::from_secs(30))?)
+///     .layer(RetryLayer::new(Retry::default())?)
+///     .layer(AttemptTimeoutLayer::new(Duration::from_secs(10))?)
+///     .service(reqwest::Client::new());
+/// # let _ = svc;
+/// # Ok::<(), palisade::ConfigError>(())
+/// ```
+pub mod layer {
+    pub use crate::retry::RetryLayer;
+    pub use crate::timeout::{AttemptTimeoutLayer, TotalTimeoutLayer};
+}
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

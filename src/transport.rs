@@ -1,0 +1,68 @@
+//! The bottom of the pipeline: reqwest, or a transport of the user's.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use reqwest::{Request, Response};
+use tower::util::BoxCloneSyncService;
+use tower_service::Service;
+
+use crate::error::Error;
+
+/// What the pipeline sends attempts through.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    Reqwest(reqwest::Client),
+    Custom(BoxCloneSyncService<Request, Response, Error>),
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Transport::Reqwest(c) => f.debug_tuple("Reqwest").field(c).finish(),
+            Transport::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+pin_project! {
+    #[project = TransportFutureProj]
+    pub(crate) enum TransportFuture {
+        Reqwest { #[pin] fut: <reqwest::Client as Service<Request>>::Future },
+        Custom { fut: Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>> },
+    }
+}
+
+impl Future for TransportFuture {
+    type Output = Result<Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            TransportFutureProj::Reqwest { fut } => fut.poll(cx).map_err(Error::from),
+            TransportFutureProj::Custom { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl Service<Request> for Transport {
+    type Response = Response;
+    type Error = Error;
+    type Future = TransportFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        match self {
+            Transport::Reqwest(_) => Poll::Ready(Ok(())),
+            Transport::Custom(s) => s.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, req: Request) -> TransportFuture {
+        match self {
+            Transport::Reqwest(c) => TransportFuture::Reqwest { fut: c.call(req) },
+            Transport::Custom(s) => TransportFuture::Custom { fut: s.call(req) },
+        }
+    }
+}
