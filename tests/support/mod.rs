@@ -1,0 +1,175 @@
+//! Shared test support: an in-memory scripted transport, real-socket misbehaving servers, and
+//! a helper to build a client over either.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod net;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use palisade::{Client, ClientBuilder, Error};
+use reqwest::{Method, Request, Response};
+use tokio::time::Instant;
+
+/// What the in-memory transport does for one attempt.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Answer with this status and no headers.
+    Status(u16),
+    /// Answer with this status and these headers.
+    With(u16, Vec<(&'static str, String)>),
+    /// Answer with this status, headers and body.
+    Full(u16, Vec<(&'static str, String)>, Vec<u8>),
+    /// Fail with an I/O error of this kind (ConnectionRefused is a connect error).
+    Fail(io::ErrorKind),
+    /// Never answer.
+    Hang,
+    /// Wait (in tokio time), then do the inner step.
+    After(Duration, Box<Step>),
+}
+
+impl Step {
+    pub fn after(d: Duration, step: Step) -> Step {
+        Step::After(d, Box::new(step))
+    }
+    pub fn retry_after(status: u16, value: &str) -> Step {
+        Step::With(status, vec![("retry-after", value.to_owned())])
+    }
+}
+
+/// One request the transport received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub at: Instant,
+    pub method: Method,
+    pub url: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Default)]
+struct Inner {
+    script: VecDeque<Step>,
+    fallback: Option<Step>,
+    seen: Vec<Seen>,
+}
+
+/// An in-memory transport that answers from a script, then with a fallback step, and records
+/// every request with its (tokio) arrival time.
+#[derive(Clone, Default)]
+pub struct Mock {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Mock {
+    /// A transport that answers every request with `step`.
+    pub fn always(step: Step) -> Mock {
+        let m = Mock::default();
+        m.inner.lock().unwrap().fallback = Some(step);
+        m
+    }
+
+    /// A transport that answers with `steps` in order, then with 200.
+    pub fn script(steps: impl IntoIterator<Item = Step>) -> Mock {
+        let m = Mock::always(Step::Status(200));
+        m.inner.lock().unwrap().script = steps.into_iter().collect();
+        m
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.inner.lock().unwrap().seen.clone()
+    }
+
+    pub fn calls(&self) -> usize {
+        self.inner.lock().unwrap().seen.len()
+    }
+
+    /// Times between consecutive requests.
+    pub fn gaps(&self) -> Vec<Duration> {
+        let seen = self.seen();
+        seen.windows(2).map(|w| w[1].at - w[0].at).collect()
+    }
+
+    /// A client over this transport; `f` adjusts the standard builder.
+    pub fn client(&self, f: impl FnOnce(ClientBuilder) -> ClientBuilder) -> Client {
+        f(Client::builder().transport(self.clone()))
+            .build()
+            .expect("valid test configuration")
+    }
+}
+
+pub fn response(status: u16, headers: &[(&'static str, String)], body: Vec<u8>) -> Response {
+    let mut b = http::Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, v.as_str());
+    }
+    Response::from(b.body(body).expect("valid test response"))
+}
+
+fn run(step: Step) -> Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>> {
+    Box::pin(async move {
+        match step {
+            Step::Status(s) => Ok(response(s, &[], Vec::new())),
+            Step::With(s, h) => Ok(response(s, &h, Vec::new())),
+            Step::Full(s, h, b) => Ok(response(s, &h, b)),
+            Step::Fail(kind) => Err(Error::from(io::Error::new(kind, "scripted failure"))),
+            Step::Hang => std::future::pending().await,
+            Step::After(d, step) => {
+                tokio::time::sleep(d).await;
+                run(*step).await
+            }
+        }
+    })
+}
+
+impl tower::Service<Request> for Mock {
+    type Response = Response;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let step = {
+            let mut inner = self.inner.lock().unwrap();
+            inner.seen.push(Seen {
+                at: Instant::now(),
+                method: req.method().clone(),
+                url: req.url().to_string(),
+                headers: req.headers().clone(),
+                timeout: req.timeout().copied(),
+            });
+            match inner.script.pop_front() {
+                Some(s) => s,
+                None => inner.fallback.clone().unwrap_or(Step::Status(200)),
+            }
+        };
+        run(step)
+    }
+}
+
+/// Collects the events a client emits, as strings like `retry 2 503 delay=100ms`.
+#[derive(Clone, Default)]
+pub struct Events {
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Events {
+    pub fn hook(&self) -> impl Fn(&palisade::Event<'_>) + Send + Sync + 'static {
+        let log = self.log.clone();
+        move |e| log.lock().unwrap().push(format!("{e:?}"))
+    }
+    pub fn all(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+    pub fn count(&self, needle: &str) -> usize {
+        self.all().iter().filter(|e| e.contains(needle)).count()
+    }
+}
