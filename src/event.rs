@@ -82,7 +82,7 @@ pub enum GiveUpReason {
     BodyNotCloneable,
     /// The server's `Retry-After` asks for a longer wait than `max_retry_after` allows.
     RetryAfterTooLong,
-    /// The next attempt could not start before the total deadline.
+    /// The server's `Retry-After` points past the total deadline.
     DeadlineTooSoon,
 }
 

@@ -8,13 +8,14 @@
 //!   are) unless it carries an `Idempotency-Key` header; a connect failure is retried for any
 //!   method, since nothing reached the server;
 //! - a request whose body is a stream: such a request cannot be cloned and is sent once;
-//! - when the server's `Retry-After` asks for more than [`Retry::max_retry_after`], or the next
-//!   attempt could not start before the total deadline: the response (or error) is returned at
-//!   once, without sleeping;
+//! - when the server's `Retry-After` asks for more than [`Retry::max_retry_after`], or for a
+//!   time past the total deadline: the response is returned at once, without sleeping;
 //! - when the [retry budget](RetryBudget) is spent.
 //!
 //! The delay before retry `n` is drawn by the [`Backoff`] schedule, unless the response carries a
 //! valid `Retry-After`, which then sets the delay exactly: never earlier than the server asked.
+//! A backoff sleep is bounded by the total timeout like everything else: if the deadline comes
+//! during the sleep, the request fails with the total timeout, and no attempt starts after it.
 //! After the last attempt the last response is returned as it is, whatever its status; the
 //! response tells how many attempts were made through [`ResponseExt::attempts`].
 //!
@@ -491,9 +492,11 @@ fn decide(
     let cfg = &shared.cfg;
     let retryable = match class {
         FailureClass::Throttled | FailureClass::Timeout | FailureClass::Network => true,
+        // The status list filters 5xx answers; anything a custom classifier calls a server
+        // error (a 404 during a deployment, an error body in a 200) is retried.
         FailureClass::ServerError => match result {
-            Ok(r) => cfg.statuses.contains(&r.status()),
-            Err(_) => true,
+            Ok(r) if r.status().is_server_error() => cfg.statuses.contains(&r.status()),
+            _ => true,
         },
         _ => false,
     };
@@ -516,6 +519,9 @@ fn decide(
     };
     let (delay, from_retry_after) = match hinted {
         Some(d) if d > cfg.max_retry_after => return Next::GiveUp(GiveUpReason::RetryAfterTooLong),
+        // The server says a retry cannot succeed before `d`: if that is past the deadline,
+        // waiting for it would only turn its answer into a timeout.
+        Some(d) if past(deadline, d) => return Next::GiveUp(GiveUpReason::DeadlineTooSoon),
         Some(d) => (d, true),
         None => {
             let rng = rng.get_or_insert_with(fastrand::Rng::new);
@@ -524,14 +530,6 @@ fn decide(
             (d, false)
         }
     };
-    if let Some(deadline) = deadline {
-        if Instant::now()
-            .checked_add(delay)
-            .is_none_or(|at| at >= deadline)
-        {
-            return Next::GiveUp(GiveUpReason::DeadlineTooSoon);
-        }
-    }
     if let Some(b) = &shared.budget {
         if !b.try_withdraw(shared.now()) {
             return Next::GiveUp(GiveUpReason::BudgetExhausted);
@@ -541,6 +539,11 @@ fn decide(
         delay,
         from_retry_after,
     }
+}
+
+/// Whether `delay` from now reaches the deadline.
+fn past(deadline: Option<Instant>, delay: Duration) -> bool {
+    deadline.is_some_and(|dl| Instant::now().checked_add(delay).is_none_or(|at| at >= dl))
 }
 
 fn finish(

@@ -33,6 +33,8 @@ pub async fn reset_server() -> SocketAddr {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
                 read_head(&mut s).await;
+                // Linger 0 sends RST on close without blocking, which is the point here.
+                #[allow(deprecated)]
                 let _ = s.set_linger(Some(std::time::Duration::ZERO));
                 drop(s);
             });

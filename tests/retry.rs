@@ -1,0 +1,425 @@
+//! The retry stage through the client, over the in-memory transport in paused time: attempts,
+//! idempotency, backoff delays, Retry-After.
+
+mod support;
+
+use std::io;
+use std::time::{Duration, SystemTime};
+
+use palisade::retry::{Backoff, Jitter, Retry};
+use palisade::{Event, FailureClass, GiveUpReason, ResponseExt};
+use support::{Events, Mock, Step};
+use tokio::time::Instant;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn exact(base: Duration, max: Duration) -> Retry {
+    Retry::default()
+        .backoff(Backoff::new(base, max).jitter(Jitter::None))
+        .no_budget()
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_attempts_in_all_on_503() {
+    let mock = Mock::always(Step::Status(503));
+    let client = mock.client(|b| b);
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.status(), 503, "the last response is returned");
+    assert_eq!(resp.attempts(), 3);
+    assert_eq!(mock.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_after_failures_reports_its_attempts() {
+    let mock = Mock::script([Step::Status(502), Step::Status(504)]);
+    let client = mock.client(|b| b);
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.attempts(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_errors_are_not_retried() {
+    for status in [400, 401, 403, 404, 409, 422] {
+        let mock = Mock::always(Step::Status(status));
+        let client = mock.client(|b| b);
+        let resp = client.get("http://api.test/x").send().await.unwrap();
+        assert_eq!(resp.status(), status);
+        assert_eq!(resp.attempts(), 1, "{status}");
+        assert_eq!(mock.calls(), 1, "{status}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn not_implemented_and_other_5xx_outside_the_list_are_not_retried() {
+    for status in [501, 505, 511] {
+        let mock = Mock::always(Step::Status(status));
+        let client = mock.client(|b| b);
+        let resp = client.get("http://api.test/x").send().await.unwrap();
+        assert_eq!(mock.calls(), 1, "{status}");
+        assert_eq!(resp.attempts(), 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retried_classes_are_429_408_timeouts_and_network_failures() {
+    for step in [
+        Step::Status(429),
+        Step::Status(408),
+        Step::Fail(io::ErrorKind::ConnectionReset),
+        Step::Fail(io::ErrorKind::ConnectionRefused),
+        Step::Fail(io::ErrorKind::UnexpectedEof),
+        Step::Fail(io::ErrorKind::TimedOut),
+    ] {
+        let mock = Mock::always(step.clone());
+        let client = mock.client(|b| b);
+        let _ = client.get("http://api.test/x").send().await;
+        assert_eq!(mock.calls(), 3, "{step:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_is_not_retried_on_503() {
+    let mock = Mock::always(Step::Status(503));
+    let events = Events::default();
+    let client = mock.client(|b| b.on_event(events.hook()));
+    let resp = client.post("http://api.test/orders").body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(mock.calls(), 1);
+    assert_eq!(events.count("NotIdempotent"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_with_idempotency_key_is_retried() {
+    let mock = Mock::always(Step::Status(503));
+    let client = mock.client(|b| b);
+    let resp = client
+        .post("http://api.test/orders")
+        .idempotency_key("order-42")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.attempts(), 3);
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|s| s.headers["idempotency-key"] == "order-42"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_is_retried_after_a_connect_failure_only() {
+    let mock = Mock::script([Step::Fail(io::ErrorKind::ConnectionRefused)]);
+    let client = mock.client(|b| b);
+    let resp = client.post("http://api.test/orders").body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.attempts(), 2);
+
+    // A reset may have happened after the server processed the request: not retried.
+    let mock = Mock::script([Step::Fail(io::ErrorKind::ConnectionReset)]);
+    let client = mock.client(|b| b);
+    let err = client
+        .patch("http://api.test/orders/1")
+        .body("{}")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), palisade::ErrorKind::Transport);
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idempotent_methods_are_retried() {
+    for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+        let mock = Mock::always(Step::Status(503));
+        let client = mock.client(|b| b);
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let _ = client.request(m, "http://api.test/x").send().await.unwrap();
+        assert_eq!(mock.calls(), 3, "{method}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_body_is_sent_once() {
+    let mock = Mock::always(Step::Status(503));
+    let events = Events::default();
+    let client = mock.client(|b| b.on_event(events.hook()));
+    let body = reqwest::Body::wrap(String::from("streamed"));
+    let resp = client.put("http://api.test/blob").body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(mock.calls(), 1);
+    assert_eq!(events.count("BodyNotCloneable"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_without_jitter_doubles_then_caps() {
+    let mock = Mock::always(Step::Status(503));
+    let client = mock.client(|b| {
+        b.no_total_timeout()
+            .retry(exact(ms(100), ms(700)).max_attempts(6))
+    });
+    let _ = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(mock.gaps(), [ms(100), ms(200), ms(400), ms(700), ms(700)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_jitter_variant_stays_within_its_bounds() {
+    let (base, max) = (ms(100), ms(2_000));
+    let ceiling = |n: u32| base.saturating_mul(1 << (n - 1)).min(max);
+    for jitter in [Jitter::Full, Jitter::Equal, Jitter::Decorrelated, Jitter::None] {
+        for _ in 0..30 {
+            let mock = Mock::always(Step::Status(503));
+            let client = mock.client(|b| {
+                b.no_total_timeout().retry(
+                    Retry::default()
+                        .max_attempts(8)
+                        .no_budget()
+                        .backoff(Backoff::new(base, max).jitter(jitter)),
+                )
+            });
+            let _ = client.get("http://api.test/x").send().await.unwrap();
+            let gaps = mock.gaps();
+            assert_eq!(gaps.len(), 7);
+            let mut prev = base;
+            for (i, gap) in gaps.iter().copied().enumerate() {
+                let n = i as u32 + 1;
+                let c = ceiling(n);
+                match jitter {
+                    Jitter::Full => assert!(gap <= c, "{jitter:?} {n}: {gap:?} > {c:?}"),
+                    Jitter::Equal => assert!(gap >= c / 2 && gap <= c, "{jitter:?} {n}: {gap:?}"),
+                    Jitter::Decorrelated => {
+                        assert!(gap >= base && gap <= max && gap <= (prev * 3).max(base));
+                    }
+                    _ => assert_eq!(gap, c),
+                }
+                prev = gap;
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_jitter_delays_grow_on_average() {
+    // 200 requests, 4 retries each: the mean delay before retry n grows with n.
+    let mut sums = [Duration::ZERO; 4];
+    for _ in 0..200 {
+        let mock = Mock::always(Step::Status(503));
+        let client = mock.client(|b| {
+            b.no_total_timeout().retry(
+                Retry::default()
+                    .max_attempts(5)
+                    .no_budget()
+                    .backoff(Backoff::new(ms(100), ms(10_000))),
+            )
+        });
+        let _ = client.get("http://api.test/x").send().await.unwrap();
+        for (s, g) in sums.iter_mut().zip(mock.gaps()) {
+            *s += g;
+        }
+    }
+    let means: Vec<_> = sums.iter().map(|s| *s / 200).collect();
+    for w in means.windows(2) {
+        assert!(w[1] > w[0], "means {means:?}");
+    }
+    // Full jitter: the mean is about half the ceiling (50, 100, 200, 400 ms).
+    assert!(means[3] > ms(300) && means[3] < ms(500), "means {means:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempt_one_thousand_does_not_overflow() {
+    let mock = Mock::always(Step::Status(503));
+    let client = mock.client(|b| {
+        b.no_total_timeout()
+            .retry(exact(MS, ms(10)).max_attempts(1_000))
+    });
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.attempts(), 1_000);
+    assert_eq!(mock.calls(), 1_000);
+    assert_eq!(*mock.gaps().last().unwrap(), ms(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_seconds_is_honoured_to_the_millisecond() {
+    for status in [503, 429] {
+        let mock = Mock::script([Step::retry_after(status, "2")]);
+        let events = Events::default();
+        let client = mock.client(|b| b.on_event(events.hook()));
+        let resp = client.get("http://api.test/x").send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(mock.gaps(), [Duration::from_secs(2)], "{status}");
+        assert_eq!(events.count("from_retry_after: true"), 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_http_date_is_measured_against_the_date_header() {
+    let date = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mock = Mock::script([Step::With(
+        503,
+        vec![
+            ("date", httpdate::fmt_http_date(date)),
+            (
+                "retry-after",
+                httpdate::fmt_http_date(date + Duration::from_secs(5)),
+            ),
+        ],
+    )]);
+    let client = mock.client(|b| b);
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.gaps(), [Duration::from_secs(5)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_date_in_the_past_means_no_wait() {
+    let mock = Mock::script([Step::retry_after(429, "Sun, 06 Nov 1994 08:49:37 GMT")]);
+    let client = mock.client(|b| b);
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.gaps(), [Duration::ZERO]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn garbage_retry_after_is_ignored_and_backoff_applies() {
+    for garbage in ["soon", "-5", "1.5", "Sun, 99 Nov 1994 08:49:37 GMT", ""] {
+        let mock = Mock::script([Step::retry_after(503, garbage)]);
+        let client = mock.client(|b| b.retry(exact(ms(100), ms(1_000))));
+        let resp = client.get("http://api.test/x").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{garbage:?}");
+        assert_eq!(mock.gaps(), [ms(100)], "{garbage:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_over_the_cap_returns_the_response_without_sleeping() {
+    let mock = Mock::always(Step::retry_after(429, "120"));
+    let events = Events::default();
+    let client = mock.client(|b| b.on_event(events.hook()));
+    let start = Instant::now();
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.attempts(), 1);
+    assert_eq!(mock.calls(), 1);
+    assert_eq!(events.count("RetryAfterTooLong"), 1);
+
+    // An absurd value saturates instead of overflowing, and is over the cap too.
+    let mock = Mock::always(Step::retry_after(503, "99999999999999999999999"));
+    let resp = mock.client(|b| b).get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.attempts(), 1);
+
+    // The cap is configurable.
+    let mock = Mock::script([Step::retry_after(429, "120")]);
+    let client = mock.client(|b| {
+        b.total_timeout(Duration::from_secs(300))
+            .retry(Retry::default().max_retry_after(Duration::from_secs(120)))
+    });
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.gaps(), [Duration::from_secs(120)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_past_the_deadline_returns_the_response_without_sleeping() {
+    let mock = Mock::always(Step::retry_after(503, "10"));
+    let events = Events::default();
+    let client = mock.client(|b| {
+        b.total_timeout(Duration::from_secs(5))
+            .attempt_timeout(Duration::from_secs(1))
+            .on_event(events.hook())
+    });
+    let start = Instant::now();
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(resp.status(), 503);
+    assert_eq!(mock.calls(), 1);
+    assert_eq!(events.count("DeadlineTooSoon"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_classifier_decides_what_is_retried() {
+    // This API answers 404 while a resource is being created: treat it as a server error.
+    let mock = Mock::script([Step::Status(404), Step::Status(404)]);
+    let client = mock.client(|b| {
+        b.classify_fn(|outcome| match outcome.status() {
+            Some(s) if s == 404 => FailureClass::ServerError,
+            _ => palisade::Classifier::default_class(outcome),
+        })
+    });
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.attempts(), 3);
+
+    // And what is not: a 503 classed as a client error is returned at once.
+    let mock = Mock::always(Step::Status(503));
+    let client = mock.client(|b| b.classify_fn(|_| FailureClass::ClientError));
+    let _ = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_tell_each_attempt_retry_and_give_up() {
+    let mock = Mock::always(Step::Status(503));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let client = mock.client(|b| {
+        b.retry(exact(ms(100), ms(1_000)))
+            .on_event(move |e| {
+                let line = match e {
+                    Event::Attempt {
+                        attempt,
+                        class,
+                        status,
+                        ..
+                    } => format!("attempt {attempt} {class} {}", status.unwrap().as_u16()),
+                    Event::Retry { attempt, delay, .. } => {
+                        format!("retry {attempt} after {}ms", delay.as_millis())
+                    }
+                    Event::GaveUp {
+                        attempts, reason, ..
+                    } => format!("gave up after {attempts}: {reason:?}"),
+                    other => format!("{other:?}"),
+                };
+                log.lock().unwrap().push(line);
+            })
+    });
+    let _ = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "attempt 1 server_error 503",
+            "retry 2 after 100ms",
+            "attempt 2 server_error 503",
+            "retry 3 after 200ms",
+            "attempt 3 server_error 503",
+            "gave up after 3: MaxAttempts",
+        ]
+    );
+    let _ = GiveUpReason::MaxAttempts;
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_retry_sends_once() {
+    let mock = Mock::always(Step::Status(503));
+    let client = mock.client(|b| b.no_retry());
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.attempts(), 1);
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_layer_works_on_its_own() {
+    use tower::{Service, ServiceExt};
+    let mock = Mock::always(Step::Status(502));
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(palisade::layer::RetryLayer::new(exact(ms(10), ms(10)).max_attempts(4)).unwrap())
+        .service(mock.clone());
+    let req = reqwest::Request::new(reqwest::Method::GET, "http://api.test/x".parse().unwrap());
+    let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(resp.attempts(), 4);
+    assert_eq!(mock.gaps(), [ms(10); 3]);
+}
