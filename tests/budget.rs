@@ -1,0 +1,156 @@
+//! The retry budget during a total outage, in paused time: retries add at most 20 % to the
+//! offered load, plus 10 per second over the 10 s window, across every clone of a client.
+
+mod support;
+
+use std::time::Duration;
+
+use palisade::retry::{Retry, RetryBudget};
+use palisade::Client;
+use support::{Events, Mock, Step};
+use tokio::time::Instant;
+
+/// Offers `n` requests, one every `spacing`, to a server that answers 503 to everything,
+/// through `clones` clones of one client. Returns the attempts the server saw and the span in
+/// seconds over which the requests were offered.
+async fn outage(
+    n: usize,
+    spacing: Duration,
+    retry: Retry,
+    clones: usize,
+    events: &Events,
+) -> (usize, f64) {
+    let mock = Mock::always(Step::Status(503));
+    let client = mock.client(|b| b.retry(retry).on_event(events.hook()));
+    let clients: Vec<Client> = (0..clones).map(|_| client.clone()).collect();
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = clients[i % clones].clone();
+        tasks.push(tokio::spawn(async move {
+            c.get("http://api.test/x").send().await
+        }));
+        tokio::time::sleep(spacing).await;
+    }
+    let span = start.elapsed().as_secs_f64();
+    for t in tasks {
+        let resp = t.await.unwrap().unwrap();
+        assert_eq!(resp.status(), 503);
+    }
+    eprintln!(
+        "outage: {n} requests every {spacing:?} over {span:.1} s through {clones} clone(s): {} attempts (bound {:.0})",
+        mock.calls(),
+        bound(n, span)
+    );
+    (mock.calls(), span)
+}
+
+fn bound(n: usize, t: f64) -> f64 {
+    1.2 * n as f64 + 10.0 * (t + 10.0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ten_second_outage_stays_within_the_budget() {
+    let events = Events::default();
+    let (attempts, t) = outage(
+        1_000,
+        Duration::from_millis(10),
+        Retry::default(),
+        1,
+        &events,
+    )
+    .await;
+    assert!(
+        (attempts as f64) <= bound(1_000, t),
+        "{attempts} attempts over {t} s"
+    );
+    // The budget still lets the reserve and the 20 % through.
+    assert!(attempts >= 1_000 + 200, "{attempts}");
+    assert!(events.count("BudgetExhausted") > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_second_outage_stays_within_the_budget() {
+    let events = Events::default();
+    let (attempts, t) = outage(
+        1_000,
+        Duration::from_millis(100),
+        Retry::default(),
+        1,
+        &events,
+    )
+    .await;
+    assert!(
+        (attempts as f64) <= bound(1_000, t),
+        "{attempts} attempts over {t} s"
+    );
+    assert!((attempts as f64) < 3_000.0 * 0.8, "{attempts}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_one_budget() {
+    let events = Events::default();
+    let (attempts, t) = outage(
+        1_000,
+        Duration::from_millis(10),
+        Retry::default(),
+        8,
+        &events,
+    )
+    .await;
+    assert!(
+        (attempts as f64) <= bound(1_000, t),
+        "{attempts} attempts over {t} s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_budget_the_outage_triples_the_load() {
+    let events = Events::default();
+    let (attempts, _) = outage(
+        1_000,
+        Duration::from_millis(10),
+        Retry::default().no_budget(),
+        1,
+        &events,
+    )
+    .await;
+    assert_eq!(attempts, 3_000);
+    assert_eq!(events.count("BudgetExhausted"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tighter_budget_lets_fewer_retries_through() {
+    let events = Events::default();
+    let tight = RetryBudget::default().retry_ratio(0.05).min_per_second(1);
+    let (attempts, t) = outage(
+        1_000,
+        Duration::from_millis(10),
+        Retry::default().budget(tight),
+        1,
+        &events,
+    )
+    .await;
+    let limit = 1.05 * 1_000.0 + 1.0 * (t + 10.0);
+    assert!((attempts as f64) <= limit, "{attempts} attempts over {t} s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn scattered_failures_are_all_retried() {
+    // One failure in ten: the budget has room for every retry.
+    let mock = Mock::script((0..1_000).map(|i| {
+        if i % 10 == 0 {
+            Step::Status(503)
+        } else {
+            Step::Status(200)
+        }
+    }));
+    let events = Events::default();
+    let client = mock.client(|b| b.on_event(events.hook()));
+    for _ in 0..900 {
+        let resp = client.get("http://api.test/x").send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(events.count("BudgetExhausted"), 0);
+}

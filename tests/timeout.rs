@@ -1,0 +1,205 @@
+//! Attempt and total timeouts, and caller cancellation, over the in-memory transport in paused
+//! time.
+
+mod support;
+
+use std::time::Duration;
+
+use palisade::retry::{Backoff, Jitter, Retry};
+use palisade::{ErrorKind, ResponseExt, TimeoutKind};
+use support::{Events, Mock, Step};
+use tokio::time::Instant;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn exact(base: Duration, max: Duration) -> Retry {
+    Retry::default()
+        .backoff(Backoff::new(base, max).jitter(Jitter::None))
+        .no_budget()
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempt_timeout_fires_and_says_so() {
+    let mock = Mock::always(Step::Hang);
+    let client = mock.client(|b| b.attempt_timeout(secs(1)).no_retry());
+    let start = Instant::now();
+    let err = client.get("http://api.test/x").send().await.unwrap_err();
+    assert_eq!(start.elapsed(), secs(1));
+    assert!(err.is_timeout());
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Attempt));
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(err.url().map(|u| u.as_str()), Some("http://api.test/x"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempt_timeouts_are_retried() {
+    let mock = Mock::script([Step::Hang, Step::Hang]);
+    let client = mock.client(|b| b.attempt_timeout(secs(1)).retry(exact(ms(100), secs(1))));
+    let start = Instant::now();
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.attempts(), 3);
+    // 1 s timeout, 100 ms sleep, 1 s timeout, 200 ms sleep, then the answer.
+    assert_eq!(start.elapsed(), ms(2_300));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_answer_within_the_attempt_timeout_is_taken() {
+    let mock = Mock::always(Step::after(ms(999), Step::Status(200)));
+    let client = mock.client(|b| b.attempt_timeout(secs(1)));
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.attempts(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_timeout_fires_during_an_attempt() {
+    // Attempt 1 times out at 2 s, the retry sleeps 100 ms, attempt 2 starts at 2.1 s and the
+    // 3 s deadline cuts it.
+    let mock = Mock::always(Step::Hang);
+    let events = Events::default();
+    let client = mock.client(|b| {
+        b.total_timeout(secs(3))
+            .attempt_timeout(secs(2))
+            .retry(exact(ms(100), secs(1)))
+            .on_event(events.hook())
+    });
+    let start = Instant::now();
+    let err = client.get("http://api.test/x").send().await.unwrap_err();
+    assert_eq!(start.elapsed(), secs(3));
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total));
+    assert_eq!(err.attempts(), 2);
+    assert_eq!(mock.calls(), 2);
+    assert_eq!(events.count("kind: Attempt"), 1);
+    assert_eq!(events.count("kind: Total"), 1);
+    assert_eq!(
+        err.to_string(),
+        "total timeout elapsed after 2 attempts for url (http://api.test/x)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_timeout_fires_during_a_backoff_sleep() {
+    // 503 at 0 s, sleep 2 s, 503 at 2 s, the next sleep (4 s) is cut by the 3 s deadline:
+    // no third attempt starts.
+    let mock = Mock::always(Step::Status(503));
+    let client = mock.client(|b| {
+        b.total_timeout(secs(3))
+            .attempt_timeout(secs(1))
+            .retry(exact(secs(2), secs(10)).max_attempts(5))
+    });
+    let start = Instant::now();
+    let err = client.get("http://api.test/x").send().await.unwrap_err();
+    assert_eq!(start.elapsed(), secs(3));
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total));
+    assert_eq!(err.attempts(), 2);
+    tokio::time::sleep(secs(60)).await;
+    assert_eq!(mock.calls(), 2, "no attempt starts after the deadline");
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_timeout_without_retry_or_attempt_timeout() {
+    let mock = Mock::always(Step::Hang);
+    let client = mock.client(|b| b.no_retry().no_attempt_timeout().total_timeout(secs(1)));
+    let start = Instant::now();
+    let err = client.get("http://api.test/x").send().await.unwrap_err();
+    assert_eq!(start.elapsed(), secs(1));
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total));
+    assert_eq!(err.attempts(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_attempt_timeout_is_capped_by_the_deadline_and_reported_as_total() {
+    // Attempt timeout 2 s, but attempt 2 starts at 1.1 s with only 1.5 s of the deadline left.
+    let mock = Mock::script([Step::after(secs(1), Step::Status(503)), Step::Hang]);
+    let events = Events::default();
+    let client = mock.client(|b| {
+        b.total_timeout(ms(2_600))
+            .attempt_timeout(secs(2))
+            .on_event(events.hook())
+            .retry(exact(ms(100), secs(1)))
+    });
+    let start = Instant::now();
+    let err = client.get("http://api.test/x").send().await.unwrap_err();
+    assert_eq!(start.elapsed(), ms(2_600));
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total));
+    assert_eq!(err.attempts(), 2);
+    assert_eq!(events.count("kind: Attempt"), 0);
+    assert_eq!(events.count("kind: Total"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_timeout_replaces_the_total_timeout() {
+    let mock = Mock::always(Step::Hang);
+    let client = mock.client(|b| b.attempt_timeout(secs(10)));
+    let start = Instant::now();
+    let err = client
+        .get("http://api.test/x")
+        .timeout(ms(500))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), ms(500));
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total));
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_attempt_carries_what_is_left_of_the_deadline_as_its_transport_timeout() {
+    // So that reading a body after the response is returned cannot outlive the deadline.
+    let mock = Mock::script([Step::after(secs(1), Step::Status(503))]);
+    let client = mock.client(|b| b.total_timeout(secs(10)).retry(exact(ms(500), secs(1))));
+    let _ = client.get("http://api.test/x").send().await.unwrap();
+    let seen = mock.seen();
+    assert_eq!(seen[0].timeout, Some(secs(10)));
+    assert_eq!(seen[1].timeout, Some(ms(8_500)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn caller_cancellation_is_not_a_timeout_and_is_not_retried() {
+    let mock = Mock::always(Step::Hang);
+    let events = Events::default();
+    let client = mock.client(|b| b.on_event(events.hook()));
+    let caller = tokio::time::timeout(ms(300), client.get("http://api.test/x").send()).await;
+    assert!(caller.is_err(), "the caller gave up first");
+    // Long after, nothing more was sent and no timeout or retry was reported.
+    tokio::time::sleep(secs(120)).await;
+    assert_eq!(mock.calls(), 1);
+    assert_eq!(events.count("Timeout"), 0);
+    assert_eq!(events.count("Retry"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancellation_during_a_backoff_sleep_stops_the_retries() {
+    let mock = Mock::always(Step::Status(503));
+    let client = mock.client(|b| b.retry(exact(secs(1), secs(1))));
+    let handle = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("http://api.test/x").send().await }
+    });
+    tokio::time::sleep(ms(500)).await;
+    handle.abort();
+    assert!(handle.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(secs(60)).await;
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_timeout_layers_work_on_their_own() {
+    use palisade::layer::{AttemptTimeoutLayer, TotalTimeoutLayer};
+    use tower::{Service, ServiceExt};
+    let mock = Mock::always(Step::Hang);
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(TotalTimeoutLayer::new(secs(5)).unwrap())
+        .layer(AttemptTimeoutLayer::new(secs(2)).unwrap())
+        .service(mock.clone());
+    let req = reqwest::Request::new(reqwest::Method::GET, "http://api.test/x".parse().unwrap());
+    let start = Instant::now();
+    let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
+    assert_eq!(start.elapsed(), secs(2));
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Attempt));
+}
