@@ -1,0 +1,60 @@
+//! Tracing output: a span per request, an event per attempt, no secrets. In its own test
+//! binary, so that no other test's thread registers the callsites first without a subscriber.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use support::{Mock, Step};
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn tracing_has_a_span_per_request_and_an_event_per_attempt_without_secrets() {
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mock = Mock::script([Step::Status(503)]);
+    let client = mock.client(|b| b);
+    client
+        .get("http://user:hunter2@api.test/x?token=s3cret&page=2")
+        .header("authorization", "Bearer very-secret-token")
+        .header("cookie", "session=also-secret")
+        .send()
+        .await
+        .unwrap();
+
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(out.contains("http.request"), "{out}");
+    assert!(out.contains("http.request.method=GET"), "{out}");
+    assert!(out.contains("server.address=\"api.test\""), "{out}");
+    assert!(
+        out.contains("url.full=\"http://api.test/x?token&page\""),
+        "{out}"
+    );
+    assert!(out.contains("http.request.resend_count=0"), "{out}");
+    assert!(out.contains("http.request.resend_count=1"), "{out}");
+    assert!(out.contains("class=server_error"), "{out}");
+    assert!(out.contains("retrying"), "{out}");
+    for secret in ["very-secret-token", "also-secret", "s3cret", "hunter2"] {
+        assert!(!out.contains(secret), "{secret} leaked: {out}");
+    }
+}
