@@ -87,7 +87,12 @@ async fn post_is_not_retried_on_503() {
     let mock = Mock::always(Step::Status(503));
     let events = Events::default();
     let client = mock.client(|b| b.on_event(events.hook()));
-    let resp = client.post("http://api.test/orders").body("{}").send().await.unwrap();
+    let resp = client
+        .post("http://api.test/orders")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 503);
     assert_eq!(mock.calls(), 1);
     assert_eq!(events.count("NotIdempotent"), 1);
@@ -107,14 +112,21 @@ async fn post_with_idempotency_key_is_retried() {
     assert_eq!(resp.attempts(), 3);
     let seen = mock.seen();
     assert_eq!(seen.len(), 3);
-    assert!(seen.iter().all(|s| s.headers["idempotency-key"] == "order-42"));
+    assert!(seen
+        .iter()
+        .all(|s| s.headers["idempotency-key"] == "order-42"));
 }
 
 #[tokio::test(start_paused = true)]
 async fn post_is_retried_after_a_connect_failure_only() {
     let mock = Mock::script([Step::Fail(io::ErrorKind::ConnectionRefused)]);
     let client = mock.client(|b| b);
-    let resp = client.post("http://api.test/orders").body("{}").send().await.unwrap();
+    let resp = client
+        .post("http://api.test/orders")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.attempts(), 2);
 
@@ -149,7 +161,12 @@ async fn a_streaming_body_is_sent_once() {
     let events = Events::default();
     let client = mock.client(|b| b.on_event(events.hook()));
     let body = reqwest::Body::wrap(String::from("streamed"));
-    let resp = client.put("http://api.test/blob").body(body).send().await.unwrap();
+    let resp = client
+        .put("http://api.test/blob")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 503);
     assert_eq!(mock.calls(), 1);
     assert_eq!(events.count("BodyNotCloneable"), 1);
@@ -170,7 +187,12 @@ async fn backoff_without_jitter_doubles_then_caps() {
 async fn every_jitter_variant_stays_within_its_bounds() {
     let (base, max) = (ms(100), ms(2_000));
     let ceiling = |n: u32| base.saturating_mul(1 << (n - 1)).min(max);
-    for jitter in [Jitter::Full, Jitter::Equal, Jitter::Decorrelated, Jitter::None] {
+    for jitter in [
+        Jitter::Full,
+        Jitter::Equal,
+        Jitter::Decorrelated,
+        Jitter::None,
+    ] {
         for _ in 0..30 {
             let mock = Mock::always(Step::Status(503));
             let client = mock.client(|b| {
@@ -309,7 +331,12 @@ async fn retry_after_over_the_cap_returns_the_response_without_sleeping() {
 
     // An absurd value saturates instead of overflowing, and is over the cap too.
     let mock = Mock::always(Step::retry_after(503, "99999999999999999999999"));
-    let resp = mock.client(|b| b).get("http://api.test/x").send().await.unwrap();
+    let resp = mock
+        .client(|b| b)
+        .get("http://api.test/x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.attempts(), 1);
 
     // The cap is configurable.
@@ -367,25 +394,24 @@ async fn events_tell_each_attempt_retry_and_give_up() {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
     let client = mock.client(|b| {
-        b.retry(exact(ms(100), ms(1_000)))
-            .on_event(move |e| {
-                let line = match e {
-                    Event::Attempt {
-                        attempt,
-                        class,
-                        status,
-                        ..
-                    } => format!("attempt {attempt} {class} {}", status.unwrap().as_u16()),
-                    Event::Retry { attempt, delay, .. } => {
-                        format!("retry {attempt} after {}ms", delay.as_millis())
-                    }
-                    Event::GaveUp {
-                        attempts, reason, ..
-                    } => format!("gave up after {attempts}: {reason:?}"),
-                    other => format!("{other:?}"),
-                };
-                log.lock().unwrap().push(line);
-            })
+        b.retry(exact(ms(100), ms(1_000))).on_event(move |e| {
+            let line = match e {
+                Event::Attempt {
+                    attempt,
+                    class,
+                    status,
+                    ..
+                } => format!("attempt {attempt} {class} {}", status.unwrap().as_u16()),
+                Event::Retry { attempt, delay, .. } => {
+                    format!("retry {attempt} after {}ms", delay.as_millis())
+                }
+                Event::GaveUp {
+                    attempts, reason, ..
+                } => format!("gave up after {attempts}: {reason:?}"),
+                other => format!("{other:?}"),
+            };
+            log.lock().unwrap().push(line);
+        })
     });
     let _ = client.get("http://api.test/x").send().await.unwrap();
     assert_eq!(
