@@ -374,25 +374,23 @@ where
     let method = req.method().clone();
     // The URL is cloned only for the event hook; tracing reads it from the request's span.
     let url: Option<Url> = shared.hook.is_set().then(|| req.url().clone());
-    let mut original = Some(req);
+    let mut req = req;
     let mut rng: Option<fastrand::Rng> = None;
     let mut prev_delay = cfg.backoff.base;
     let mut attempt: u32 = 0;
 
     loop {
         attempt += 1;
-        let Some(orig) = original.as_ref() else {
-            unreachable!("the loop ends once the original request is sent");
-        };
-        let mut send = if attempt >= cfg.max_attempts {
-            original.take()
-        } else {
-            match orig.try_clone() {
-                Some(c) => Some(c),
-                None => original.take(),
+        // Send a copy while another attempt may follow, and keep the original for it. A
+        // request whose body is a stream cannot be copied: it is sent as it is, once.
+        let (mut send, kept) = if attempt < cfg.max_attempts {
+            match req.try_clone() {
+                Some(copy) => (copy, Some(req)),
+                None => (req, None),
             }
-        }
-        .unwrap_or_else(|| unreachable!("checked above"));
+        } else {
+            (req, None)
+        };
         context::record_attempt(attempt);
         context::bound_transport_timeout(&mut send, deadline);
 
@@ -426,13 +424,13 @@ where
             class,
             attempt,
             idempotent,
-            original.is_some(),
+            kept.is_some(),
             deadline,
             &mut prev_delay,
             &mut rng,
         );
         match next {
-            Next::Return => return finish(result, attempt, original.as_ref()),
+            Next::Return => return finish(result, attempt, kept.as_ref()),
             Next::GiveUp(reason) => {
                 tracing::debug!(attempts = attempt, class = %class, reason = ?reason, "not retrying");
                 if let Some(url) = &url {
@@ -444,12 +442,17 @@ where
                         reason,
                     });
                 }
-                return finish(result, attempt, original.as_ref());
+                return finish(result, attempt, kept.as_ref());
             }
             Next::Sleep {
                 delay,
                 from_retry_after,
             } => {
+                // `decide` only sleeps when a copy was kept.
+                let Some(next) = kept else {
+                    return finish(result, attempt, None);
+                };
+                req = next;
                 tracing::debug!(
                     http.request.resend_count = attempt,
                     class = %class,
