@@ -183,6 +183,33 @@ async fn backoff_without_jitter_doubles_then_caps() {
     assert_eq!(mock.gaps(), [ms(100), ms(200), ms(400), ms(700), ms(700)]);
 }
 
+/// The gaps between the attempts of each of `requests` sequential requests that all failed
+/// `attempts` times (one client, so one reqwest client is built).
+async fn gaps_per_request(
+    jitter: Jitter,
+    requests: usize,
+    attempts: u32,
+    max: Duration,
+) -> Vec<Vec<Duration>> {
+    let mock = Mock::always(Step::Status(503));
+    let client = mock.client(|b| {
+        b.no_total_timeout().retry(
+            Retry::default()
+                .max_attempts(attempts)
+                .no_budget()
+                .backoff(Backoff::new(ms(100), max).jitter(jitter)),
+        )
+    });
+    for _ in 0..requests {
+        let _ = client.get("http://api.test/x").send().await.unwrap();
+    }
+    let seen = mock.seen();
+    assert_eq!(seen.len(), requests * attempts as usize);
+    seen.chunks(attempts as usize)
+        .map(|c| c.windows(2).map(|w| w[1].at - w[0].at).collect())
+        .collect()
+}
+
 #[tokio::test(start_paused = true)]
 async fn every_jitter_variant_stays_within_its_bounds() {
     let (base, max) = (ms(100), ms(2_000));
@@ -193,18 +220,7 @@ async fn every_jitter_variant_stays_within_its_bounds() {
         Jitter::Decorrelated,
         Jitter::None,
     ] {
-        for _ in 0..30 {
-            let mock = Mock::always(Step::Status(503));
-            let client = mock.client(|b| {
-                b.no_total_timeout().retry(
-                    Retry::default()
-                        .max_attempts(8)
-                        .no_budget()
-                        .backoff(Backoff::new(base, max).jitter(jitter)),
-                )
-            });
-            let _ = client.get("http://api.test/x").send().await.unwrap();
-            let gaps = mock.gaps();
+        for gaps in gaps_per_request(jitter, 50, 8, max).await {
             assert_eq!(gaps.len(), 7);
             let mut prev = base;
             for (i, gap) in gaps.iter().copied().enumerate() {
@@ -228,18 +244,8 @@ async fn every_jitter_variant_stays_within_its_bounds() {
 async fn full_jitter_delays_grow_on_average() {
     // 200 requests, 4 retries each: the mean delay before retry n grows with n.
     let mut sums = [Duration::ZERO; 4];
-    for _ in 0..200 {
-        let mock = Mock::always(Step::Status(503));
-        let client = mock.client(|b| {
-            b.no_total_timeout().retry(
-                Retry::default()
-                    .max_attempts(5)
-                    .no_budget()
-                    .backoff(Backoff::new(ms(100), ms(10_000))),
-            )
-        });
-        let _ = client.get("http://api.test/x").send().await.unwrap();
-        for (s, g) in sums.iter_mut().zip(mock.gaps()) {
+    for gaps in gaps_per_request(Jitter::Full, 200, 5, ms(10_000)).await {
+        for (s, g) in sums.iter_mut().zip(gaps) {
             *s += g;
         }
     }
