@@ -18,7 +18,8 @@ use crate::error::TimeoutKind;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Event<'a> {
-    /// An attempt finished (every attempt, the first included).
+    /// An attempt finished (every attempt, the first included). Emitted by the retry stage:
+    /// a pipeline without one (`no_retry`) emits none.
     Attempt {
         /// The request's method.
         method: &'a Method,
@@ -59,7 +60,9 @@ pub enum Event<'a> {
         /// Why it did not try again.
         reason: GiveUpReason,
     },
-    /// A timeout fired.
+    /// palisade's attempt or total timeout fired. The transport's own timeouts (reqwest's
+    /// `timeout`, `connect_timeout`, `read_timeout`) are seen as an `Attempt` whose class is
+    /// `Timeout`, not as this event.
     Timeout {
         /// Which timeout.
         kind: TimeoutKind,

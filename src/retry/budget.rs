@@ -56,6 +56,10 @@ impl RetryBudget {
 
     /// Retries per second allowed whatever the request rate, so that a quiet client can still
     /// retry. Default 10.
+    ///
+    /// It is kept as a reserve of `min_per_second × window` retries (100 by default) that a
+    /// burst of failures may spend at once; each retry comes back to the reserve when it ages
+    /// out of the window. So it allows that many retries per window, not a steady rate.
     pub fn min_per_second(mut self, n: u32) -> Self {
         self.min_per_second = n;
         self
