@@ -111,8 +111,11 @@ impl ClientBuilder {
         self
     }
 
-    /// The deadline for the whole request: every attempt, every backoff sleep, and reading the
-    /// body. Default 30 s; must be above zero and at least the attempt timeout.
+    /// The deadline for the whole request, until the response's head arrives: every attempt
+    /// and every backoff sleep. Default 30 s; must be above zero and at least the attempt
+    /// timeout. To bound reading the body too, set reqwest's `timeout` or `read_timeout` on the
+    /// `reqwest::Client`, or [`RequestBuilder::timeout`](crate::RequestBuilder::timeout) on a
+    /// request.
     pub fn total_timeout(mut self, timeout: Duration) -> Self {
         self.total_timeout = Some(timeout);
         self

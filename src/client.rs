@@ -306,8 +306,9 @@ impl RequestBuilder {
     }
 
     /// Sets this request's total timeout, in place of the client's
-    /// ([`ClientBuilder::total_timeout`]): it covers every attempt, every backoff sleep and
-    /// reading the body.
+    /// ([`ClientBuilder::total_timeout`]): it covers every attempt and every backoff sleep and,
+    /// as reqwest's per-request timeout does, reading the body (each retry's copy carries what
+    /// is left of it). Like reqwest's, it replaces the `reqwest::Client`'s own `timeout`.
     pub fn timeout(self, timeout: Duration) -> Self {
         self.map(|b| b.timeout(timeout))
     }

@@ -38,15 +38,16 @@ pub(crate) fn record_attempt(n: u32) {
     let _ = CONTEXT.try_with(|c| c.attempts.set(n));
 }
 
-/// Bounds the transport's own per-request timeout by what is left of the deadline, so that
-/// reading the body after palisade returns the response cannot outlive the total timeout.
+/// Narrows a per-request transport timeout (reqwest's `Request::timeout`, which covers reading
+/// the body too) to what is left of the deadline, so that a retry's copy cannot outlive it.
+///
+/// A request without one is left alone: in reqwest a per-request timeout *replaces* the
+/// client's `timeout`, so setting one here would silently drop the client's.
 pub(crate) fn bound_transport_timeout(req: &mut reqwest::Request, deadline: Option<Instant>) {
-    if let Some(deadline) = deadline {
+    if let (Some(deadline), Some(cur)) = (deadline, req.timeout_mut().as_mut()) {
         let left = deadline.saturating_duration_since(Instant::now());
-        let t = req.timeout_mut();
-        *t = Some(match *t {
-            Some(cur) if cur < left => cur,
-            _ => left.max(Duration::from_millis(1)),
-        });
+        if left < *cur {
+            *cur = left.max(Duration::from_millis(1));
+        }
     }
 }

@@ -65,10 +65,12 @@
 //! refused streams, which the server never processed, but a policy of your own would multiply
 //! palisade's attempts; build such a client with `.retry(reqwest::retry::never())`.
 //!
-//! reqwest's timeouts still apply under palisade's and fire as
-//! [`TimeoutKind::Transport`]; the retry stage treats them as attempt timeouts. palisade's
-//! total timeout also sets each attempt's reqwest timeout to what is left of the deadline, so
-//! reading the body after the response is returned is bounded by the same deadline.
+//! reqwest's timeouts (`timeout`, `connect_timeout`, `read_timeout` on its client builder)
+//! still apply under palisade's and fire as [`TimeoutKind::Transport`]; the retry stage treats
+//! them as attempt timeouts. palisade's timeouts end when the response's head arrives: reading
+//! the body afterwards is bounded by reqwest's `timeout` or `read_timeout`, which palisade
+//! never changes, or by a per-request [`RequestBuilder::timeout`], which is palisade's total
+//! timeout for that request and, as in reqwest, covers the body too.
 //!
 //! # Events and tracing
 //!

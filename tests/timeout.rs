@@ -149,14 +149,30 @@ async fn a_request_timeout_replaces_the_total_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn each_attempt_carries_what_is_left_of_the_deadline_as_its_transport_timeout() {
-    // So that reading a body after the response is returned cannot outlive the deadline.
+async fn a_request_timeout_is_narrowed_to_what_is_left_for_each_retry() {
+    // reqwest applies a per-request timeout to reading the body too: a retry's copy carries
+    // what is left of it, so the body cannot outlive the deadline.
     let mock = Mock::script([Step::after(secs(1), Step::Status(503))]);
-    let client = mock.client(|b| b.total_timeout(secs(10)).retry(exact(ms(500), secs(1))));
-    let _ = client.get("http://api.test/x").send().await.unwrap();
+    let client = mock.client(|b| b.retry(exact(ms(500), secs(1))));
+    let _ = client
+        .get("http://api.test/x")
+        .timeout(secs(10))
+        .send()
+        .await
+        .unwrap();
     let seen = mock.seen();
     assert_eq!(seen[0].timeout, Some(secs(10)));
     assert_eq!(seen[1].timeout, Some(ms(8_500)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_without_a_timeout_gets_none_so_the_clients_own_stays_in_force() {
+    // Regression: the total timeout used to set one, which in reqwest replaces the client's
+    // `timeout` and silently dropped it.
+    let mock = Mock::script([Step::Status(503)]);
+    let client = mock.client(|b| b.total_timeout(secs(10)));
+    let _ = client.get("http://api.test/x").send().await.unwrap();
+    assert!(mock.seen().iter().all(|s| s.timeout.is_none()));
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,12 +1,13 @@
 //! Timeouts: one per attempt, one for the whole request.
 //!
 //! - [`TotalTimeout`] bounds everything below it — every attempt and every backoff sleep of the
-//!   retry stage — by one deadline. It shares the deadline with the stages below, so the retry
-//!   stage never sleeps past it nor starts an attempt after it, and it sets the transport's own
-//!   per-request timeout (reqwest's `Request::timeout`) to what is left, so reading the body
-//!   after the response has come back cannot outlive the deadline either. A request that
-//!   carries a timeout of its own (set with `RequestBuilder::timeout`) uses it instead of the
-//!   layer's.
+//!   retry stage — by one deadline, until the response's head arrives. It shares the deadline
+//!   with the stages below, so the retry stage never starts an attempt after it. A request that
+//!   carries a timeout of its own (reqwest's `Request::timeout`, set with
+//!   `RequestBuilder::timeout`) uses it instead of the layer's; since reqwest applies that
+//!   timeout to reading the body as well, each retry's copy carries what is left of it, and
+//!   the body of the response cannot outlive the deadline either. The stage never sets a
+//!   transport timeout on a request that has none: reqwest would let it replace the client's.
 //! - [`AttemptTimeout`] bounds one attempt, from sending the request to receiving the response's
 //!   head. When the total deadline comes first, it fires then and reports the total timeout.
 //!
