@@ -121,7 +121,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Removes the total timeout. Attempts are still bounded by the attempt timeout.
+    /// Removes the total timeout. Attempts are still bounded by the attempt timeout, and a
+    /// request with a timeout of its own ([`RequestBuilder::timeout`](crate::RequestBuilder::timeout))
+    /// still gets a deadline.
     pub fn no_total_timeout(mut self) -> Self {
         self.total_timeout = None;
         self
@@ -186,11 +188,12 @@ impl ClientBuilder {
     /// `reqwest::Client` cannot be built (`http_client`).
     pub fn build(self) -> Result<Client, ConfigError> {
         let retry_summary = self.retry_summary();
-        let total = self
-            .total_timeout
-            .map(TotalTimeoutLayer::new)
-            .transpose()?
-            .map(|l| l.with_hook(self.hook.clone()));
+        // Without a total timeout the stage stays, for requests with a timeout of their own.
+        let total = match self.total_timeout {
+            Some(t) => TotalTimeoutLayer::new(t)?,
+            None => TotalTimeoutLayer::per_request_only(),
+        }
+        .with_hook(self.hook.clone());
         let attempt = self
             .attempt_timeout
             .map(AttemptTimeoutLayer::new)
@@ -249,10 +252,7 @@ impl ClientBuilder {
             Some(l) => Either::Left(l.layer(stage)),
             None => Either::Right(stage),
         };
-        let pipeline = match total {
-            Some(l) => Either::Left(l.layer(stage)),
-            None => Either::Right(stage),
-        };
+        let pipeline = total.layer(stage);
         Ok(Client::from_ref(ClientRef {
             http,
             pipeline,
@@ -263,7 +263,7 @@ impl ClientBuilder {
     fn retry_summary(&self) -> Option<String> {
         self.retry
             .as_ref()
-            .map(|r| format!("retry(max_attempts={})", r.get_max_attempts()))
+            .map(|r| format!("retry(max_attempts={})", r.max_attempts))
     }
 }
 

@@ -58,7 +58,9 @@ impl FailureClass {
             429 => FailureClass::Throttled,
             503 if headers.contains_key(http::header::RETRY_AFTER) => FailureClass::Throttled,
             400..=499 => FailureClass::ClientError,
-            _ => FailureClass::ServerError,
+            500..=599 => FailureClass::ServerError,
+            // Not an HTTP status at all: an answer nobody can act on, not a failure to retry.
+            _ => FailureClass::ClientError,
         }
     }
 
@@ -89,6 +91,7 @@ impl fmt::Display for FailureClass {
 
 /// What one attempt produced, as the classifier sees it.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub enum Outcome<'a> {
     /// An HTTP response, whatever its status.
     Response(&'a Response),
@@ -218,6 +221,9 @@ mod tests {
         assert_eq!(class(503, true), FailureClass::Throttled);
         for s in [500, 501, 502, 503, 504, 599] {
             assert_eq!(class(s, false), FailureClass::ServerError, "{s}");
+        }
+        for s in [600, 999] {
+            assert_eq!(class(s, false), FailureClass::ClientError, "{s}");
         }
         assert_eq!(class(500, true), FailureClass::ServerError);
     }

@@ -25,7 +25,7 @@ use crate::transport::Transport;
 
 type AttemptStage = Either<AttemptTimeout<Transport>, Transport>;
 type RetryStage = Either<RetryService<AttemptStage>, AttemptStage>;
-pub(crate) type Pipeline = Either<TotalTimeout<RetryStage>, RetryStage>;
+pub(crate) type Pipeline = TotalTimeout<RetryStage>;
 
 /// An HTTP client whose requests go through palisade's pipeline: total timeout, retry with
 /// backoff, `Retry-After` and a budget, attempt timeout.
@@ -135,6 +135,22 @@ impl Client {
     /// builder, say).
     pub fn http_client(&self) -> &reqwest::Client {
         &self.inner.http
+    }
+}
+
+/// A `Client` is a tower service too, as `reqwest::Client` is: always ready, and
+/// `call` is [`Client::execute`].
+impl tower_service::Service<Request> for Client {
+    type Response = Response;
+    type Error = Error;
+    type Future = Pending;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Pending {
+        self.execute(req)
     }
 }
 

@@ -1,9 +1,15 @@
 //! The per-request context the stages share: the total deadline and the attempt count.
 //!
 //! `reqwest::Request` keeps its extensions private, so the context travels in a tokio task-local
-//! set by the total-timeout stage around the rest of the pipeline. A stage that finds no context
-//! (used without a total timeout, or across a task boundary such as `tower::buffer`) works
-//! without a deadline.
+//! that the total-timeout stage sets around the rest of the pipeline, both while the stages
+//! below are called and while their futures are polled. A stage that finds no context works
+//! without a deadline: used without a total timeout, or under a layer of the user's that moves
+//! the call to another task (`tokio::spawn`): such a call does not see the deadline, and keeps
+//! running when the caller's request has timed out.
+//!
+//! A custom transport is called and polled under a detached context, so a transport that sends
+//! through another palisade client (to fetch a token, say) neither sees this request's deadline
+//! nor counts its attempts as this request's.
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -11,16 +17,23 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub(crate) struct RequestContext {
-    pub(crate) deadline: Instant,
+    pub(crate) deadline: Option<Instant>,
     pub(crate) attempts: Cell<u32>,
 }
 
 impl RequestContext {
-    pub(crate) fn new(deadline: Instant) -> Self {
+    /// The total-timeout stage calls the stage below it at once: that is attempt 1, unless a
+    /// retry stage below records otherwise.
+    pub(crate) fn new(deadline: Option<Instant>) -> Self {
         RequestContext {
             deadline,
-            attempts: Cell::new(0),
+            attempts: Cell::new(1),
         }
+    }
+
+    /// A context with no deadline, for code that must not see the request's.
+    pub(crate) fn detached() -> Self {
+        RequestContext::new(None)
     }
 }
 
@@ -30,7 +43,7 @@ tokio::task_local! {
 
 /// The deadline of the request being processed, if a total timeout set one.
 pub(crate) fn deadline() -> Option<Instant> {
-    CONTEXT.try_with(|c| c.deadline).ok()
+    CONTEXT.try_with(|c| c.deadline).ok().flatten()
 }
 
 /// Records that attempt `n` is starting.

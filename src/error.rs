@@ -4,8 +4,6 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
-use std::time::Duration;
-
 use url::Url;
 
 /// A boxed error, as tower and reqwest use for sources.
@@ -15,12 +13,14 @@ pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 ///
 /// An HTTP response is `Ok(reqwest::Response)` whatever its status, as in reqwest. `Error` is for
 /// what came back instead of a response: a transport failure, a timeout, an invalid request.
-/// [`kind`](Error::kind) tells which; the predicates ([`is_timeout`](Error::is_timeout),
-/// [`is_connect`](Error::is_connect)) look through the whole [`source`](StdError::source) chain,
-/// so they also see a timeout or a refused connection wrapped inside a transport's error.
+/// [`kind`](Error::kind) tells which. It is decided when the error is converted from a reqwest
+/// or I/O error, by walking that error's whole [`source`](StdError::source) chain, so a timeout
+/// or a refused connection wrapped deep inside a transport's error is still seen as one by the
+/// predicates ([`is_timeout`](Error::is_timeout), [`is_connect`](Error::is_connect)).
 ///
 /// [`attempts`](Error::attempts) tells how many attempts the pipeline made before it gave up.
-/// The underlying reqwest or I/O error, where there is one, is the `source()`.
+/// The underlying reqwest or I/O error, where there is one, is the `source()`. `Display` shows
+/// the URL without its query values, so that logging an error does not leak tokens.
 pub struct Error {
     inner: Box<Inner>,
 }
@@ -32,7 +32,6 @@ struct Inner {
     source: Option<BoxError>,
     url: Option<Url>,
     attempts: u32,
-    retry_after: Option<Duration>,
 }
 
 /// What kind of failure an [`Error`] is.
@@ -91,7 +90,6 @@ impl Error {
                 source: None,
                 url: None,
                 attempts: 1,
-                retry_after: None,
             }),
         }
     }
@@ -104,7 +102,8 @@ impl Error {
     }
 
     /// An error of the given kind with a source, for transports other than reqwest (an in-memory
-    /// transport in tests, a custom connector).
+    /// transport in tests, a custom connector). The kind is taken as given; convert from an
+    /// `io::Error` instead to have it classed by its `ErrorKind`.
     ///
     /// ```
     /// use palisade::{Error, ErrorKind};
@@ -126,8 +125,8 @@ impl Error {
         self.inner.kind
     }
 
-    /// Whether a timeout fired: palisade's own or the transport's (looking through the source
-    /// chain for an I/O `TimedOut` too).
+    /// Whether a timeout fired: palisade's own or the transport's (an I/O `TimedOut` anywhere
+    /// in the source chain of a converted error counts).
     pub fn is_timeout(&self) -> bool {
         self.inner.kind == ErrorKind::Timeout
     }
@@ -137,20 +136,16 @@ impl Error {
         self.inner.timeout
     }
 
-    /// Whether the connection could not be made (refused, DNS, unreachable, connect timeout):
-    /// the request never reached the server.
+    /// Whether the connection could not be made (refused, DNS, host or network unreachable,
+    /// connect timeout): the request never reached the server.
     pub fn is_connect(&self) -> bool {
         self.inner.connect
     }
 
-    /// How many attempts the pipeline made before it returned this error (1 without retries).
+    /// How many attempts the pipeline made before it returned this error: 1 without retries,
+    /// 0 when the total deadline had passed before the first could start.
     pub fn attempts(&self) -> u32 {
         self.inner.attempts
-    }
-
-    /// A hint of when trying again may succeed, where the failure gives one.
-    pub fn retry_after(&self) -> Option<Duration> {
-        self.inner.retry_after
     }
 
     /// The URL of the request, where known.
@@ -159,7 +154,14 @@ impl Error {
     }
 
     pub(crate) fn set_attempts(&mut self, attempts: u32) {
-        self.inner.attempts = attempts.max(1);
+        self.inner.attempts = attempts;
+    }
+
+    /// Makes this error the given timeout, keeping its source and URL (a transport timeout
+    /// that fired at the total deadline is the total timeout).
+    pub(crate) fn set_timeout_kind(&mut self, kind: TimeoutKind) {
+        self.inner.kind = ErrorKind::Timeout;
+        self.inner.timeout = Some(kind);
     }
 
     pub(crate) fn with_attempts(mut self, attempts: u32) -> Self {
@@ -172,12 +174,6 @@ impl Error {
             self.inner.url = Some(url.clone());
         }
     }
-
-    #[allow(dead_code)] // used by the stages that reject with a hint
-    pub(crate) fn with_retry_after(mut self, hint: Option<Duration>) -> Self {
-        self.inner.retry_after = hint;
-        self
-    }
 }
 
 /// Walks an error's source chain and reports whether any link is a timeout or a refused
@@ -189,9 +185,10 @@ fn scan_chain(err: &(dyn StdError + 'static)) -> (bool, bool) {
         if let Some(io) = e.downcast_ref::<io::Error>() {
             match io.kind() {
                 io::ErrorKind::TimedOut => timeout = true,
-                io::ErrorKind::ConnectionRefused | io::ErrorKind::AddrNotAvailable => {
-                    connect = true
-                }
+                io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::AddrNotAvailable
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable => connect = true,
                 _ => {}
             }
         }
@@ -234,8 +231,9 @@ impl From<reqwest::Error> for Error {
 }
 
 impl From<io::Error> for Error {
-    /// Classes an I/O error by its kind: `TimedOut` is a transport timeout, `ConnectionRefused`
-    /// and `AddrNotAvailable` a connect error, anything else a transport error.
+    /// Classes an I/O error by its kind: `TimedOut` is a transport timeout; `ConnectionRefused`,
+    /// `AddrNotAvailable`, `HostUnreachable` and `NetworkUnreachable` a connect error; anything
+    /// else a transport error.
     fn from(err: io::Error) -> Self {
         let (timeout, connect) = scan_chain(&err);
         let kind = if timeout {
@@ -263,12 +261,9 @@ impl fmt::Debug for Error {
             d.field("timeout", t);
         }
         if let Some(url) = &self.inner.url {
-            d.field("url", &url.as_str());
+            d.field("url", &crate::client::redacted(url));
         }
         d.field("attempts", &self.inner.attempts);
-        if let Some(h) = &self.inner.retry_after {
-            d.field("retry_after", h);
-        }
         if let Some(s) = &self.inner.source {
             d.field("source", s);
         }
@@ -288,7 +283,7 @@ impl fmt::Display for Error {
             write!(f, " after {} attempts", self.inner.attempts)?;
         }
         if let Some(url) = &self.inner.url {
-            write!(f, " for url ({})", url.as_str())?;
+            write!(f, " for url ({})", crate::client::redacted(url))?;
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ use crate::error::TimeoutKind;
 pub enum Event<'a> {
     /// An attempt finished (every attempt, the first included). Emitted by the retry stage:
     /// a pipeline without one (`no_retry`) emits none.
+    #[non_exhaustive]
     Attempt {
         /// The request's method.
         method: &'a Method,
@@ -33,6 +34,7 @@ pub enum Event<'a> {
         status: Option<StatusCode>,
     },
     /// The retry stage will try again after `delay`.
+    #[non_exhaustive]
     Retry {
         /// The request's method.
         method: &'a Method,
@@ -48,6 +50,7 @@ pub enum Event<'a> {
         from_retry_after: bool,
     },
     /// The retry stage returned a failed outcome it could otherwise have retried.
+    #[non_exhaustive]
     GaveUp {
         /// The request's method.
         method: &'a Method,
@@ -63,6 +66,7 @@ pub enum Event<'a> {
     /// palisade's attempt or total timeout fired. The transport's own timeouts (reqwest's
     /// `timeout`, `connect_timeout`, `read_timeout`) are seen as an `Attempt` whose class is
     /// `Timeout`, not as this event.
+    #[non_exhaustive]
     Timeout {
         /// Which timeout.
         kind: TimeoutKind,
@@ -86,7 +90,7 @@ pub enum GiveUpReason {
     /// The server's `Retry-After` asks for a longer wait than `max_retry_after` allows.
     RetryAfterTooLong,
     /// The server's `Retry-After` points past the total deadline.
-    DeadlineTooSoon,
+    RetryAfterPastDeadline,
 }
 
 type HookFn = dyn Fn(&Event<'_>) + Send + Sync;

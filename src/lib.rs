@@ -89,7 +89,7 @@
 //!
 //! # MSRV
 //!
-//! Rust 1.85.
+//! Rust 1.88.
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]

@@ -7,9 +7,11 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 use reqwest::{Request, Response};
+use tokio::task::futures::TaskLocalFuture;
 use tower::util::BoxCloneSyncService;
 use tower_service::Service;
 
+use crate::context::{RequestContext, CONTEXT};
 use crate::error::Error;
 
 /// What the pipeline sends attempts through.
@@ -32,7 +34,10 @@ pin_project! {
     #[project = TransportFutureProj]
     pub(crate) enum TransportFuture {
         Reqwest { #[pin] fut: <reqwest::Client as Service<Request>>::Future },
-        Custom { fut: Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>> },
+        Custom {
+            #[pin]
+            fut: TaskLocalFuture<RequestContext, Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>>,
+        },
     }
 }
 
@@ -42,7 +47,7 @@ impl Future for TransportFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             TransportFutureProj::Reqwest { fut } => fut.poll(cx).map_err(Error::from),
-            TransportFutureProj::Custom { fut } => fut.as_mut().poll(cx),
+            TransportFutureProj::Custom { fut } => fut.poll(cx),
         }
     }
 }
@@ -62,7 +67,13 @@ impl Service<Request> for Transport {
     fn call(&mut self, req: Request) -> TransportFuture {
         match self {
             Transport::Reqwest(c) => TransportFuture::Reqwest { fut: c.call(req) },
-            Transport::Custom(s) => TransportFuture::Custom { fut: s.call(req) },
+            // A custom transport runs detached from this request's context (see `context`).
+            Transport::Custom(s) => {
+                let fut = CONTEXT.sync_scope(RequestContext::detached(), || s.call(req));
+                TransportFuture::Custom {
+                    fut: CONTEXT.scope(RequestContext::detached(), fut),
+                }
+            }
         }
     }
 }

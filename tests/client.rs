@@ -115,3 +115,32 @@ async fn a_custom_transport_error_converts_into_palisade_error() {
     assert!(source.downcast_ref::<std::io::Error>().is_some());
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn error_display_hides_query_values_and_credentials() {
+    let mock = Mock::always(Step::Fail(std::io::ErrorKind::ConnectionReset));
+    let client = mock.client(|b| b.no_retry());
+    let err = client
+        .get("http://user:pw@api.test/x?token=s3cret")
+        .send()
+        .await
+        .unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("pw@"),
+        "{shown}"
+    );
+    assert!(shown.contains("http://api.test/x?token"), "{shown}");
+    // The URL itself is still there for those who need it.
+    assert_eq!(err.url().unwrap().query(), Some("token=s3cret"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_is_a_tower_service() {
+    use tower::ServiceExt;
+    let mock = Mock::always(Step::Status(200));
+    let client = mock.client(|b| b);
+    let req = reqwest::Request::new(reqwest::Method::GET, "http://api.test/".parse().unwrap());
+    let resp = client.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -370,7 +370,7 @@ async fn retry_after_past_the_deadline_returns_the_response_without_sleeping() {
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(resp.status(), 503);
     assert_eq!(mock.calls(), 1);
-    assert_eq!(events.count("DeadlineTooSoon"), 1);
+    assert_eq!(events.count("RetryAfterPastDeadline"), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -454,4 +454,14 @@ async fn the_retry_layer_works_on_its_own() {
     let resp = svc.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(resp.attempts(), 4);
     assert_eq!(mock.gaps(), [ms(10); 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn statuses_beyond_599_are_not_retried() {
+    // Regression: anything above 599 was classed a server error and retried.
+    let mock = Mock::always(Step::Status(999));
+    let client = mock.client(|b| b);
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 999);
+    assert_eq!(mock.calls(), 1);
 }

@@ -219,3 +219,117 @@ async fn the_timeout_layers_work_on_their_own() {
     assert_eq!(start.elapsed(), secs(2));
     assert_eq!(err.timeout_kind(), Some(TimeoutKind::Attempt));
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_attempt_starts_after_the_deadline_when_the_task_is_polled_late() {
+    // Regression: a task woken after both its backoff sleep and the deadline had passed used to
+    // send another attempt and return its answer.
+    let mock = Mock::script([Step::Status(503)]);
+    let client = mock.client(|b| {
+        b.total_timeout(ms(300))
+            .attempt_timeout(ms(100))
+            .retry(exact(ms(50), secs(1)))
+    });
+    let task = tokio::spawn(async move { client.get("http://api.test/x").send().await });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(mock.calls(), 1);
+    // The clock jumps past the backoff and the deadline before the task runs again.
+    tokio::time::advance(ms(500)).await;
+    let err = task.await.unwrap().unwrap_err();
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total));
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_at_the_deadline_is_not_retried_and_spends_no_budget() {
+    // Regression: the attempt timeout capped by the deadline used to be retried: a retry event,
+    // a budget withdrawal, then the total timeout.
+    let mock = Mock::always(Step::Hang);
+    let events = Events::default();
+    let client = mock.client(|b| {
+        b.total_timeout(secs(1))
+            .attempt_timeout(secs(1))
+            .on_event(events.hook())
+    });
+    let err = client.get("http://api.test/x").send().await.unwrap_err();
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total));
+    assert_eq!(events.count("Retry {"), 0, "{:?}", events.all());
+    assert_eq!(events.count("kind: Total"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backoff_that_reaches_the_deadline_is_not_a_retry() {
+    let mock = Mock::always(Step::Status(503));
+    let events = Events::default();
+    let client = mock.client(|b| {
+        b.total_timeout(secs(3))
+            .attempt_timeout(secs(1))
+            .retry(exact(secs(2), secs(10)).max_attempts(5))
+            .on_event(events.hook())
+    });
+    let err = client.get("http://api.test/x").send().await.unwrap_err();
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total));
+    // One retry (after 2 s); the 4 s backoff from 2 s would end past the deadline.
+    assert_eq!(events.count("Retry {"), 1, "{:?}", events.all());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_timeout_is_a_deadline_even_without_a_total_timeout() {
+    // Regression: with `no_total_timeout` a request's timeout used to bound each attempt only.
+    let mock = Mock::always(Step::Hang);
+    let client = mock.client(|b| b.no_total_timeout().attempt_timeout(ms(400)));
+    let start = Instant::now();
+    let err = client
+        .get("http://api.test/x")
+        .timeout(secs(1))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), secs(1));
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total));
+    assert_eq!(err.attempts(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_request_timeout_starts_no_attempt() {
+    let mock = Mock::always(Step::Status(200));
+    let client = mock.client(|b| b);
+    let err = client
+        .get("http://api.test/x")
+        .timeout(Duration::ZERO)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total));
+    assert_eq!(err.attempts(), 0);
+    assert_eq!(mock.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transport_that_uses_another_client_does_not_mix_their_contexts() {
+    // Regression: the inner client's attempts were counted as the outer request's, and the
+    // inner client saw the outer deadline.
+    let inner_mock = Mock::always(Step::Status(503));
+    let inner = inner_mock.client(|b| b.no_total_timeout().retry(exact(ms(10), ms(10))));
+    let outer = palisade::Client::builder()
+        .no_retry()
+        .total_timeout(secs(10))
+        .transport(tower::service_fn(move |_req: reqwest::Request| {
+            let inner = inner.clone();
+            async move {
+                // Fetch a token through the inner client, then hang.
+                let token = inner.get("http://auth.test/token").send().await?;
+                assert_eq!(token.attempts(), 3);
+                std::future::pending::<Result<reqwest::Response, palisade::Error>>().await
+            }
+        }))
+        .build()
+        .unwrap();
+    let err = outer.get("http://api.test/x").send().await.unwrap_err();
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total));
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(inner_mock.calls(), 3);
+}

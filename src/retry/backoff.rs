@@ -35,6 +35,7 @@ pub enum Jitter {
 /// assert_eq!(b.ceiling(1_000), Duration::from_secs(10));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a schedule does nothing until given to a retry policy"]
 pub struct Backoff {
     pub(crate) base: Duration,
     pub(crate) max: Duration,

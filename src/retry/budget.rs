@@ -8,8 +8,10 @@
 //! second so that a client with little traffic can still retry, counted over a 10 s window.
 //!
 //! The window is kept in ten slots of atomic counters, so a deposit or a withdrawal is a handful
-//! of atomic operations and never a lock. Under heavy contention two withdrawals may both see
-//! the last retry as free; the budget can overdraw by at most one retry per racing thread.
+//! of atomic operations and never a lock. The counts are approximate under contention, never
+//! unsafe: two withdrawals may both see the last retry as free (an overdraw of one retry per
+//! racing thread), and a deposit or withdrawal made in the instant the window moves to a new
+//! slot may be cleared with it.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,6 +32,7 @@ use crate::error::ConfigError;
 /// # let _ = budget;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use = "a budget does nothing until given to a retry policy"]
 pub struct RetryBudget {
     pub(crate) ratio: f64,
     pub(crate) min_per_second: u32,

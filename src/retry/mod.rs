@@ -10,12 +10,15 @@
 //! - a request whose body is a stream: such a request cannot be cloned and is sent once;
 //! - when the server's `Retry-After` asks for more than [`Retry::max_retry_after`], or for a
 //!   time past the total deadline: the response is returned at once, without sleeping;
+//! - when the total deadline has come (a timeout at the deadline is not retried);
 //! - when the [retry budget](RetryBudget) is spent.
 //!
 //! The delay before retry `n` is drawn by the [`Backoff`] schedule, unless the response carries a
 //! valid `Retry-After`, which then sets the delay exactly: never earlier than the server asked.
-//! A backoff sleep is bounded by the total timeout like everything else: if the deadline comes
-//! during the sleep, the request fails with the total timeout, and no attempt starts after it.
+//! A backoff sleep is bounded by the total timeout like everything else: when the delay drawn
+//! reaches the deadline, the stage waits for the deadline without spending the budget, and the
+//! request fails with the total timeout. No attempt starts after the deadline, even when the
+//! task is polled late.
 //! After the last attempt the last response is returned as it is, whatever its status; the
 //! response tells how many attempts were made through [`ResponseExt::attempts`].
 //!
@@ -46,7 +49,7 @@ use self::budget::Budget;
 pub use self::budget::RetryBudget;
 use crate::classify::{Classifier, FailureClass, Outcome};
 use crate::context;
-use crate::error::{ConfigError, Error};
+use crate::error::{ConfigError, Error, TimeoutKind};
 use crate::event::{Event, GiveUpReason, Hook};
 use crate::ext::Attempts;
 
@@ -69,8 +72,9 @@ use crate::ext::Attempts;
 /// # Ok::<(), palisade::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
+#[must_use = "a policy does nothing until given to a client or a layer"]
 pub struct Retry {
-    max_attempts: u32,
+    pub(crate) max_attempts: u32,
     backoff: Backoff,
     max_retry_after: Duration,
     budget: Option<RetryBudget>,
@@ -126,16 +130,14 @@ impl Retry {
         self
     }
 
-    /// The `ServerError` statuses that are retried. Default 500, 502, 503, 504 (501 Not
-    /// Implemented and 505 and up are answers that another attempt will not change).
+    /// The 5xx statuses that are retried when classed `ServerError`. Default 500, 502, 503,
+    /// 504 (501 Not Implemented and 505 and up are answers that another attempt will not
+    /// change). The list filters 5xx responses only: a response of another status that a
+    /// custom classifier calls a `ServerError` is retried, and a 503 with `Retry-After` is
+    /// `Throttled` by default and retried whatever the list says.
     pub fn server_error_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.statuses = statuses.into_iter().collect();
         self
-    }
-
-    /// The attempts in all.
-    pub fn get_max_attempts(&self) -> u32 {
-        self.max_attempts
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
@@ -170,7 +172,7 @@ pub(crate) fn is_idempotent(req: &Request) -> bool {
     matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || req.headers().contains_key("idempotency-key")
+    ) || req.headers().contains_key(IDEMPOTENCY_KEY)
 }
 
 /// A [`Layer`] that wraps a service in [`RetryService`]. Every service it makes shares one
@@ -357,6 +359,9 @@ enum Next {
         delay: Duration,
         from_retry_after: bool,
     },
+    /// The backoff would reach the deadline: wait for it (the total timeout fires during the
+    /// sleep) without spending the budget on a retry that cannot happen.
+    SleepToDeadline(Instant),
 }
 
 async fn run<S>(mut inner: S, shared: Arc<Shared>, req: Request) -> Result<Response, Error>
@@ -381,6 +386,12 @@ where
 
     loop {
         attempt += 1;
+        // No attempt starts after the deadline, even when this task is polled late.
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let mut e = Error::timeout(TimeoutKind::Total).with_attempts(attempt - 1);
+            e.set_url_if_missing(req.url());
+            return Err(e);
+        }
         // Send a copy while another attempt may follow, and keep the original for it. A
         // request whose body is a stream cannot be copied: it is sent as it is, once.
         let (mut send, kept) = if attempt < cfg.max_attempts {
@@ -393,6 +404,8 @@ where
         };
         context::record_attempt(attempt);
         context::bound_transport_timeout(&mut send, deadline);
+        // For the error of a last attempt, whose request is not kept.
+        let last_url = (kept.is_none() && attempt > 1).then(|| send.url().clone());
 
         let ready: Result<(), Error> = inner.ready().await.map(|_| ()).map_err(Into::into);
         let result = match ready {
@@ -430,7 +443,13 @@ where
             &mut rng,
         );
         match next {
-            Next::Return => return finish(result, attempt, kept.as_ref()),
+            Next::Return => {
+                return finish(
+                    result,
+                    attempt,
+                    kept.as_ref().map(Request::url).or(last_url.as_ref()),
+                )
+            }
             Next::GiveUp(reason) => {
                 tracing::debug!(attempts = attempt, class = %class, reason = ?reason, "not retrying");
                 if let Some(url) = &url {
@@ -442,7 +461,11 @@ where
                         reason,
                     });
                 }
-                return finish(result, attempt, kept.as_ref());
+                return finish(
+                    result,
+                    attempt,
+                    kept.as_ref().map(Request::url).or(last_url.as_ref()),
+                );
             }
             Next::Sleep {
                 delay,
@@ -450,7 +473,7 @@ where
             } => {
                 // `decide` only sleeps when a copy was kept.
                 let Some(next) = kept else {
-                    return finish(result, attempt, None);
+                    return finish(result, attempt, last_url.as_ref());
                 };
                 req = next;
                 tracing::debug!(
@@ -476,6 +499,22 @@ where
                     tokio::time::sleep(delay).await;
                 }
             }
+            Next::SleepToDeadline(deadline) => {
+                tracing::debug!(
+                    attempts = attempt,
+                    class = %class,
+                    "the backoff reaches the total deadline; waiting for it"
+                );
+                drop(result);
+                // The total timeout stage above fires at the deadline and drops this future;
+                // this error is for a retry stage used under a deadline but without it.
+                tokio::time::sleep_until(deadline).await;
+                let mut e = Error::timeout(TimeoutKind::Total).with_attempts(attempt);
+                if let Some(url) = kept.as_ref().map(Request::url).or(last_url.as_ref()) {
+                    e.set_url_if_missing(url);
+                }
+                return Err(e);
+            }
         }
     }
 }
@@ -493,12 +532,18 @@ fn decide(
     rng: &mut Option<fastrand::Rng>,
 ) -> Next {
     let cfg = &shared.cfg;
+    // The deadline has come: nothing can be retried (the total timeout answers for it).
+    if matches!(result, Err(e) if e.timeout_kind() == Some(TimeoutKind::Total))
+        || past(deadline, Duration::ZERO)
+    {
+        return Next::Return;
+    }
     let retryable = match class {
         FailureClass::Throttled | FailureClass::Timeout | FailureClass::Network => true,
         // The status list filters 5xx answers; anything a custom classifier calls a server
         // error (a 404 during a deployment, an error body in a 200) is retried.
         FailureClass::ServerError => match result {
-            Ok(r) if r.status().is_server_error() => cfg.statuses.contains(&r.status()),
+            Ok(r) if r.status().as_u16() >= 500 => cfg.statuses.contains(&r.status()),
             _ => true,
         },
         _ => false,
@@ -523,8 +568,8 @@ fn decide(
     let (delay, from_retry_after) = match hinted {
         Some(d) if d > cfg.max_retry_after => return Next::GiveUp(GiveUpReason::RetryAfterTooLong),
         // The server says a retry cannot succeed before `d`: if that is past the deadline,
-        // waiting for it would only turn its answer into a timeout.
-        Some(d) if past(deadline, d) => return Next::GiveUp(GiveUpReason::DeadlineTooSoon),
+        // waiting would only turn its answer into a timeout. Return the answer now.
+        Some(d) if past(deadline, d) => return Next::GiveUp(GiveUpReason::RetryAfterPastDeadline),
         Some(d) => (d, true),
         None => {
             let rng = rng.get_or_insert_with(fastrand::Rng::new);
@@ -533,6 +578,9 @@ fn decide(
             (d, false)
         }
     };
+    if let Some(dl) = deadline.filter(|_| past(deadline, delay)) {
+        return Next::SleepToDeadline(dl);
+    }
     if let Some(b) = &shared.budget {
         if !b.try_withdraw(shared.now()) {
             return Next::GiveUp(GiveUpReason::BudgetExhausted);
@@ -552,17 +600,21 @@ fn past(deadline: Option<Instant>, delay: Duration) -> bool {
 fn finish(
     result: Result<Response, Error>,
     attempts: u32,
-    original: Option<&Request>,
+    url: Option<&Url>,
 ) -> Result<Response, Error> {
     match result {
         Ok(mut r) => {
-            r.extensions_mut().insert(Attempts(attempts));
+            // 1 is what `ResponseExt::attempts` says when there is no record: the success path
+            // at the first try inserts nothing.
+            if attempts > 1 {
+                r.extensions_mut().insert(Attempts(attempts));
+            }
             Ok(r)
         }
         Err(mut e) => {
             e.set_attempts(attempts);
-            if let Some(req) = original {
-                e.set_url_if_missing(req.url());
+            if let Some(url) = url {
+                e.set_url_if_missing(url);
             }
             Err(e)
         }

@@ -88,9 +88,10 @@ pin_project! {
     pub struct TotalTimeoutFuture<F> {
         #[pin]
         inner: TaskLocalFuture<RequestContext, F>,
+        // Polled only when there is a deadline.
         #[pin]
         sleep: Sleep,
-        deadline: Instant,
+        deadline: Option<Instant>,
         after: Duration,
         hook: Hook,
     }
@@ -99,13 +100,15 @@ pin_project! {
 impl<F> TotalTimeoutFuture<F> {
     pub(crate) fn new(
         inner: TaskLocalFuture<RequestContext, F>,
-        deadline: Instant,
+        deadline: Option<Instant>,
         after: Duration,
         hook: Hook,
     ) -> Self {
+        // A `Sleep` registers with the timer on its first poll only, so an unarmed one is free.
+        let at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         TotalTimeoutFuture {
             inner,
-            sleep: sleep_until(deadline),
+            sleep: sleep_until(at),
             deadline,
             after,
             hook,
@@ -130,29 +133,33 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let Some(deadline) = *this.deadline else {
+            return this.inner.poll(cx).map_err(Into::into);
+        };
         if let Poll::Ready(r) = this.inner.as_mut().poll(cx) {
             return Poll::Ready(match r.map_err(Into::into) {
                 Ok(resp) => Ok(resp),
                 // A timeout below that fired at the deadline (the attempt timeout capped by it,
-                // or the transport's own timeout, which was set to what was left) is the total
-                // timeout.
-                Err(e) if e.is_timeout() && Instant::now() >= *this.deadline => {
-                    let attempts = e.attempts();
-                    Err(total_timeout(this.after, this.hook, attempts))
+                // the transport's own, or the retry stage's check) is the total timeout. It
+                // keeps its source, URL and attempt count.
+                Err(mut e) if e.is_timeout() && Instant::now() >= deadline => {
+                    e.set_timeout_kind(TimeoutKind::Total);
+                    report(this.after, this.hook, e.attempts());
+                    Err(e)
                 }
                 Err(e) => Err(e),
             });
         }
         ready!(this.sleep.poll(cx));
-        let attempts = this
-            .inner
-            .take_value()
-            .map_or(1, |c| c.attempts.get().max(1));
-        Poll::Ready(Err(total_timeout(this.after, this.hook, attempts)))
+        let attempts = this.inner.take_value().map_or(0, |c| c.attempts.get());
+        report(this.after, this.hook, attempts);
+        Poll::Ready(Err(
+            Error::timeout(TimeoutKind::Total).with_attempts(attempts)
+        ))
     }
 }
 
-fn total_timeout(after: &Duration, hook: &Hook, attempts: u32) -> Error {
+fn report(after: &Duration, hook: &Hook, attempts: u32) {
     tracing::debug!(
         timeout_ms = after.as_millis() as u64,
         attempts,
@@ -162,5 +169,4 @@ fn total_timeout(after: &Duration, hook: &Hook, attempts: u32) -> Error {
         kind: TimeoutKind::Total,
         after: *after,
     });
-    Error::timeout(TimeoutKind::Total).with_attempts(attempts)
 }

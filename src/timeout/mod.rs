@@ -141,6 +141,7 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let now = Instant::now();
         let mut at = far_future(now, self.timeout);
+        // A deadline that comes first caps the attempt, and it is the total timeout that fires.
         let mut kind = TimeoutKind::Attempt;
         if let Some(deadline) = context::deadline() {
             if deadline <= at {
@@ -161,7 +162,8 @@ where
 /// A [`Layer`] that bounds the whole request. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct TotalTimeoutLayer {
-    timeout: Duration,
+    /// `None`: only requests that carry a timeout of their own get a deadline.
+    timeout: Option<Duration>,
     hook: Hook,
 }
 
@@ -173,9 +175,18 @@ impl TotalTimeoutLayer {
     /// A [`ConfigError`] for `total_timeout` when `timeout` is zero.
     pub fn new(timeout: Duration) -> Result<Self, ConfigError> {
         Ok(TotalTimeoutLayer {
-            timeout: check("total_timeout", timeout)?,
+            timeout: Some(check("total_timeout", timeout)?),
             hook: Hook::default(),
         })
+    }
+
+    /// A layer that gives a deadline only to requests that carry a timeout of their own
+    /// (`RequestBuilder::timeout`): what the client uses with `no_total_timeout`.
+    pub(crate) fn per_request_only() -> Self {
+        TotalTimeoutLayer {
+            timeout: None,
+            hook: Hook::default(),
+        }
     }
 
     pub(crate) fn with_hook(mut self, hook: Hook) -> Self {
@@ -208,7 +219,7 @@ impl<S> Layer<S> for TotalTimeoutLayer {
 #[derive(Clone)]
 pub struct TotalTimeout<S> {
     inner: S,
-    timeout: Duration,
+    timeout: Option<Duration>,
     hook: Hook,
 }
 
@@ -252,18 +263,18 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let timeout = match req.timeout() {
-            Some(t) if !t.is_zero() => *t,
-            _ => self.timeout,
-        };
-        let deadline = far_future(Instant::now(), timeout);
-        context::bound_transport_timeout(&mut req, Some(deadline));
+        // A request's own timeout replaces the layer's, as in reqwest. Zero means the deadline
+        // has passed already: no attempt starts.
+        let timeout = req.timeout().copied().or(self.timeout);
+        let now = Instant::now();
+        let deadline = timeout.map(|t| far_future(now, t));
+        context::bound_transport_timeout(&mut req, deadline);
         let inner = &mut self.inner;
         let fut = CONTEXT.sync_scope(RequestContext::new(deadline), || inner.call(req));
         TotalTimeoutFuture::new(
             CONTEXT.scope(RequestContext::new(deadline), fut),
             deadline,
-            timeout,
+            timeout.unwrap_or_default(),
             self.hook.clone(),
         )
     }
