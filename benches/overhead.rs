@@ -17,7 +17,7 @@
 //!   transport) and send requests concurrently; the time per request is wall time / requests,
 //!   so it should not exceed the single-threaded figure if nothing contends.
 //!
-//! Run with `cargo bench --bench overhead`.
+//! Run with `cargo bench --bench overhead` (about 30 s; no plots, see `criterion_group!` below).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -232,5 +232,11 @@ fn success_path_2_threads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, success_path, success_path_2_threads);
+criterion_group! {
+    name = benches;
+    // The plots (plotters backend when gnuplot is missing) take longer than the measurements:
+    // without them the whole bench runs in about 30 s.
+    config = Criterion::default().without_plots();
+    targets = success_path, success_path_2_threads
+}
 criterion_main!(benches);

@@ -57,6 +57,10 @@ pub(crate) fn record_attempt(n: u32) {
 /// A request without one is left alone: in reqwest a per-request timeout *replaces* the
 /// client's `timeout`, so setting one here would silently drop the client's.
 pub(crate) fn bound_transport_timeout(req: &mut reqwest::Request, deadline: Option<Instant>) {
+    // `timeout_mut` allocates reqwest's extension map even to read it: look first.
+    if deadline.is_none() || req.timeout().is_none() {
+        return;
+    }
     if let (Some(deadline), Some(cur)) = (deadline, req.timeout_mut().as_mut()) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left < *cur {
