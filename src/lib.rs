@@ -36,8 +36,8 @@
 //! TotalTimeout → Retry(+budget) → AttemptTimeout → reqwest
 //! ```
 //!
-//! The total timeout bounds every attempt and every backoff sleep, and the retry stage never
-//! sleeps past it. Each stage is also a public tower [`Layer`](tower_layer::Layer) in
+//! The total timeout bounds every attempt and every backoff sleep, and no attempt starts after
+//! it; the retry stage does not wait for a `Retry-After` that points past it. Each stage is also a public tower [`Layer`](tower_layer::Layer) in
 //! [`layer`], over any `tower::Service<reqwest::Request, Response = reqwest::Response>`, for
 //! those who build their own stacks.
 //!
