@@ -8,20 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use palisade::retry::{Backoff, Jitter, Retry};
 use palisade::{Event, FailureClass, GiveUpReason, ResponseExt};
-use support::{Events, Mock, Step};
+use support::{exact, ms, Events, Mock, Step};
 use tokio::time::Instant;
 
 const MS: Duration = Duration::from_millis(1);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn exact(base: Duration, max: Duration) -> Retry {
-    Retry::default()
-        .backoff(Backoff::new(base, max).jitter(Jitter::None))
-        .no_budget()
-}
 
 #[tokio::test(start_paused = true)]
 async fn three_attempts_in_all_on_503() {

@@ -5,24 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use palisade::retry::{Backoff, Jitter, Retry};
 use palisade::{ErrorKind, ResponseExt, TimeoutKind};
-use support::{Events, Mock, Step};
+use support::{exact, ms, secs, Events, Mock, Step};
 use tokio::time::Instant;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn exact(base: Duration, max: Duration) -> Retry {
-    Retry::default()
-        .backoff(Backoff::new(base, max).jitter(Jitter::None))
-        .no_budget()
-}
 
 #[tokio::test(start_paused = true)]
 async fn attempt_timeout_fires_and_says_so() {
@@ -280,7 +265,12 @@ async fn a_backoff_that_reaches_the_deadline_is_not_a_retry() {
 async fn a_request_timeout_is_a_deadline_even_without_a_total_timeout() {
     // Regression: with `no_total_timeout` a request's timeout used to bound each attempt only.
     let mock = Mock::always(Step::Hang);
-    let client = mock.client(|b| b.no_total_timeout().attempt_timeout(ms(400)));
+    // Attempts time out at 0.4 s and 0.85 s; the third starts at 0.95 s and the deadline cuts it.
+    let client = mock.client(|b| {
+        b.no_total_timeout()
+            .attempt_timeout(ms(400))
+            .retry(exact(ms(50), secs(1)))
+    });
     let start = Instant::now();
     let err = client
         .get("http://api.test/x")

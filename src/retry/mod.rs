@@ -281,22 +281,7 @@ pub struct RetryService<S> {
     shared: Arc<Shared>,
 }
 
-impl<S> RetryService<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+crate::inner_accessors!(RetryService);
 
 impl<S: fmt::Debug> fmt::Debug for RetryService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -99,22 +99,7 @@ pub struct AttemptTimeout<S> {
     hook: Hook,
 }
 
-impl<S> AttemptTimeout<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+crate::inner_accessors!(AttemptTimeout);
 
 impl<S: fmt::Debug> fmt::Debug for AttemptTimeout<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -223,22 +208,7 @@ pub struct TotalTimeout<S> {
     hook: Hook,
 }
 
-impl<S> TotalTimeout<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+crate::inner_accessors!(TotalTimeout);
 
 impl<S: fmt::Debug> fmt::Debug for TotalTimeout<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

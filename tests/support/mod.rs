@@ -16,6 +16,21 @@ use palisade::{Client, ClientBuilder, Error};
 use reqwest::{Method, Request, Response};
 use tokio::time::Instant;
 
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// A retry policy with exact delays (no jitter) and no budget, for tests that check timing.
+pub fn exact(base: Duration, max: Duration) -> palisade::retry::Retry {
+    palisade::retry::Retry::default()
+        .backoff(palisade::retry::Backoff::new(base, max).jitter(palisade::retry::Jitter::None))
+        .no_budget()
+}
+
 /// What the in-memory transport does for one attempt.
 #[derive(Clone, Debug)]
 pub enum Step {
