@@ -15,22 +15,20 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palisade::retry::{Backoff, Retry};
 use palisade::{
-    Classifier, Client, ClientBuilder, ErrorKind, Event, FailureClass, GiveUpReason, ResponseExt,
-    TimeoutKind,
+    Classifier, Client, ClientBuilder, ErrorKind, Event, FailureClass, GiveUpReason,
+    RequestBuilder, ResponseExt, TimeoutKind,
 };
-use support::net::{closed_port, closing_server, reset_server, silent_server};
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use support::net::{closed_port, closing_server, reset_server, silent_server, Counter};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use FailureClass::{ClientError, Network, ServerError, Success, Throttled, Timeout};
+use GiveUpReason::{MaxAttempts, NotIdempotent, RetryAfterTooLong};
 
 // ---------------------------------------------------------------------------------------------
 // Observation helpers
@@ -137,12 +135,13 @@ impl Probe {
     }
 }
 
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
 /// Retry with the default policy (3 attempts, budget, 500/502/503/504) but a 1–5 ms backoff.
 fn fast_retry() -> Retry {
-    Retry::default().backoff(Backoff::new(
-        Duration::from_millis(1),
-        Duration::from_millis(5),
-    ))
+    Retry::default().backoff(Backoff::new(ms(1), ms(5)))
 }
 
 /// A client over the default reqwest transport, with the fast retry policy, redirects not
@@ -156,17 +155,40 @@ fn make_client(probe: &Probe, f: impl FnOnce(ClientBuilder) -> ClientBuilder) ->
         .expect("valid test configuration")
 }
 
-/// A wiremock server that answers every `method` request to `/r` with `template`, expecting
-/// exactly `expect` of them (checked again when the server is dropped).
-async fn server(verb: &str, template: ResponseTemplate, expect: u64) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method(verb))
-        .and(path("/r"))
-        .respond_with(template)
-        .expect(expect)
-        .mount(&server)
-        .await;
-    server
+// ---------------------------------------------------------------------------------------------
+// Sending a request and checking everything it shows
+// ---------------------------------------------------------------------------------------------
+
+/// A request the tests send.
+#[derive(Clone, Copy, Debug)]
+enum Req {
+    Get,
+    /// A POST with a body.
+    Post,
+    /// A POST with a body and an `Idempotency-Key`.
+    PostWithKey,
+}
+
+impl Req {
+    fn verb(self) -> &'static str {
+        match self {
+            Req::Get => "GET",
+            Req::Post | Req::PostWithKey => "POST",
+        }
+    }
+
+    fn build(self, client: &Client, url: &str) -> RequestBuilder {
+        match self {
+            Req::Get => client.get(url),
+            Req::Post => client.post(url).body("payload"),
+            Req::PostWithKey => client.post(url).idempotency_key("k1").body("payload"),
+        }
+    }
+}
+
+/// Matches `verb` requests to `/r` on a wiremock server.
+fn on_r(verb: &str) -> wiremock::MockBuilder {
+    Mock::given(method(verb)).and(path("/r"))
 }
 
 async fn received(server: &MockServer) -> usize {
@@ -177,117 +199,220 @@ async fn received(server: &MockServer) -> usize {
         .len()
 }
 
-/// Sends one GET to a wiremock server answering `status` (plus `headers`), and checks the
-/// response, the number of requests the server saw, `attempts()` and the classes observed.
-async fn get_status(
+/// Sends `req` to a wiremock server that answers every request with `status` (plus `headers`),
+/// and checks the response status, `attempts()`, the number of requests the server saw (exactly
+/// `attempts`, also checked by the server itself), the class and status of every attempt, and
+/// that it all took under a second. Returns the probe and the server for further checks.
+async fn answered(
+    req: Req,
     status: u16,
     headers: &[(&str, &str)],
-    expected_class: FailureClass,
-    expected_attempts: u32,
-) {
+    class: FailureClass,
+    attempts: u32,
+) -> (Probe, MockServer) {
     let mut template = ResponseTemplate::new(status);
     for (k, v) in headers {
         template = template.insert_header(*k, *v);
     }
-    let server = server("GET", template, u64::from(expected_attempts)).await;
+    let server = MockServer::start().await;
+    on_r(req.verb())
+        .respond_with(template)
+        .expect(u64::from(attempts))
+        .mount(&server)
+        .await;
     let probe = Probe::default();
     let client = make_client(&probe, |b| b);
-    let what = format!("GET {status} {headers:?}");
+    let what = format!("{req:?} {status} {headers:?}");
 
     let started = Instant::now();
-    let resp = client
-        .get(format!("{}/r", server.uri()))
+    let resp = req
+        .build(&client, &format!("{}/r", server.uri()))
         .send()
         .await
         .unwrap_or_else(|e| panic!("{what}: an HTTP response is Ok, got {e:?}"));
+    let took = started.elapsed();
+    let n = attempts as usize;
     assert_eq!(resp.status().as_u16(), status, "{what}");
-    assert_eq!(resp.attempts(), expected_attempts, "{what}: attempts()");
+    assert_eq!(resp.attempts(), attempts, "{what}: attempts()");
     assert_eq!(
         received(&server).await,
-        expected_attempts as usize,
+        n,
         "{what}: requests the server saw"
     );
-    probe.assert_classes(&vec![expected_class; expected_attempts as usize], &what);
+    probe.assert_classes(&vec![class; n], &what);
     assert_eq!(
         probe.event_statuses(),
-        vec![Some(status); expected_attempts as usize],
+        vec![Some(status); n],
         "{what}: Event::Attempt statuses"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{what}: took {:?}",
-        started.elapsed()
-    );
+    assert!(took < Duration::from_secs(1), "{what}: took {took:?}");
     server.verify().await;
+    (probe, server)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Counting loopback servers (the ones in support::net, plus a counter)
-// ---------------------------------------------------------------------------------------------
+/// What a request that ends in `Err` should show.
+struct Failure {
+    kind: ErrorKind,
+    timeout: Option<TimeoutKind>,
+    class: FailureClass,
+    attempts: u32,
+    /// The reason of the one `Event::GaveUp`, if the retry stage gave up (rather than returning
+    /// a failure it does not retry, or being cut by the total timeout).
+    gave_up: Option<GiveUpReason>,
+}
 
-async fn read_head(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 4096];
-    let mut got = Vec::new();
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
+impl Failure {
+    /// An error of `kind` (not a timeout).
+    fn new(
+        kind: ErrorKind,
+        class: FailureClass,
+        attempts: u32,
+        gave_up: Option<GiveUpReason>,
+    ) -> Self {
+        Failure {
+            kind,
+            timeout: None,
+            class,
+            attempts,
+            gave_up,
         }
     }
-    true
-}
 
-/// Like `net::reset_server`/`net::closing_server`: reads each request's head, then resets
-/// (`reset`) or closes cleanly. Counts the request heads it read.
-async fn counting_hangup_server(reset: bool) -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let heads = Arc::new(AtomicUsize::new(0));
-    let count = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                if read_head(&mut s).await {
-                    count.fetch_add(1, Ordering::SeqCst);
-                }
-                if reset {
-                    // A zero linger sends RST on drop and never blocks (as in support::net).
-                    #[allow(deprecated)]
-                    let _ = s.set_linger(Some(Duration::ZERO));
-                }
-                drop(s);
-            });
+    /// A timeout of `kind`: error kind `Timeout`, class `Timeout`.
+    fn timeout(kind: TimeoutKind, attempts: u32, gave_up: Option<GiveUpReason>) -> Self {
+        Failure {
+            kind: ErrorKind::Timeout,
+            timeout: Some(kind),
+            class: Timeout,
+            attempts,
+            gave_up,
         }
-    });
-    (addr, heads)
-}
-
-/// Like `net::silent_server`: accepts and never answers. Counts the connections it accepted.
-async fn counting_silent_server() -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            held.push(s);
-        }
-    });
-    (addr, accepted)
-}
-
-/// Waits until a server-side counter reaches `expected` (the server's tasks may lag behind the
-/// client on a loaded machine), then a little longer, and asserts it is exactly `expected`.
-async fn assert_count(counter: &AtomicUsize, expected: usize, what: &str) {
-    let give_up = Instant::now() + Duration::from_secs(1);
-    while counter.load(Ordering::SeqCst) < expected && Instant::now() < give_up {
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(counter.load(Ordering::SeqCst), expected, "{what}");
+
+    /// Checks `err` (kind, `is_connect()`, `is_timeout()`, `timeout_kind()`, class, `attempts()`,
+    /// URL) and what the probe saw (one class per attempt, no statuses, the give-up event).
+    #[track_caller]
+    fn check(&self, err: &palisade::Error, probe: &Probe, url: &str, what: &str) {
+        let n = self.attempts as usize;
+        assert_eq!(err.kind(), self.kind, "{what}: {err:?}");
+        assert_eq!(
+            err.is_connect(),
+            self.kind == ErrorKind::Connect,
+            "{what}: {err:?}"
+        );
+        assert_eq!(
+            err.is_timeout(),
+            self.kind == ErrorKind::Timeout,
+            "{what}: {err:?}"
+        );
+        assert_eq!(err.timeout_kind(), self.timeout, "{what}: {err:?}");
+        assert_eq!(FailureClass::from_error(err), self.class, "{what}: {err:?}");
+        assert_eq!(
+            err.attempts(),
+            self.attempts,
+            "{what}: attempts() of {err:?}"
+        );
+        assert_eq!(err.url().map(|u| u.as_str()), Some(url), "{what}: URL");
+        probe.assert_classes(&vec![self.class; n], what);
+        assert_eq!(probe.event_statuses(), vec![None; n], "{what}: statuses");
+        let gave_up: Vec<_> = self
+            .gave_up
+            .map(|reason| (self.attempts, self.class, reason))
+            .into_iter()
+            .collect();
+        assert_eq!(probe.gave_up(), gave_up, "{what}: Event::GaveUp");
+    }
+}
+
+/// A loopback peer from `support::net`, started afresh for each request.
+#[derive(Clone, Copy, Debug)]
+enum Peer {
+    /// Nothing listening.
+    ClosedPort,
+    /// Resets each connection after reading the request's head.
+    Reset,
+    /// Closes each connection cleanly, unanswered, after reading the request's head.
+    Closing,
+    /// Accepts and never answers.
+    Silent,
+}
+
+impl Peer {
+    /// The peer's address, and its count of what it saw with what that count is.
+    async fn start(self) -> (SocketAddr, Option<(Counter, &'static str)>) {
+        let (addr, counter) = match self {
+            Peer::ClosedPort => return (closed_port(), None),
+            Peer::Reset => reset_server().await,
+            Peer::Closing => closing_server().await,
+            Peer::Silent => silent_server().await,
+        };
+        let counts = match self {
+            Peer::Silent => "connections accepted",
+            _ => "requests the server read",
+        };
+        (addr, Some((counter, counts)))
+    }
+}
+
+/// Sends `req` to a fresh `peer` with a client adjusted by `f`, and checks that it fails as
+/// `want` says (see [`Failure::check`]) and that the peer saw exactly one request (or
+/// connection) per attempt. Returns the probe and how long the request took.
+async fn fails(
+    peer: Peer,
+    req: Req,
+    f: impl FnOnce(ClientBuilder) -> ClientBuilder,
+    want: Failure,
+) -> (Probe, Duration) {
+    let (addr, seen) = peer.start().await;
+    let url = format!("http://{addr}/r");
+    let probe = Probe::default();
+    let client = make_client(&probe, f);
+    let what = format!("{req:?} to {peer:?}");
+
+    let started = Instant::now();
+    let err = req.build(&client, &url).send().await.unwrap_err();
+    let took = started.elapsed();
+    want.check(&err, &probe, &url, &what);
+    if let Some((counter, counts)) = seen {
+        let what = format!("{what}: {counts}");
+        counter
+            .assert_settles_at(want.attempts as usize, &what)
+            .await;
+    }
+    (probe, took)
+}
+
+/// Timeouts for the silent-server tests: palisade's attempt and total timeouts, in ms.
+fn timeouts(attempt_ms: u64, total_ms: u64) -> impl FnOnce(ClientBuilder) -> ClientBuilder {
+    move |b| {
+        b.attempt_timeout(ms(attempt_ms))
+            .total_timeout(ms(total_ms))
+    }
+}
+
+/// A GET to a silent server with reqwest's own timeouts from `http`, palisade's attempt timeout
+/// removed and its total timeout `total` (or none): a transport timeout, class `Timeout`,
+/// retried to 3 attempts, each on its own connection, all in under `under`.
+async fn reqwest_timeout_fires(
+    http: reqwest::ClientBuilder,
+    total: Option<Duration>,
+    under: Duration,
+) {
+    let want = Failure::timeout(TimeoutKind::Transport, 3, Some(MaxAttempts));
+    let (_, took) = fails(
+        Peer::Silent,
+        Req::Get,
+        |b| {
+            let b = b.http_client_builder(http).no_attempt_timeout();
+            match total {
+                Some(t) => b.total_timeout(t),
+                None => b.no_total_timeout(),
+            }
+        },
+        want,
+    )
+    .await;
+    assert!(took < under, "took {took:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -298,9 +423,9 @@ async fn assert_count(counter: &AtomicUsize, expected: usize, what: &str) {
 #[tokio::test]
 async fn success_statuses_are_success_and_sent_once() {
     for status in [200, 204, 304] {
-        get_status(status, &[], Success, 1).await;
+        answered(Req::Get, status, &[], Success, 1).await;
     }
-    get_status(301, &[("location", "/elsewhere")], Success, 1).await;
+    answered(Req::Get, 301, &[("location", "/elsewhere")], Success, 1).await;
 }
 
 /// 400, 401, 403 and 404 are `ClientError` and never retried: the server sees exactly one
@@ -308,87 +433,47 @@ async fn success_statuses_are_success_and_sent_once() {
 #[tokio::test]
 async fn client_errors_are_client_error_and_not_retried() {
     for status in [400, 401, 403, 404] {
-        get_status(status, &[], ClientError, 1).await;
+        answered(Req::Get, status, &[], ClientError, 1).await;
     }
 }
 
 /// A 4xx that carries `Retry-After` is still a `ClientError` (only 429 and 503 are throttles).
 #[tokio::test]
 async fn client_error_with_retry_after_is_still_client_error() {
-    get_status(404, &[("retry-after", "0")], ClientError, 1).await;
+    answered(Req::Get, 404, &[("retry-after", "0")], ClientError, 1).await;
 }
 
 /// 408 Request Timeout is `Timeout`, retried to 3 attempts.
 #[tokio::test]
 async fn request_timeout_408_is_timeout_and_retried() {
-    get_status(408, &[], Timeout, 3).await;
+    answered(Req::Get, 408, &[], Timeout, 3).await;
 }
 
 /// 429 is `Throttled`, retried (with and without `Retry-After`).
 #[tokio::test]
 async fn too_many_requests_429_is_throttled_and_retried() {
-    get_status(429, &[], Throttled, 3).await;
-    get_status(429, &[("retry-after", "0")], Throttled, 3).await;
+    answered(Req::Get, 429, &[], Throttled, 3).await;
+    answered(Req::Get, 429, &[("retry-after", "0")], Throttled, 3).await;
 }
 
 /// 503 with `Retry-After: 0` is `Throttled`, and the retry delay comes from the header.
 #[tokio::test]
 async fn service_unavailable_with_retry_after_is_throttled() {
-    let server = server(
-        "GET",
-        ResponseTemplate::new(503).insert_header("retry-after", "0"),
-        3,
-    )
-    .await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| b);
-    let resp = client
-        .get(format!("{}/r", server.uri()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503);
-    assert_eq!(resp.attempts(), 3);
-    assert_eq!(received(&server).await, 3);
-    probe.assert_classes(&[Throttled; 3], "503 + Retry-After: 0");
+    let (probe, _) = answered(Req::Get, 503, &[("retry-after", "0")], Throttled, 3).await;
     assert_eq!(
         probe.retries(),
         vec![(2, Throttled, true), (3, Throttled, true)],
         "both retries waited as Retry-After said"
     );
-    assert_eq!(
-        probe.gave_up(),
-        vec![(3, Throttled, GiveUpReason::MaxAttempts)]
-    );
+    assert_eq!(probe.gave_up(), vec![(3, Throttled, MaxAttempts)]);
 }
 
 /// A 503 whose `Retry-After` asks for longer than `max_retry_after` (60 s) is `Throttled` but
 /// returned at once, without sleeping: one request.
 #[tokio::test]
 async fn throttle_asking_too_long_is_returned_at_once() {
-    let server = server(
-        "GET",
-        ResponseTemplate::new(503).insert_header("retry-after", "120"),
-        1,
-    )
-    .await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| b);
-    let started = Instant::now();
-    let resp = client
-        .get(format!("{}/r", server.uri()))
-        .send()
-        .await
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1));
-    assert_eq!(resp.status(), 503);
-    assert_eq!(resp.attempts(), 1);
-    assert_eq!(received(&server).await, 1);
-    probe.assert_classes(&[Throttled], "503 + Retry-After: 120");
-    assert_eq!(
-        probe.gave_up(),
-        vec![(1, Throttled, GiveUpReason::RetryAfterTooLong)]
-    );
+    let (probe, _) = answered(Req::Get, 503, &[("retry-after", "120")], Throttled, 1).await;
+    assert_eq!(probe.gave_up(), vec![(1, Throttled, RetryAfterTooLong)]);
 }
 
 /// 500, 502, 503 (without `Retry-After`) and 504 are `ServerError`, retried to 3 attempts in
@@ -396,61 +481,34 @@ async fn throttle_asking_too_long_is_returned_at_once() {
 #[tokio::test]
 async fn retryable_server_errors_are_retried_three_times() {
     for status in [500, 502, 503, 504] {
-        get_status(status, &[], ServerError, 3).await;
+        answered(Req::Get, status, &[], ServerError, 3).await;
     }
 }
 
 /// 501 Not Implemented is a `ServerError`, but another attempt will not change it: sent once.
 #[tokio::test]
 async fn not_implemented_501_is_server_error_not_retried() {
-    get_status(501, &[], ServerError, 1).await;
+    answered(Req::Get, 501, &[], ServerError, 1).await;
 }
 
 /// A POST that gets a 503 is not retried (POST is not idempotent): one request.
 #[tokio::test]
 async fn post_to_server_error_is_sent_once() {
-    let server = server("POST", ResponseTemplate::new(503), 1).await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| b);
-    let resp = client
-        .post(format!("{}/r", server.uri()))
-        .body("payload")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503);
-    assert_eq!(resp.attempts(), 1);
-    assert_eq!(received(&server).await, 1);
-    probe.assert_classes(&[ServerError], "POST 503");
-    assert_eq!(
-        probe.gave_up(),
-        vec![(1, ServerError, GiveUpReason::NotIdempotent)]
-    );
+    let (probe, _) = answered(Req::Post, 503, &[], ServerError, 1).await;
+    assert_eq!(probe.gave_up(), vec![(1, ServerError, NotIdempotent)]);
 }
 
 /// A POST with an `Idempotency-Key` that gets a 503 is retried like a GET: 3 requests, each
 /// carrying the key and the body.
 #[tokio::test]
 async fn post_with_idempotency_key_is_retried() {
-    let server = server("POST", ResponseTemplate::new(503), 3).await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| b);
-    let resp = client
-        .post(format!("{}/r", server.uri()))
-        .idempotency_key("k1")
-        .body("payload")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503);
-    assert_eq!(resp.attempts(), 3);
+    let (_, server) = answered(Req::PostWithKey, 503, &[], ServerError, 3).await;
     let seen = server.received_requests().await.unwrap();
     assert_eq!(seen.len(), 3);
     for r in &seen {
         assert_eq!(r.headers.get("idempotency-key").unwrap(), "k1");
         assert_eq!(r.body, b"payload");
     }
-    probe.assert_classes(&[ServerError; 3], "POST 503 + Idempotency-Key");
 }
 
 /// A failure then a success: the classes follow each attempt, and the server saw exactly as
@@ -460,26 +518,18 @@ async fn server_error_then_success_counts_match() {
     let server = MockServer::start().await;
     // wiremock answers with the first mounted mock that matches and has not reached its
     // `up_to_n_times` limit: 502, then 429, then 200.
-    Mock::given(method("GET"))
-        .and(path("/r"))
-        .respond_with(ResponseTemplate::new(502))
-        .up_to_n_times(1)
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/r"))
-        .respond_with(ResponseTemplate::new(429))
-        .up_to_n_times(1)
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/r"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
-        .expect(1)
-        .mount(&server)
-        .await;
+    for template in [
+        ResponseTemplate::new(502),
+        ResponseTemplate::new(429),
+        ResponseTemplate::new(200).set_body_string("ok"),
+    ] {
+        on_r("GET")
+            .respond_with(template)
+            .up_to_n_times(1)
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
     let probe = Probe::default();
     let client = make_client(&probe, |b| b);
     let resp = client
@@ -505,8 +555,7 @@ async fn server_error_then_success_counts_match() {
 #[tokio::test]
 async fn redirect_loop_is_client_error_not_retried() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/r"))
+    on_r("GET")
         .respond_with(ResponseTemplate::new(302).insert_header("location", "/r"))
         .mount(&server)
         .await;
@@ -516,17 +565,10 @@ async fn redirect_loop_is_client_error_not_retried() {
             reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(1)),
         )
     });
-    let err = client
-        .get(format!("{}/r", server.uri()))
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Request, "{err:?}");
-    assert_eq!(FailureClass::from_error(&err), ClientError);
-    assert_eq!(err.attempts(), 1);
+    let url = format!("{}/r", server.uri());
+    let err = client.get(&url).send().await.unwrap_err();
+    Failure::new(ErrorKind::Request, ClientError, 1, None).check(&err, &probe, &url, "loop");
     assert_eq!(received(&server).await, 2);
-    probe.assert_classes(&[ClientError], "redirect loop");
-    assert_eq!(probe.event_statuses(), vec![None]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -537,139 +579,39 @@ async fn redirect_loop_is_client_error_not_retried() {
 /// attempts.
 #[tokio::test]
 async fn connection_refused_is_network_and_retried() {
-    let addr = closed_port();
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| b);
-    let url = format!("http://{addr}/r");
-    let started = Instant::now();
-    let err = client.get(&url).send().await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(1));
-    assert!(err.is_connect(), "{err:?}");
-    assert_eq!(err.kind(), ErrorKind::Connect, "{err:?}");
-    assert!(!err.is_timeout());
-    assert_eq!(err.timeout_kind(), None);
-    assert_eq!(FailureClass::from_error(&err), Network);
-    assert_eq!(err.attempts(), 3);
-    assert_eq!(err.url().map(|u| u.as_str()), Some(url.as_str()));
-    probe.assert_classes(&[Network; 3], "connection refused");
-    assert_eq!(probe.event_statuses(), vec![None; 3]);
-    assert_eq!(
-        probe.gave_up(),
-        vec![(3, Network, GiveUpReason::MaxAttempts)]
-    );
+    let want = Failure::new(ErrorKind::Connect, Network, 3, Some(MaxAttempts));
+    let (_, took) = fails(Peer::ClosedPort, Req::Get, |b| b, want).await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
 }
 
 /// A connect failure is retried for any method, POST included: nothing reached the server.
 #[tokio::test]
 async fn connection_refused_post_is_retried() {
-    let addr = closed_port();
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| b);
-    let err = client
-        .post(format!("http://{addr}/r"))
-        .body("payload")
-        .send()
-        .await
-        .unwrap_err();
-    assert!(err.is_connect(), "{err:?}");
-    assert_eq!(err.kind(), ErrorKind::Connect);
-    assert_eq!(FailureClass::from_error(&err), Network);
-    assert_eq!(err.attempts(), 3);
-    probe.assert_classes(&[Network; 3], "POST connection refused");
+    let want = Failure::new(ErrorKind::Connect, Network, 3, Some(MaxAttempts));
+    fails(Peer::ClosedPort, Req::Post, |b| b, want).await;
 }
 
 /// The connection is reset after the request was sent: kind `Transport` (not `Connect`), class
 /// `Network`; a GET is retried to 3 attempts, each reaching the server.
 #[tokio::test]
 async fn reset_is_network_and_get_is_retried() {
-    let (addr, heads) = counting_hangup_server(true).await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| b);
-    let err = client
-        .get(format!("http://{addr}/r"))
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Transport, "{err:?}");
-    assert!(!err.is_connect() && !err.is_timeout(), "{err:?}");
-    assert_eq!(FailureClass::from_error(&err), Network);
-    assert_eq!(err.attempts(), 3);
-    assert_count(&heads, 3, "requests the server read").await;
-    probe.assert_classes(&[Network; 3], "reset");
+    let want = Failure::new(ErrorKind::Transport, Network, 3, Some(MaxAttempts));
+    fails(Peer::Reset, Req::Get, |b| b, want).await;
 }
 
 /// The same reset for a POST: it reached the server, so it is sent once.
 #[tokio::test]
 async fn reset_post_is_sent_once() {
-    let (addr, heads) = counting_hangup_server(true).await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| b);
-    let err = client
-        .post(format!("http://{addr}/r"))
-        .body("payload")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Transport, "{err:?}");
-    assert!(!err.is_connect());
-    assert_eq!(FailureClass::from_error(&err), Network);
-    assert_eq!(err.attempts(), 1);
-    assert_count(&heads, 1, "requests the server read").await;
-    probe.assert_classes(&[Network], "POST reset");
-    assert_eq!(
-        probe.gave_up(),
-        vec![(1, Network, GiveUpReason::NotIdempotent)]
-    );
-}
-
-/// `support::net::reset_server` itself (no counter) gives the same class.
-#[tokio::test]
-async fn support_reset_server_is_network() {
-    let addr = reset_server().await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| b);
-    let err = client
-        .get(format!("http://{addr}/r"))
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Transport, "{err:?}");
-    assert_eq!(FailureClass::from_error(&err), Network);
-    assert_eq!(err.attempts(), 3);
-    probe.assert_classes(&[Network; 3], "support reset_server");
+    let want = Failure::new(ErrorKind::Transport, Network, 1, Some(NotIdempotent));
+    fails(Peer::Reset, Req::Post, |b| b, want).await;
 }
 
 /// The server closes the connection cleanly without answering (an incomplete message): kind
 /// `Transport`, class `Network`, a GET retried to 3 attempts.
 #[tokio::test]
 async fn incomplete_message_is_network_and_retried() {
-    let (addr, heads) = counting_hangup_server(false).await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| b);
-    let err = client
-        .get(format!("http://{addr}/r"))
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Transport, "{err:?}");
-    assert!(!err.is_connect() && !err.is_timeout(), "{err:?}");
-    assert_eq!(FailureClass::from_error(&err), Network);
-    assert_eq!(err.attempts(), 3);
-    assert_count(&heads, 3, "requests the server read").await;
-    probe.assert_classes(&[Network; 3], "incomplete message");
-
-    // And `support::net::closing_server` itself.
-    let addr = closing_server().await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| b);
-    let err = client
-        .get(format!("http://{addr}/r"))
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(FailureClass::from_error(&err), Network, "{err:?}");
-    assert_eq!(err.attempts(), 3);
-    probe.assert_classes(&[Network; 3], "support closing_server");
+    let want = Failure::new(ErrorKind::Transport, Network, 3, Some(MaxAttempts));
+    fails(Peer::Closing, Req::Get, |b| b, want).await;
 }
 
 /// A server that never answers, attempt timeout 100 ms, total 1 s: each attempt times out after
@@ -677,52 +619,13 @@ async fn incomplete_message_is_network_and_retried() {
 /// attempt timeout, after 3 attempts, each on its own connection.
 #[tokio::test]
 async fn silent_server_attempt_timeout_fires_on_each_attempt() {
-    let (addr, accepted) = counting_silent_server().await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| {
-        b.attempt_timeout(Duration::from_millis(100))
-            .total_timeout(Duration::from_millis(1000))
-    });
-    let started = Instant::now();
-    let err = client
-        .get(format!("http://{addr}/r"))
-        .send()
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-    assert!(err.is_timeout(), "{err:?}");
-    assert_eq!(err.kind(), ErrorKind::Timeout);
-    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Attempt), "{err:?}");
-    assert!(!err.is_connect());
-    assert_eq!(FailureClass::from_error(&err), Timeout);
-    assert_eq!(err.attempts(), 3);
-    assert_count(&accepted, 3, "connections accepted").await;
-    probe.assert_classes(&[Timeout; 3], "silent server, attempt timeout");
+    let want = Failure::timeout(TimeoutKind::Attempt, 3, Some(MaxAttempts));
+    let (probe, took) = fails(Peer::Silent, Req::Get, timeouts(100, 1000), want).await;
     assert_eq!(probe.timeouts(), vec![TimeoutKind::Attempt; 3]);
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(900),
+        (ms(300)..ms(900)).contains(&took),
         "three 100 ms attempts took {took:?}"
     );
-}
-
-/// `support::net::silent_server` itself gives the same attempt timeout.
-#[tokio::test]
-async fn support_silent_server_is_timeout() {
-    let addr = silent_server().await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| {
-        b.attempt_timeout(Duration::from_millis(100))
-            .total_timeout(Duration::from_millis(1000))
-    });
-    let err = client
-        .get(format!("http://{addr}/r"))
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Attempt), "{err:?}");
-    assert_eq!(FailureClass::from_error(&err), Timeout);
-    assert_eq!(err.attempts(), 3);
-    probe.assert_classes(&[Timeout; 3], "support silent_server");
 }
 
 /// Attempt timeout 200 ms, total 380 ms: the first attempt times out at 200 ms (attempt
@@ -733,35 +636,19 @@ async fn support_silent_server_is_timeout() {
 /// sometimes woke the task after the deadline, and the request ended after 1 attempt.)
 #[tokio::test]
 async fn silent_server_total_timeout_cuts_the_second_attempt() {
-    let (addr, accepted) = counting_silent_server().await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| {
-        b.attempt_timeout(Duration::from_millis(200))
-            .total_timeout(Duration::from_millis(380))
-    });
-    let started = Instant::now();
-    let err = client
-        .get(format!("http://{addr}/r"))
-        .send()
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-    assert!(err.is_timeout(), "{err:?}");
-    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total), "{err:?}");
-    assert_eq!(FailureClass::from_error(&err), Timeout);
-    assert_eq!(err.attempts(), 2, "{err:?}");
-    assert_count(&accepted, 2, "connections accepted").await;
-    assert!(
-        took >= Duration::from_millis(380) && took < Duration::from_millis(900),
-        "total timeout of 380 ms took {took:?}"
-    );
     // The first attempt timed out on its own; the second was cut by the deadline (the attempt
     // timeout capped at the deadline fires with the total timeout's kind). Both are `Timeout`
-    // to the classifier; the total-timeout stage reports the one `Total` event.
-    probe.assert_classes(&[Timeout; 2], "silent server, total timeout");
+    // to the classifier; the total-timeout stage reports the one `Total` event. The retry stage
+    // did not give up: the deadline ended the request.
+    let want = Failure::timeout(TimeoutKind::Total, 2, None);
+    let (probe, took) = fails(Peer::Silent, Req::Get, timeouts(200, 380), want).await;
     assert_eq!(
         probe.timeouts(),
         vec![TimeoutKind::Attempt, TimeoutKind::Total]
+    );
+    assert!(
+        (ms(380)..ms(900)).contains(&took),
+        "total timeout of 380 ms took {took:?}"
     );
 }
 
@@ -769,54 +656,16 @@ async fn silent_server_total_timeout_cuts_the_second_attempt() {
 /// timeout: class `Timeout`, retried to 3 attempts, each on its own connection.
 #[tokio::test]
 async fn reqwest_read_timeout_is_transport_timeout_and_retried() {
-    let (addr, accepted) = counting_silent_server().await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| {
-        b.http_client_builder(reqwest::Client::builder().read_timeout(Duration::from_millis(100)))
-            .no_attempt_timeout()
-            .total_timeout(Duration::from_secs(2))
-    });
-    let started = Instant::now();
-    let err = client
-        .get(format!("http://{addr}/r"))
-        .send()
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-    assert!(err.is_timeout(), "{err:?}");
-    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Transport), "{err:?}");
-    assert_eq!(FailureClass::from_error(&err), Timeout);
-    assert_eq!(err.attempts(), 3);
-    assert_count(&accepted, 3, "connections accepted").await;
-    probe.assert_classes(&[Timeout; 3], "reqwest read_timeout");
-    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    let http = reqwest::Client::builder().read_timeout(ms(100));
+    reqwest_timeout_fires(http, Some(ms(2000)), ms(1500)).await;
 }
 
 /// reqwest's own `timeout` with neither attempt nor total timeout in palisade: a transport
 /// timeout, retried to 3 attempts.
 #[tokio::test]
 async fn reqwest_timeout_without_total_timeout_is_transport_timeout() {
-    let (addr, accepted) = counting_silent_server().await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| {
-        b.http_client_builder(reqwest::Client::builder().timeout(Duration::from_millis(100)))
-            .no_attempt_timeout()
-            .no_total_timeout()
-    });
-    let started = Instant::now();
-    let err = client
-        .get(format!("http://{addr}/r"))
-        .send()
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-    assert!(err.is_timeout(), "{err:?}");
-    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Transport), "{err:?}");
-    assert_eq!(FailureClass::from_error(&err), Timeout);
-    assert_eq!(err.attempts(), 3);
-    assert_count(&accepted, 3, "connections accepted").await;
-    probe.assert_classes(&[Timeout; 3], "reqwest timeout, no total timeout");
-    assert!(took < Duration::from_millis(1000), "took {took:?}");
+    let http = reqwest::Client::builder().timeout(ms(100));
+    reqwest_timeout_fires(http, None, ms(1000)).await;
 }
 
 /// reqwest's own `timeout` (palisade's attempt timeout removed, total timeout kept at 1 s):
@@ -826,25 +675,6 @@ async fn reqwest_timeout_without_total_timeout_is_transport_timeout() {
 /// the client's `timeout`; the client's 100 ms was silently dropped.
 #[tokio::test]
 async fn reqwest_timeout_is_transport_timeout_and_retried() {
-    let (addr, accepted) = counting_silent_server().await;
-    let probe = Probe::default();
-    let client = make_client(&probe, |b| {
-        b.http_client_builder(reqwest::Client::builder().timeout(Duration::from_millis(100)))
-            .no_attempt_timeout()
-            .total_timeout(Duration::from_secs(1))
-    });
-    let started = Instant::now();
-    let err = client
-        .get(format!("http://{addr}/r"))
-        .send()
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-    assert!(err.is_timeout(), "{err:?}");
-    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Transport), "{err:?}");
-    assert_eq!(FailureClass::from_error(&err), Timeout);
-    assert_eq!(err.attempts(), 3, "{err:?}");
-    assert_count(&accepted, 3, "connections accepted").await;
-    probe.assert_classes(&[Timeout; 3], "reqwest timeout");
-    assert!(took < Duration::from_millis(900), "took {took:?}");
+    let http = reqwest::Client::builder().timeout(ms(100));
+    reqwest_timeout_fires(http, Some(ms(1000)), ms(900)).await;
 }
