@@ -13,6 +13,7 @@
 //! | `Timeout` | attempt timeout, 408, transport timeout | yes | yes |
 //! | `Network` | connect, DNS, reset, incomplete message | yes | yes |
 //! | `Cancelled` | the caller dropped the future | no | no |
+//! | `Rejected` | an open circuit, a rate limit, a full bulkhead | no | no |
 
 use std::fmt;
 use std::sync::Arc;
@@ -41,6 +42,10 @@ pub enum FailureClass {
     Network,
     /// The caller dropped the future before it finished.
     Cancelled,
+    /// A stage of the pipeline refused the call without sending it: an open circuit, a rate
+    /// limit, a full bulkhead. Not retried (the rejection says when to come back), and not a
+    /// failure of the host for the circuit breaker.
+    Rejected,
 }
 
 impl FailureClass {
@@ -71,6 +76,9 @@ impl FailureClass {
             ErrorKind::Timeout => FailureClass::Timeout,
             ErrorKind::Connect | ErrorKind::Transport | ErrorKind::Body => FailureClass::Network,
             ErrorKind::Request => FailureClass::ClientError,
+            ErrorKind::CircuitOpen | ErrorKind::RateLimited | ErrorKind::BulkheadFull => {
+                FailureClass::Rejected
+            }
         }
     }
 }
@@ -85,6 +93,7 @@ impl fmt::Display for FailureClass {
             FailureClass::Timeout => "timeout",
             FailureClass::Network => "network",
             FailureClass::Cancelled => "cancelled",
+            FailureClass::Rejected => "rejected",
         })
     }
 }
@@ -238,6 +247,14 @@ mod tests {
         assert_eq!(FailureClass::from_error(&r), FailureClass::Network);
         let q = Error::from_source(ErrorKind::Request, "bad");
         assert_eq!(FailureClass::from_error(&q), FailureClass::ClientError);
+        for kind in [
+            ErrorKind::CircuitOpen,
+            ErrorKind::RateLimited,
+            ErrorKind::BulkheadFull,
+        ] {
+            let r = Error::rejected(kind, None);
+            assert_eq!(FailureClass::from_error(&r), FailureClass::Rejected);
+        }
     }
 
     #[test]

@@ -63,6 +63,42 @@ pub enum Event<'a> {
         /// Why it did not try again.
         reason: GiveUpReason,
     },
+    /// A circuit breaker changed state (logged at `warn` by tracing too).
+    #[non_exhaustive]
+    CircuitStateChanged {
+        /// The breaker's key: the host (`host:port`), or `""` for a breaker shared by all hosts.
+        key: &'a str,
+        /// The state it left.
+        from: CircuitState,
+        /// The state it entered.
+        to: CircuitState,
+    },
+    /// The rate limiter held a call until a token was free.
+    #[non_exhaustive]
+    RateLimitWait {
+        /// The limiter's key: the host, or `""` for a global limiter.
+        key: &'a str,
+        /// How long the call waits.
+        wait: Duration,
+    },
+    /// A server's 429 (or 503 with `Retry-After`) paused the rate limiter for its host.
+    #[non_exhaustive]
+    ServerPushback {
+        /// The limiter's key: the host, or `""` for a global limiter.
+        key: &'a str,
+        /// How long the limiter holds every call to that key.
+        pause: Duration,
+    },
+    /// A stage refused a call without sending it.
+    #[non_exhaustive]
+    Rejected {
+        /// Which stage: `CircuitOpen`, `RateLimited` or `BulkheadFull`.
+        kind: crate::ErrorKind,
+        /// The stage's key: the host, or `""` for a stage shared by all hosts.
+        key: &'a str,
+        /// When trying again may succeed, where the stage knows.
+        retry_after: Option<Duration>,
+    },
     /// palisade's attempt or total timeout fired. The transport's own timeouts (reqwest's
     /// `timeout`, `connect_timeout`, `read_timeout`) are seen as an `Attempt` whose class is
     /// `Timeout`, not as this event.
@@ -73,6 +109,18 @@ pub enum Event<'a> {
         /// How long it was.
         after: Duration,
     },
+}
+
+/// The state of a circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CircuitState {
+    /// Calls flow; outcomes are counted.
+    Closed,
+    /// Calls are rejected until the break duration has passed.
+    Open,
+    /// A few probe calls are let through; their outcomes decide whether it closes or opens
+    /// again.
+    HalfOpen,
 }
 
 /// Why the retry stage did not try a retryable failure again.

@@ -120,12 +120,16 @@ macro_rules! inner_accessors {
 pub(crate) use inner_accessors;
 
 mod builder;
+pub mod bulkhead;
+pub mod circuit_breaker;
 pub mod classify;
 mod client;
 mod context;
 mod error;
 mod event;
 mod ext;
+mod host;
+pub mod rate_limit;
 pub mod retry;
 mod retry_after;
 pub mod timeout;
@@ -135,7 +139,7 @@ pub use crate::builder::ClientBuilder;
 pub use crate::classify::{Classifier, FailureClass, Outcome};
 pub use crate::client::{Client, Pending, RequestBuilder};
 pub use crate::error::{ConfigError, Error, ErrorKind, TimeoutKind};
-pub use crate::event::{Event, GiveUpReason};
+pub use crate::event::{CircuitState, Event, GiveUpReason};
 pub use crate::ext::ResponseExt;
 
 /// The stages as tower layers, for those who build their own stacks.
