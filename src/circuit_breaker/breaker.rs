@@ -1,0 +1,578 @@
+//! The breaker's state machine: one [`Breaker`] per key, sync and without I/O.
+//!
+//! Every method takes `now`, the time since the layer's epoch, so tests drive it exactly.
+//!
+//! The hot path of a closed breaker is lock-free: admitting a call is one atomic load of the
+//! packed generation and state; recording its outcome is a load of the same word (to drop
+//! results of calls admitted before a transition), one `fetch_add` on the current bucket (the
+//! failure and call counts are packed in one `u64`) and, in ratio mode, a load of each of the
+//! ten buckets to evaluate the rule. Transitions (trip, half-open, close, isolate, reset) and
+//! everything in the half-open state take the breaker's own mutex: they are rare, and
+//! half-open admits only a few calls anyway.
+//!
+//! Each transition bumps the generation, and each [`Permit`] carries the generation it was
+//! issued in. A result whose generation is not the current one is dropped: a call that started
+//! before a trip cannot re-trip the breaker or extend its break, and a probe admitted in an
+//! earlier half-open period cannot count in a later one.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::classify::FailureClass;
+use crate::event::CircuitState;
+
+/// The number of buckets the ratio window is kept in.
+pub(crate) const BUCKETS: u64 = 10;
+/// Fixed-point scale of the failure ratio (parts per million), so the rule is exact integer
+/// arithmetic: `failures · SCALE ≥ calls · ratio_ppm`.
+pub(crate) const SCALE: u64 = 1_000_000;
+
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const STATE_BITS: u32 = 2;
+const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+
+/// `open_until` of an isolated breaker: never reached, and no retry-after hint.
+const ISOLATED: u64 = u64::MAX;
+
+/// One failure in a packed bucket (the high half counts failures, the low half calls).
+const FAILURE: u64 = 1 << 32;
+const CALLS_MASK: u64 = FAILURE - 1;
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
+fn state_of(gen_state: u64) -> CircuitState {
+    match gen_state & STATE_MASK {
+        CLOSED => CircuitState::Closed,
+        OPEN => CircuitState::Open,
+        _ => CircuitState::HalfOpen,
+    }
+}
+
+fn pack(gen: u64, state: u64) -> u64 {
+    (gen << STATE_BITS) | state
+}
+
+/// What trips a closed breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// Failures / calls over the window reach `ratio_ppm / SCALE`, with at least `min_calls`.
+    Ratio { ratio_ppm: u64, min_calls: u32 },
+    /// `n` failures in a row.
+    Consecutive(u32),
+}
+
+/// The breaker's immutable parameters, shared by every key.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Policy {
+    pub(crate) rule: Rule,
+    /// Length of one of the `BUCKETS` buckets of the window; at least 1.
+    pub(crate) bucket_nanos: u64,
+    pub(crate) slow_call: Option<Duration>,
+    pub(crate) break_base: Duration,
+    /// At least 1 and finite.
+    pub(crate) growth: f64,
+    /// At least `break_base`.
+    pub(crate) break_max: Duration,
+    /// At least 1.
+    pub(crate) permits: u32,
+}
+
+/// What an outcome means to the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Success,
+    Failure,
+    /// Neither: it does not count, and a probe gives its permit back.
+    Ignore,
+}
+
+impl Policy {
+    /// ServerError, Timeout and Network are failures; Success (unless slow) and ClientError are
+    /// successes; Throttled, Cancelled and Rejected are ignored. A 4xx is never a failure, even
+    /// when slow.
+    pub(crate) fn verdict(&self, class: FailureClass, elapsed: Duration) -> Verdict {
+        match class {
+            FailureClass::ServerError | FailureClass::Timeout | FailureClass::Network => {
+                Verdict::Failure
+            }
+            FailureClass::Success => match self.slow_call {
+                Some(t) if elapsed >= t => Verdict::Failure,
+                _ => Verdict::Success,
+            },
+            FailureClass::ClientError => Verdict::Success,
+            FailureClass::Throttled | FailureClass::Cancelled | FailureClass::Rejected => {
+                Verdict::Ignore
+            }
+        }
+    }
+
+    /// The break after `prev` (the previous trip's, when the breaker has not closed since).
+    pub(crate) fn next_break(&self, prev: Option<Duration>) -> Duration {
+        let Some(prev) = prev else {
+            return self.break_base;
+        };
+        let prev = prev.min(self.break_max);
+        if self.growth <= 1.0 {
+            return prev;
+        }
+        // Saturates at the cap: an overflow (or a product past `Duration::MAX`) is the cap.
+        Duration::try_from_secs_f64(prev.as_secs_f64() * self.growth)
+            .map_or(self.break_max, |d| d.max(prev).min(self.break_max))
+    }
+
+    /// The longest break a trip can give.
+    pub(crate) fn longest_break(&self) -> Duration {
+        if self.growth > 1.0 {
+            self.break_max.max(self.break_base)
+        } else {
+            self.break_base
+        }
+    }
+}
+
+/// A state change, for the stage to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub(crate) from: CircuitState,
+    pub(crate) to: CircuitState,
+    /// How long it stays open, for a transition to `Open` (`None` when isolated).
+    pub(crate) open_for: Option<Duration>,
+}
+
+/// What the breaker decided for a call.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Send it, and record its outcome with the permit.
+    Admitted(Permit),
+    /// Do not send it; the hint says when trying again may succeed (`None` when isolated).
+    /// The breaker comes back for the stage's report.
+    Rejected(Option<Duration>, Arc<Breaker>),
+}
+
+enum Decision {
+    Admit { gen: u64, probe: bool },
+    Reject(Option<Duration>),
+}
+
+/// The rarely changed part of the state, under the breaker's mutex.
+#[derive(Debug, Default)]
+struct Trans {
+    /// Probes admitted in this half-open period and not finished.
+    in_flight: u32,
+    /// Probes of this half-open period that succeeded.
+    succeeded: u32,
+    /// The last trip's break, while the breaker has not closed since (for growth).
+    last_break: Option<Duration>,
+}
+
+/// One breaker: the state of one key.
+pub(crate) struct Breaker {
+    policy: Arc<Policy>,
+    key: Arc<str>,
+    /// Generation and state, packed: `gen << 2 | state`.
+    gen_state: AtomicU64,
+    /// While open: when the break ends, in nanoseconds since the epoch (`ISOLATED`: never).
+    open_until: AtomicU64,
+    /// When a call last looked this breaker up, in nanoseconds (for idle eviction).
+    last_used: AtomicU64,
+    /// Ratio mode: `BUCKETS` packed (failures, calls) counters; empty otherwise.
+    buckets: Box<[AtomicU64]>,
+    /// The index (time / bucket length) of the newest bucket.
+    head: AtomicU64,
+    /// Consecutive mode: failures in a row.
+    run: AtomicU32,
+    trans: Mutex<Trans>,
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("key", &self.key)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Breaker {
+    pub(crate) fn new(policy: Arc<Policy>, key: Arc<str>, now: Duration) -> Self {
+        let t = nanos(now);
+        let buckets = match policy.rule {
+            Rule::Ratio { .. } => (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            Rule::Consecutive(_) => Box::default(),
+        };
+        Breaker {
+            head: AtomicU64::new(t / policy.bucket_nanos.max(1)),
+            policy,
+            key,
+            gen_state: AtomicU64::new(pack(0, CLOSED)),
+            open_until: AtomicU64::new(0),
+            last_used: AtomicU64::new(t),
+            buckets,
+            run: AtomicU32::new(0),
+            trans: Mutex::new(Trans::default()),
+        }
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn key_arc(&self) -> Arc<str> {
+        self.key.clone()
+    }
+
+    pub(crate) fn state(&self) -> CircuitState {
+        state_of(self.gen_state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn is_isolated(&self) -> bool {
+        self.gen_state.load(Ordering::Acquire) & STATE_MASK == OPEN
+            && self.open_until.load(Ordering::Acquire) == ISOLATED
+    }
+
+    pub(crate) fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// Marks the breaker used at `t` (nanoseconds); writes only when `t` is `every` past the
+    /// last mark, so a busy breaker's hot path does not write this word on each call.
+    pub(crate) fn touch(&self, t: u64, every: u64) {
+        if t > self.last_used.load(Ordering::Relaxed).saturating_add(every) {
+            self.last_used.store(t, Ordering::Relaxed);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Trans> {
+        // The state under the lock is counters only: a panic elsewhere cannot leave it torn.
+        self.trans.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides whether a call may go. Lock-free when closed, or open with the break not over.
+    /// Takes the `Arc` the caller holds, so the permit costs no extra reference count.
+    pub(crate) fn acquire(self: Arc<Self>, now: Duration) -> (Admission, Option<Transition>) {
+        let gs = self.gen_state.load(Ordering::Acquire);
+        match gs & STATE_MASK {
+            CLOSED => {
+                return (
+                    Admission::Admitted(Permit::new(self, gs >> STATE_BITS, false, now)),
+                    None,
+                )
+            }
+            OPEN => {
+                let until = self.open_until.load(Ordering::Acquire);
+                let t = nanos(now);
+                if t < until {
+                    return (Admission::Rejected(hint(until, t), self), None);
+                }
+            }
+            _ => {}
+        }
+        self.acquire_slow(now)
+    }
+
+    fn acquire_slow(self: Arc<Self>, now: Duration) -> (Admission, Option<Transition>) {
+        let (decision, transition) = self.decide(now);
+        let admission = match decision {
+            Decision::Admit { gen, probe } => {
+                Admission::Admitted(Permit::new(self, gen, probe, now))
+            }
+            Decision::Reject(hint) => Admission::Rejected(hint, self),
+        };
+        (admission, transition)
+    }
+
+    /// The decision for a call when the breaker is not plainly closed or open. Under the lock.
+    fn decide(&self, now: Duration) -> (Decision, Option<Transition>) {
+        let mut tr = self.lock();
+        let gs = self.gen_state.load(Ordering::Acquire);
+        let mut gen = gs >> STATE_BITS;
+        let mut transition = None;
+        match gs & STATE_MASK {
+            CLOSED => return (Decision::Admit { gen, probe: false }, None),
+            OPEN => {
+                let until = self.open_until.load(Ordering::Acquire);
+                let t = nanos(now);
+                if t < until {
+                    return (Decision::Reject(hint(until, t)), None);
+                }
+                // The break is over: this call makes the move to half-open (lazily, no timer).
+                tr.in_flight = 0;
+                tr.succeeded = 0;
+                gen += 1;
+                self.gen_state
+                    .store(pack(gen, HALF_OPEN), Ordering::Release);
+                transition = Some(Transition {
+                    from: CircuitState::Open,
+                    to: CircuitState::HalfOpen,
+                    open_for: None,
+                });
+            }
+            _ => {}
+        }
+        // Half-open: admit while fewer than `permits` probes are in flight or have succeeded.
+        if tr.in_flight + tr.succeeded < self.policy.permits {
+            tr.in_flight += 1;
+            (Decision::Admit { gen, probe: true }, transition)
+        } else {
+            // If the probes fail, the breaker opens for (at least) the last break.
+            let hint = tr.last_break.unwrap_or(self.policy.break_base);
+            (Decision::Reject(Some(hint)), transition)
+        }
+    }
+
+    fn bucket_at(&self, t: u64) -> usize {
+        let idx = t / self.policy.bucket_nanos.max(1);
+        let mut cur = self.head.load(Ordering::Acquire);
+        while idx > cur {
+            match self
+                .head
+                .compare_exchange_weak(cur, idx, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    // We moved the window: clear the buckets that fell out of it.
+                    let stale = (idx - cur).min(BUCKETS);
+                    for g in (idx - stale + 1)..=idx {
+                        self.buckets[(g % BUCKETS) as usize].store(0, Ordering::Release);
+                    }
+                    break;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+        (idx.max(cur) % BUCKETS) as usize
+    }
+
+    /// (calls, failures) over the window, as of the last `bucket_at`.
+    fn window_counts(&self) -> (u64, u64) {
+        self.buckets.iter().fold((0, 0), |(c, f), b| {
+            let v = b.load(Ordering::Acquire);
+            (c + (v & CALLS_MASK), f + (v >> 32))
+        })
+    }
+
+    /// Records the outcome of a call admitted while closed.
+    fn record_closed(&self, gen: u64, verdict: Verdict, now: Duration) -> Option<Transition> {
+        if verdict == Verdict::Ignore || self.gen_state.load(Ordering::Acquire) != pack(gen, CLOSED)
+        {
+            return None;
+        }
+        let failed = verdict == Verdict::Failure;
+        match self.policy.rule {
+            Rule::Ratio {
+                ratio_ppm,
+                min_calls,
+            } => {
+                let i = self.bucket_at(nanos(now));
+                self.buckets[i].fetch_add(if failed { FAILURE | 1 } else { 1 }, Ordering::AcqRel);
+                let (calls, failures) = self.window_counts();
+                if calls >= u64::from(min_calls)
+                    && failures.saturating_mul(SCALE) >= calls.saturating_mul(ratio_ppm)
+                {
+                    return self.trip(gen, now);
+                }
+                None
+            }
+            Rule::Consecutive(n) => {
+                if failed {
+                    if self.run.fetch_add(1, Ordering::AcqRel).saturating_add(1) >= n {
+                        return self.trip(gen, now);
+                    }
+                } else if self.run.load(Ordering::Relaxed) != 0 {
+                    self.run.store(0, Ordering::Relaxed);
+                }
+                None
+            }
+        }
+    }
+
+    /// Opens a closed breaker of generation `gen` (unless another thread moved it already).
+    fn trip(&self, gen: u64, now: Duration) -> Option<Transition> {
+        let mut tr = self.lock();
+        if self.gen_state.load(Ordering::Acquire) != pack(gen, CLOSED) {
+            return None;
+        }
+        Some(self.open(&mut tr, gen, CircuitState::Closed, now))
+    }
+
+    /// Moves to open for the next break (growing it after a previous trip). Under the lock.
+    fn open(&self, tr: &mut Trans, gen: u64, from: CircuitState, now: Duration) -> Transition {
+        let brk = self.policy.next_break(tr.last_break);
+        tr.last_break = Some(brk);
+        tr.in_flight = 0;
+        tr.succeeded = 0;
+        // A break too long to represent ends at `ISOLATED - 1`: far off, but still a break.
+        let until = nanos(now).saturating_add(nanos(brk)).min(ISOLATED - 1);
+        self.open_until.store(until, Ordering::Release);
+        self.gen_state.store(pack(gen + 1, OPEN), Ordering::Release);
+        Transition {
+            from,
+            to: CircuitState::Open,
+            open_for: Some(brk),
+        }
+    }
+
+    /// Moves to closed with a fresh window. Under the lock.
+    fn close(&self, tr: &mut Trans, gen: u64, from: CircuitState) -> Option<Transition> {
+        *tr = Trans::default();
+        for b in self.buckets.iter() {
+            b.store(0, Ordering::Release);
+        }
+        self.run.store(0, Ordering::Release);
+        self.gen_state
+            .store(pack(gen + 1, CLOSED), Ordering::Release);
+        (from != CircuitState::Closed).then_some(Transition {
+            from,
+            to: CircuitState::Closed,
+            open_for: None,
+        })
+    }
+
+    /// Records the outcome of a probe.
+    fn record_probe(&self, gen: u64, verdict: Verdict, now: Duration) -> Option<Transition> {
+        let mut tr = self.lock();
+        if self.gen_state.load(Ordering::Acquire) != pack(gen, HALF_OPEN) {
+            return None;
+        }
+        tr.in_flight = tr.in_flight.saturating_sub(1);
+        match verdict {
+            Verdict::Ignore => None,
+            Verdict::Failure => Some(self.open(&mut tr, gen, CircuitState::HalfOpen, now)),
+            Verdict::Success => {
+                tr.succeeded += 1;
+                if tr.succeeded >= self.policy.permits {
+                    self.close(&mut tr, gen, CircuitState::HalfOpen)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Gives back the permit of a probe that ended without a verdict (its future was dropped).
+    fn release(&self, gen: u64) {
+        let mut tr = self.lock();
+        if self.gen_state.load(Ordering::Acquire) == pack(gen, HALF_OPEN) {
+            tr.in_flight = tr.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Holds the breaker open until [`reset`](Self::reset).
+    pub(crate) fn isolate(&self) -> Option<Transition> {
+        let mut tr = self.lock();
+        let gs = self.gen_state.load(Ordering::Acquire);
+        tr.in_flight = 0;
+        tr.succeeded = 0;
+        self.open_until.store(ISOLATED, Ordering::Release);
+        self.gen_state
+            .store(pack((gs >> STATE_BITS) + 1, OPEN), Ordering::Release);
+        let from = state_of(gs);
+        (from != CircuitState::Open).then_some(Transition {
+            from,
+            to: CircuitState::Open,
+            open_for: None,
+        })
+    }
+
+    /// Closes the breaker with a fresh window and no break growth, whatever its state.
+    pub(crate) fn reset(&self) -> Option<Transition> {
+        let mut tr = self.lock();
+        let gs = self.gen_state.load(Ordering::Acquire);
+        self.open_until.store(0, Ordering::Release);
+        self.close(&mut tr, gs >> STATE_BITS, state_of(gs))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn probes(&self) -> (u32, u32) {
+        let tr = self.lock();
+        (tr.in_flight, tr.succeeded)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.gen_state.load(Ordering::Acquire) >> STATE_BITS
+    }
+
+    #[cfg(test)]
+    pub(crate) fn last_break(&self) -> Option<Duration> {
+        self.lock().last_break
+    }
+}
+
+fn hint(until: u64, t: u64) -> Option<Duration> {
+    (until != ISOLATED).then(|| Duration::from_nanos(until - t))
+}
+
+/// The right to send one call, and to record its outcome. A probe's permit is given back when
+/// dropped unrecorded (its call was cancelled), so half-open can admit another.
+pub(crate) struct Permit {
+    breaker: Arc<Breaker>,
+    gen: u64,
+    probe: bool,
+    start: Duration,
+    done: bool,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("key", &self.breaker.key)
+            .field("gen", &self.gen)
+            .field("probe", &self.probe)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    fn new(breaker: Arc<Breaker>, gen: u64, probe: bool, start: Duration) -> Self {
+        Permit {
+            breaker,
+            gen,
+            probe,
+            start,
+            done: false,
+        }
+    }
+
+    pub(crate) fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    #[cfg(test)]
+    pub(crate) fn gen(&self) -> u64 {
+        self.gen
+    }
+
+    /// Records the call's class; the time it took is `now` less the time it was admitted.
+    /// Only the first record of a permit counts.
+    pub(crate) fn record(&mut self, class: FailureClass, now: Duration) -> Option<Transition> {
+        if std::mem::replace(&mut self.done, true) {
+            return None;
+        }
+        let b = &self.breaker;
+        let verdict = b.policy.verdict(class, now.saturating_sub(self.start));
+        if self.probe {
+            b.record_probe(self.gen, verdict, now)
+        } else {
+            b.record_closed(self.gen, verdict, now)
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.probe && !self.done {
+            self.breaker.release(self.gen);
+        }
+    }
+}

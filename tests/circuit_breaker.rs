@@ -1,0 +1,523 @@
+//! The circuit breaker stage, standalone over the in-memory transport, in paused time.
+
+mod support;
+
+use std::time::Duration;
+
+use palisade::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerService,
+};
+use palisade::classify::{Classifier, FailureClass};
+use palisade::{CircuitState, Error, ErrorKind};
+use reqwest::{Method, Request, Response};
+use support::{ms, secs, Events, Mock, Step};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+const A: &str = "http://a.test/x";
+const B: &str = "http://b.test/y";
+
+fn req(url: &str) -> Request {
+    Request::new(Method::GET, url.parse().expect("valid test URL"))
+}
+
+struct Rig {
+    svc: CircuitBreakerService<Mock>,
+    breakers: CircuitBreakerHandle,
+    events: Events,
+    mock: Mock,
+}
+
+fn rig(cfg: CircuitBreaker, mock: Mock) -> Rig {
+    let events = Events::default();
+    let layer = CircuitBreakerLayer::new(cfg)
+        .expect("valid test configuration")
+        .on_event(events.hook());
+    let breakers = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(mock.clone());
+    Rig {
+        svc,
+        breakers,
+        events,
+        mock,
+    }
+}
+
+impl Rig {
+    async fn send(&mut self, url: &str) -> Result<Response, Error> {
+        self.svc.ready().await?.call(req(url)).await
+    }
+
+    /// Sends and expects a response (the call reached the transport).
+    async fn served(&mut self, url: &str) -> u16 {
+        let before = self.mock.calls();
+        let resp = self.send(url).await.expect("a response");
+        assert_eq!(self.mock.calls(), before + 1);
+        resp.status().as_u16()
+    }
+
+    /// Sends and expects a rejection by the open circuit; returns its hint.
+    async fn rejected(&mut self, url: &str) -> Option<Duration> {
+        let before = self.mock.calls();
+        let err = self.send(url).await.expect_err("an open circuit");
+        assert!(err.is_circuit_open(), "{err:?}");
+        assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+        assert_eq!(err.url().map(|u| u.as_str()), Some(url));
+        assert_eq!(
+            self.mock.calls(),
+            before,
+            "a rejected call never reaches the transport"
+        );
+        err.retry_after()
+    }
+
+    fn state(&self, host: &str) -> CircuitState {
+        self.breakers.state(host)
+    }
+
+    fn transitions(&self) -> Vec<String> {
+        self.events
+            .all()
+            .into_iter()
+            .filter(|e| e.starts_with("CircuitStateChanged"))
+            .collect()
+    }
+}
+
+fn steps(n: usize, step: Step) -> impl Iterator<Item = Step> {
+    std::iter::repeat_n(step, n)
+}
+
+#[tokio::test(start_paused = true)]
+async fn opens_when_the_ratio_is_reached_with_the_minimum_throughput() {
+    let mut r = rig(CircuitBreaker::default(), Mock::always(Step::Status(500)));
+    for _ in 0..19 {
+        assert_eq!(r.served(A).await, 500);
+    }
+    assert_eq!(
+        r.state("a.test:80"),
+        CircuitState::Closed,
+        "19 of 19: below 20 calls"
+    );
+    assert_eq!(r.served(A).await, 500);
+    assert_eq!(r.state("a.test:80"), CircuitState::Open);
+    assert_eq!(r.rejected(A).await, Some(secs(5)));
+    assert_eq!(r.mock.calls(), 20);
+    assert_eq!(
+        r.transitions(),
+        ["CircuitStateChanged { key: \"a.test:80\", from: Closed, to: Open }"]
+    );
+    assert_eq!(
+        r.events
+            .count("Rejected { kind: CircuitOpen, key: \"a.test:80\""),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_failures_of_twenty_open_nine_do_not() {
+    let mock = Mock::script(steps(10, Step::Status(200)).chain(steps(10, Step::Status(503))));
+    let mut r = rig(CircuitBreaker::default(), mock);
+    for _ in 0..19 {
+        r.served(A).await;
+    }
+    assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+    r.served(A).await;
+    assert_eq!(r.state("a.test:80"), CircuitState::Open);
+
+    let mock = Mock::script(steps(11, Step::Status(200)).chain(steps(9, Step::Status(502))));
+    let mut r = rig(CircuitBreaker::default(), mock);
+    for _ in 0..200 {
+        r.served(A).await;
+    }
+    assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+    assert!(r.transitions().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_mode_opens_on_the_nth_failure_and_a_success_resets_the_run() {
+    let s = Step::Status;
+    let mock = Mock::script([s(500), s(500), s(200), s(500), s(500), s(500)]);
+    let mut r = rig(CircuitBreaker::default().consecutive_failures(3), mock);
+    for _ in 0..5 {
+        r.served(A).await;
+    }
+    assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+    r.served(A).await;
+    assert_eq!(r.state("a.test:80"), CircuitState::Open);
+    assert_eq!(r.rejected(A).await, Some(secs(5)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn network_errors_and_timeouts_are_failures() {
+    let mock = Mock::script([
+        Step::Fail(std::io::ErrorKind::ConnectionRefused),
+        Step::Fail(std::io::ErrorKind::TimedOut),
+    ]);
+    let mut r = rig(CircuitBreaker::default().consecutive_failures(2), mock);
+    assert!(r.send(A).await.unwrap_err().is_connect());
+    assert!(r.send(A).await.unwrap_err().is_timeout());
+    assert_eq!(r.state("a.test:80"), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_concurrent_calls_in_half_open_let_exactly_the_permits_through() {
+    let permits = 3;
+    let probe = Step::after(secs(1), Step::Status(200));
+    let mock = Mock::script(std::iter::once(Step::Status(500)).chain(steps(permits, probe)));
+    let mut r = rig(
+        CircuitBreaker::default()
+            .consecutive_failures(1)
+            .half_open_permits(permits as u32),
+        mock,
+    );
+    r.served(A).await;
+    tokio::time::advance(secs(5)).await;
+    let tasks: Vec<_> = (0..1_000)
+        .map(|_| {
+            let mut svc = r.svc.clone();
+            tokio::spawn(async move { svc.ready().await?.call(req(A)).await })
+        })
+        .collect();
+    let (mut ok, mut rejected) = (0, 0);
+    for t in tasks {
+        match t.await.expect("no panic") {
+            Ok(_) => ok += 1,
+            Err(e) if e.is_circuit_open() => rejected += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!((ok, rejected), (permits, 1_000 - permits));
+    assert_eq!(
+        r.mock.calls(),
+        1 + permits,
+        "only the probes reached the transport"
+    );
+    assert_eq!(
+        r.state("a.test:80"),
+        CircuitState::Closed,
+        "all probes succeeded"
+    );
+    assert_eq!(r.transitions().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_frees_its_permit() {
+    let mock = Mock::script([Step::Status(500), Step::Hang]);
+    let mut r = rig(CircuitBreaker::default().consecutive_failures(1), mock);
+    r.served(A).await;
+    tokio::time::advance(secs(5)).await;
+    let mut probe = r.svc.ready().await.unwrap().call(req(A));
+    assert!(tokio::time::timeout(ms(100), &mut probe).await.is_err());
+    assert_eq!(r.mock.calls(), 2);
+    assert_eq!(r.state("a.test:80"), CircuitState::HalfOpen);
+    assert!(r.rejected(A).await.is_some(), "the only permit is taken");
+    drop(probe);
+    // The next call is admitted as a probe, succeeds, and closes the breaker.
+    assert_eq!(r.served(A).await, 200);
+    assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_probe_gives_its_permit_back() {
+    let mock = Mock::script([Step::Status(500), Step::Status(429)]);
+    let mut r = rig(CircuitBreaker::default().consecutive_failures(1), mock);
+    r.served(A).await;
+    tokio::time::advance(secs(5)).await;
+    assert_eq!(r.served(A).await, 429);
+    assert_eq!(r.state("a.test:80"), CircuitState::HalfOpen);
+    assert_eq!(r.served(A).await, 200);
+    assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_errors_never_count_and_429_is_ignored() {
+    let mut r = rig(CircuitBreaker::default(), Mock::always(Step::Status(404)));
+    for _ in 0..1_000 {
+        assert_eq!(r.served(A).await, 404);
+    }
+    assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+
+    // 19 failures, then 1,000 429s: were they successes, 20 of 1,020 would not open it; were
+    // they failures, the first would.
+    let mock = Mock::script(
+        steps(19, Step::Status(500))
+            .chain(steps(1_000, Step::Status(429)))
+            .chain([Step::Status(500)]),
+    );
+    let mut r = rig(CircuitBreaker::default(), mock);
+    for _ in 0..1_019 {
+        r.served(A).await;
+    }
+    assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+    r.served(A).await;
+    assert_eq!(r.state("a.test:80"), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_to_half_open_is_lazy_with_an_exact_hint() {
+    let mut r = rig(
+        CircuitBreaker::default().consecutive_failures(1),
+        Mock::script([Step::Status(500)]),
+    );
+    r.served(A).await;
+    tokio::time::advance(secs(5) - ms(1)).await;
+    assert_eq!(r.rejected(A).await, Some(ms(1)));
+    tokio::time::advance(ms(1)).await;
+    assert_eq!(
+        r.state("a.test:80"),
+        CircuitState::Open,
+        "no timer moves it"
+    );
+    assert_eq!(r.served(A).await, 200, "the next call is the probe");
+    assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+    assert_eq!(
+        r.transitions(),
+        [
+            "CircuitStateChanged { key: \"a.test:80\", from: Closed, to: Open }",
+            "CircuitStateChanged { key: \"a.test:80\", from: Open, to: HalfOpen }",
+            "CircuitStateChanged { key: \"a.test:80\", from: HalfOpen, to: Closed }",
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_break_grows_on_repeated_trips_up_to_its_cap() {
+    let mock =
+        Mock::script(steps(5, Step::Status(500)).chain([Step::Status(200), Step::Status(500)]));
+    let mut r = rig(
+        CircuitBreaker::default()
+            .consecutive_failures(1)
+            .break_duration(secs(1))
+            .break_growth(2.0, secs(5)),
+        mock,
+    );
+    r.served(A).await;
+    let mut hint = r.rejected(A).await.unwrap();
+    assert_eq!(hint, secs(1));
+    for want in [2, 4, 5, 5] {
+        tokio::time::advance(hint).await;
+        assert_eq!(r.served(A).await, 500, "the probe fails");
+        hint = r.rejected(A).await.unwrap();
+        assert_eq!(hint, secs(want));
+    }
+    tokio::time::advance(hint).await;
+    assert_eq!(r.served(A).await, 200);
+    assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+    // Closed since: the next trip has the base break again.
+    r.served(A).await;
+    assert_eq!(r.rejected(A).await, Some(secs(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_results_from_calls_started_before_a_trip_do_not_retrip_or_extend_it() {
+    let mock = Mock::script([
+        Step::after(secs(10), Step::Status(500)),
+        Step::Status(500),
+        Step::Status(500),
+        Step::after(secs(10), Step::Status(503)),
+    ]);
+    let mut r = rig(
+        CircuitBreaker::default()
+            .consecutive_failures(2)
+            .break_growth(2.0, secs(60)),
+        mock,
+    );
+    let slow = r.svc.ready().await.unwrap().call(req(A));
+    r.served(A).await;
+    r.served(A).await;
+    assert_eq!(r.state("a.test:80"), CircuitState::Open);
+    // The slow call fails at 10 s, after the break (5 s) is over: it must not re-open it
+    // for a grown break.
+    assert_eq!(slow.await.unwrap().status(), 500);
+    assert_eq!(r.state("a.test:80"), CircuitState::Open);
+    assert_eq!(r.transitions().len(), 1);
+    // The next call is a probe (not rejected): it hangs 10 s and fails; meanwhile nothing else.
+    assert_eq!(r.served(A).await, 503);
+    assert_eq!(
+        r.rejected(A).await,
+        Some(secs(10)),
+        "one growth, from the probe only"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_failure_after_recovery_does_not_count_in_the_fresh_window() {
+    let mock = Mock::script([
+        Step::after(secs(20), Step::Status(500)),
+        Step::Status(500),
+        Step::Status(500),
+        Step::Status(200),
+        Step::Status(500),
+    ]);
+    let mut r = rig(CircuitBreaker::default().consecutive_failures(2), mock);
+    let slow = r.svc.ready().await.unwrap().call(req(A));
+    r.served(A).await;
+    r.served(A).await;
+    tokio::time::advance(secs(5)).await;
+    assert_eq!(r.served(A).await, 200, "the probe closes it");
+    assert_eq!(slow.await.unwrap().status(), 500);
+    // One fresh failure: a run of one, had the late failure not been dropped it would be two.
+    assert_eq!(r.served(A).await, 500);
+    assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hosts_have_their_own_breakers() {
+    let mut r = rig(
+        CircuitBreaker::default().consecutive_failures(2),
+        Mock::always(Step::Status(500)),
+    );
+    r.served(A).await;
+    r.served(A).await;
+    assert_eq!(r.rejected(A).await, Some(secs(5)));
+    assert_eq!(r.served(B).await, 500, "b is served while a is open");
+    assert_eq!(r.state("a.test:80"), CircuitState::Open);
+    assert_eq!(
+        r.state("http://a.test/other"),
+        CircuitState::Open,
+        "a URL names its host"
+    );
+    assert_eq!(r.state("b.test:80"), CircuitState::Closed);
+    assert_eq!(
+        r.state("https://a.test/"),
+        CircuitState::Closed,
+        "another port, another key"
+    );
+    assert_eq!(r.breakers.tracked_hosts(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn isolate_reset_and_state_by_hand() {
+    let mut r = rig(CircuitBreaker::default(), Mock::always(Step::Status(200)));
+    assert_eq!(r.state("b.test:80"), CircuitState::Closed);
+    r.breakers.isolate("b.test:80");
+    assert_eq!(r.state("b.test:80"), CircuitState::Open);
+    assert_eq!(r.rejected(B).await, None, "isolated: no hint");
+    tokio::time::advance(secs(3_600)).await;
+    assert_eq!(
+        r.rejected(B).await,
+        None,
+        "isolation does not time out or get evicted"
+    );
+    assert_eq!(r.served(A).await, 200);
+    r.breakers.reset("http://b.test/");
+    assert_eq!(r.state("b.test:80"), CircuitState::Closed);
+    assert_eq!(r.served(B).await, 200);
+    assert_eq!(
+        r.transitions(),
+        [
+            "CircuitStateChanged { key: \"b.test:80\", from: Closed, to: Open }",
+            "CircuitStateChanged { key: \"b.test:80\", from: Open, to: Closed }",
+        ]
+    );
+    assert_eq!(r.events.count("Rejected"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_global_breaker_is_shared_by_every_host() {
+    let mut r = rig(
+        CircuitBreaker::default().consecutive_failures(2).global(),
+        Mock::always(Step::Status(500)),
+    );
+    r.served(A).await;
+    r.served(B).await;
+    assert_eq!(r.rejected(A).await, Some(secs(5)));
+    assert_eq!(r.rejected(B).await, Some(secs(5)));
+    assert_eq!(r.state("anything"), CircuitState::Open);
+    assert_eq!(r.events.count("key: \"\", from: Closed, to: Open"), 1);
+    r.breakers.reset("");
+    assert_eq!(r.served(B).await, 500);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_thousand_hosts_stay_within_the_cap_and_idle_ones_are_evicted() {
+    let mut r = rig(CircuitBreaker::default(), Mock::always(Step::Status(200)));
+    let mut most = 0;
+    for i in 0..100_000 {
+        r.send(&format!("http://h{i}.test/")).await.unwrap();
+        if i % 1_000 == 0 {
+            most = most.max(r.breakers.tracked_hosts());
+        }
+    }
+    let held = r.breakers.tracked_hosts();
+    assert!(most <= 10_000 && held <= 10_000, "{most} {held}");
+    assert!(held > 5_000, "the cap is used: {held}");
+    // Idle longer than the window and the break (35 s): the next call sweeps them away.
+    tokio::time::advance(secs(36)).await;
+    r.send("http://new.test/").await.unwrap();
+    assert_eq!(r.breakers.tracked_hosts(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_success_counts_as_a_failure() {
+    let mut r = rig(
+        CircuitBreaker::default()
+            .consecutive_failures(2)
+            .slow_call(secs(1)),
+        Mock::always(Step::after(secs(2), Step::Status(200))),
+    );
+    r.served(A).await;
+    r.served(A).await;
+    assert_eq!(r.state("a.test:80"), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_classifier_decides_what_counts() {
+    let events = Events::default();
+    let layer = CircuitBreakerLayer::new(CircuitBreaker::default().consecutive_failures(2))
+        .unwrap()
+        .classifier(Classifier::from_fn(|o| match o.status() {
+            Some(s) if s == 404 => FailureClass::ServerError,
+            _ => Classifier::default_class(o),
+        }))
+        .on_event(events.hook());
+    let breakers = layer.handle();
+    let mock = Mock::always(Step::Status(404));
+    let mut svc = ServiceBuilder::new().layer(layer).service(mock);
+    for _ in 0..2 {
+        svc.ready().await.unwrap().call(req(A)).await.unwrap();
+    }
+    assert_eq!(breakers.state("a.test:80"), CircuitState::Open);
+    assert_eq!(events.count("to: Open"), 1);
+}
+
+#[test]
+fn bad_configuration_is_a_config_error_naming_the_field() {
+    let field = |cfg: CircuitBreaker| CircuitBreakerLayer::new(cfg).unwrap_err().field();
+    let d = CircuitBreaker::default;
+    for r in [0.0, 1.5, f64::NAN, -1.0] {
+        assert_eq!(field(d().failure_ratio(r)), "circuit_breaker.failure_ratio");
+    }
+    assert_eq!(
+        field(d().half_open_permits(0)),
+        "circuit_breaker.half_open_permits"
+    );
+    assert_eq!(field(d().window(Duration::ZERO)), "circuit_breaker.window");
+    assert_eq!(field(d().min_calls(0)), "circuit_breaker.min_calls");
+    assert_eq!(
+        field(d().consecutive_failures(0)),
+        "circuit_breaker.consecutive_failures"
+    );
+    assert_eq!(
+        field(d().break_duration(Duration::ZERO)),
+        "circuit_breaker.break_duration"
+    );
+    assert_eq!(
+        field(d().break_growth(0.9, secs(60))),
+        "circuit_breaker.break_growth.factor"
+    );
+    assert_eq!(
+        field(d().break_growth(2.0, secs(1))),
+        "circuit_breaker.break_growth.max"
+    );
+    assert_eq!(
+        field(d().slow_call(Duration::ZERO)),
+        "circuit_breaker.slow_call"
+    );
+    assert_eq!(field(d().max_hosts(0)), "circuit_breaker.max_hosts");
+    let e = CircuitBreakerLayer::new(d().failure_ratio(1.5)).unwrap_err();
+    assert!(
+        e.to_string().contains("circuit_breaker.failure_ratio"),
+        "{e}"
+    );
+}
