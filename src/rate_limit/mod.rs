@@ -1,1 +1,460 @@
-//! Placeholder: being written.
+//! Rate limit: at most so many calls per second (or minute), for all hosts or per host, and
+//! a pause when a server says to slow down.
+//!
+//! The limiter is [governor]'s GCRA (generic cell rate algorithm), a token bucket without a
+//! refill timer: a [`RateLimit::per_second`]`(n)` limiter frees one token every `1/n` s and
+//! holds at most [`burst`](RateLimit::burst) of them. Every call through the stage takes a
+//! token before it is sent; the stage sits below the retry stage, so each attempt takes one,
+//! retries included. Keep it that way: a client that spends its rate on first attempts only
+//! would let retries overrun a quota the server counts per request.
+//!
+//! # When no token is free
+//!
+//! The call waits until the earliest moment a token can be free, bounded by
+//! [`max_wait`](RateLimit::max_wait) (1 s by default) and by the request's total deadline.
+//! When the wait would go past either, the call fails at once with an [`Error`] whose
+//! [`kind`](Error::kind) is [`ErrorKind::RateLimited`] and whose
+//! [`retry_after`](Error::retry_after) says how long until a token is free: waiting for a
+//! token that comes after the deadline would only turn a fast, explicit rejection into a
+//! timeout. [`fail_fast`](RateLimit::fail_fast) never waits.
+//!
+//! Waiting calls are not queued: each sleeps until the earliest moment a token can be free,
+//! then tries again, as governor's own waiting does. When several wait for the same token,
+//! one takes it and the others wait for the next, each within its own `max_wait`, which
+//! counts from the call's arrival. A call that is rejected, or dropped while it waits, never
+//! takes a token and never reaches the inner service.
+//!
+//! # Server pushback
+//!
+//! A response the [`Classifier`] calls [`Throttled`](FailureClass::Throttled) (by default a
+//! 429, or a 503 with `Retry-After`) that carries a valid `Retry-After` pauses the limiter of
+//! its host (of every host, for a global limiter) until then, capped by
+//! [`max_pushback`](RateLimit::max_pushback) (60 s by default). The pause holds every call to
+//! that host, not only the one that saw the response: calls that arrive during it wait for its
+//! end within the same bounds as for a token, or fail at once with the rest of the pause as
+//! their `retry_after`. A later response does not cut a pause short, whatever its status; a
+//! later, longer `Retry-After` extends it, a shorter one leaves it as it is. The bucket fills
+//! while paused, so up to `burst` calls may go at the pause's end. Each pause that starts or
+//! grows is reported as [`Event::ServerPushback`] and a `tracing` event at `info`.
+//!
+//! # Per host, and memory
+//!
+//! [`per_host`](RateLimit::per_host) keeps one bucket per `host:port`. A host's bucket is
+//! dropped once it is full again (after `burst + 1` token intervals without a call): it then
+//! behaves as a new host's would. The dropping is done by a sweep, considered every 1,024
+//! calls, that runs when at least as many calls came since the last sweep as that sweep kept
+//! hosts, or when a second (or `burst + 1` intervals, if longer) has passed since it. So the
+//! limiter holds the hosts called within that idle time plus the hosts new since the last
+//! sweep, of which there are at most about `max(1,024, hosts kept) + 1,024`; and sweeping,
+//! which walks every host, costs a constant amount per call, amortized, plus at most one walk
+//! a second. Without calls, nothing is swept (and nothing is added). Pauses are kept until
+//! they end.
+//!
+//! # Time
+//!
+//! The limiter reads tokio's clock (governor's `Clock` is implemented on
+//! [`tokio::time::Instant`]) and waits with [`tokio::time::sleep`], so tests with paused time
+//! (`#[tokio::test(start_paused = true)]`) drive it exactly, as they do every other stage.
+//!
+//! [governor]: https://docs.rs/governor
+
+mod clock;
+mod future;
+mod limiter;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use reqwest::{Request, Response};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use self::clock::{nanos, TokioClock};
+pub use self::future::RateLimitFuture;
+use self::limiter::{quota, Denied, Limiter};
+use crate::classify::{Classifier, FailureClass, Outcome};
+use crate::context;
+use crate::error::{ConfigError, Error, ErrorKind};
+use crate::event::{Event, Hook};
+use crate::host::host_key;
+use crate::retry_after::retry_after;
+
+/// The longest time a burst may take to refill (token interval × burst): past it, governor's
+/// arithmetic, in nanoseconds in a `u64`, would come close to overflowing.
+const MAX_REFILL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The longest pause server pushback can impose, whatever `max_pushback` says, so that the
+/// limiter's arithmetic (nanoseconds in a `u64`, some 584 years) never overflows.
+const MAX_PUSHBACK: Duration = MAX_REFILL;
+
+/// The rate limiter's configuration.
+///
+/// Start from a rate, [`RateLimit::per_second`] or [`RateLimit::per_minute`]; the defaults for
+/// the rest are a burst of one period's worth of tokens (the rate itself), one limiter shared
+/// by all hosts, waits of up to 1 s for a token, and server pushback honoured up to 60 s.
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade::rate_limit::{RateLimit, RateLimitLayer};
+///
+/// // 50 calls per second to each host, bursts of up to 10, waiting at most 250 ms for a token.
+/// let limit = RateLimit::per_second(50)
+///     .burst(10)
+///     .per_host()
+///     .max_wait(Duration::from_millis(250))
+///     .max_pushback(Duration::from_secs(30));
+/// let layer = RateLimitLayer::new(limit)?;
+/// # let _ = layer;
+///
+/// // A rate of zero is refused, naming the field.
+/// let err = RateLimitLayer::new(RateLimit::per_minute(0)).unwrap_err();
+/// assert_eq!(err.field(), "rate_limit.rate");
+/// # Ok::<(), palisade::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a policy does nothing until given to a client or a layer"]
+pub struct RateLimit {
+    rate: u32,
+    per_minute: bool,
+    burst: Option<u32>,
+    per_host: bool,
+    max_wait: Duration,
+    max_pushback: Duration,
+}
+
+impl RateLimit {
+    fn new(rate: u32, per_minute: bool) -> Self {
+        RateLimit {
+            rate,
+            per_minute,
+            burst: None,
+            per_host: false,
+            max_wait: Duration::from_secs(1),
+            max_pushback: Duration::from_secs(60),
+        }
+    }
+
+    /// `n` calls per second: one token every `1/n` s. `n` must be at least 1.
+    pub fn per_second(n: u32) -> Self {
+        RateLimit::new(n, false)
+    }
+
+    /// `n` calls per minute: one token every `60/n` s. `n` must be at least 1.
+    pub fn per_minute(n: u32) -> Self {
+        RateLimit::new(n, true)
+    }
+
+    /// The most tokens the bucket holds: how many calls may go at once after a quiet spell.
+    /// Default: the rate (one second's or one minute's worth). Must be at least 1, and the
+    /// bucket must refill (token interval × burst) within 100 years.
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// One limiter for all hosts together. The default.
+    pub fn global(mut self) -> Self {
+        self.per_host = false;
+        self
+    }
+
+    /// One limiter per host (`host:port`), each with the full rate; idle hosts are dropped
+    /// (see the [module docs](self#per-host-and-memory)). Default: [`global`](Self::global).
+    pub fn per_host(mut self) -> Self {
+        self.per_host = true;
+        self
+    }
+
+    /// The longest a call waits in the stage, for tokens and for pauses together, counted from
+    /// its arrival. A call that would wait longer fails at once with
+    /// [`ErrorKind::RateLimited`]. Default 1 s; zero is [`fail_fast`](Self::fail_fast).
+    pub fn max_wait(mut self, max: Duration) -> Self {
+        self.max_wait = max;
+        self
+    }
+
+    /// Never waits: a call that finds no token free (or its host paused) fails at once with
+    /// [`ErrorKind::RateLimited`] and a `retry_after` hint. The same as `max_wait(Duration::ZERO)`.
+    pub fn fail_fast(self) -> Self {
+        self.max_wait(Duration::ZERO)
+    }
+
+    /// The longest pause a server's `Retry-After` (on a throttled response) imposes on its
+    /// host's limiter; a longer `Retry-After` pauses for this long. Default 60 s; zero ignores
+    /// server pushback. Whatever the setting, no pause lasts more than 100 years.
+    pub fn max_pushback(mut self, max: Duration) -> Self {
+        self.max_pushback = max;
+        self
+    }
+
+    fn burst_or_default(&self) -> u32 {
+        self.burst.unwrap_or(self.rate)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.rate == 0 {
+            return Err(ConfigError::new("rate_limit.rate", "must be at least 1"));
+        }
+        let burst = self.burst_or_default();
+        if burst == 0 {
+            return Err(ConfigError::new("rate_limit.burst", "must be at least 1"));
+        }
+        let interval = quota(self.rate, self.per_minute, 1).replenish_interval();
+        let refill = nanos(interval).checked_mul(u64::from(burst));
+        if refill.is_none_or(|n| n > nanos(MAX_REFILL)) {
+            return Err(ConfigError::new(
+                "rate_limit.burst",
+                format!(
+                    "must refill within 100 years (one token every {interval:?}, burst {burst})"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the stage's services share: the configuration, the limiter's state, the classifier
+/// and the event hook.
+pub(crate) struct Shared {
+    cfg: RateLimit,
+    limiter: Arc<Limiter<TokioClock>>,
+    classifier: Classifier,
+    hook: Hook,
+}
+
+impl Shared {
+    /// Decides what a call that found no token does: sleep until the returned instant, or
+    /// fail at once when that would take it past `max_wait` (counted from `arrived`) or the
+    /// deadline.
+    fn decide(
+        &self,
+        denied: Denied,
+        key: &str,
+        arrived: Instant,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Instant, Error> {
+        let wait = denied.wait;
+        let left = self
+            .cfg
+            .max_wait
+            .saturating_sub(now.saturating_duration_since(arrived));
+        let until = now.checked_add(wait);
+        let too_late = match (until, deadline) {
+            (None, _) => true,
+            // Waiting until the deadline is as bad as past it: the total timeout fires then.
+            (Some(until), Some(deadline)) => until >= deadline,
+            (Some(_), None) => false,
+        };
+        match until {
+            Some(until) if wait <= left && !too_late => {
+                tracing::debug!(
+                    key,
+                    wait_ms = wait.as_millis() as u64,
+                    paused = denied.paused,
+                    "rate limited: waiting"
+                );
+                self.hook.emit_ref(&Event::RateLimitWait { key, wait });
+                Ok(until)
+            }
+            _ => {
+                tracing::debug!(
+                    key,
+                    retry_after_ms = wait.as_millis() as u64,
+                    paused = denied.paused,
+                    "rate limited: rejected"
+                );
+                self.hook.emit_ref(&Event::Rejected {
+                    kind: ErrorKind::RateLimited,
+                    key,
+                    retry_after: Some(wait),
+                });
+                Err(Error::rejected(ErrorKind::RateLimited, Some(wait)))
+            }
+        }
+    }
+
+    /// Pauses the key's limiter when the response is a throttle with a `Retry-After`.
+    fn observe(&self, key: &str, resp: &Response) {
+        if self.cfg.max_pushback.is_zero()
+            || !resp.headers().contains_key(http::header::RETRY_AFTER)
+            || self.classifier.classify(Outcome::Response(resp)) != FailureClass::Throttled
+        {
+            return;
+        }
+        let Some(asked) = retry_after(resp.headers()) else {
+            return;
+        };
+        let pause = asked.min(self.cfg.max_pushback).min(MAX_PUSHBACK);
+        if let Some(pause) = self.limiter.push_back(key, pause) {
+            tracing::info!(
+                key,
+                status = resp.status().as_u16(),
+                pause_ms = pause.as_millis() as u64,
+                "server pushback: pausing the rate limiter"
+            );
+            self.hook.emit_ref(&Event::ServerPushback { key, pause });
+        }
+    }
+}
+
+/// A [`Layer`] that wraps a service in [`RateLimitService`]. Every service it makes shares
+/// one limiter (per host or global), as every clone of a [`Client`](crate::Client) does.
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    shared: Arc<Shared>,
+}
+
+impl RateLimitLayer {
+    /// A layer with the given limit.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for `rate_limit.rate` when the rate is zero, and for
+    /// `rate_limit.burst` when the burst is zero or takes 100 years or more to refill.
+    pub fn new(cfg: RateLimit) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        Ok(Self::from_parts(
+            cfg,
+            Classifier::default(),
+            Hook::default(),
+        ))
+    }
+
+    /// A layer from a configuration the caller has validated (an invalid one works with its
+    /// zeros read as 1, rather than panicking).
+    #[allow(dead_code)] // used by the client builder as it lands
+    pub(crate) fn from_parts(cfg: RateLimit, classifier: Classifier, hook: Hook) -> Self {
+        let q = quota(cfg.rate, cfg.per_minute, cfg.burst_or_default());
+        let limiter = Arc::new(Limiter::new(q, cfg.per_host, TokioClock));
+        RateLimitLayer {
+            shared: Arc::new(Shared {
+                cfg,
+                limiter,
+                classifier,
+                hook,
+            }),
+        }
+    }
+
+    /// Uses `classifier` instead of the default to tell which responses are throttles (whose
+    /// `Retry-After` pauses the limiter). It applies to the services made since.
+    pub fn classifier(self, classifier: Classifier) -> Self {
+        self.rebuild(|s| s.classifier = classifier)
+    }
+
+    /// Calls `hook` for every wait ([`Event::RateLimitWait`]), rejection ([`Event::Rejected`])
+    /// and pause ([`Event::ServerPushback`]) of the services made since.
+    pub fn on_event<F>(self, hook: F) -> Self
+    where
+        F: Fn(&Event<'_>) + Send + Sync + 'static,
+    {
+        self.rebuild(|s| s.hook = Hook::new(hook))
+    }
+
+    /// How many hosts a per-host limiter holds a bucket for (idle ones are dropped as the
+    /// [module docs](self#per-host-and-memory) say); always 0 for a global limiter.
+    pub fn tracked_hosts(&self) -> usize {
+        self.shared.limiter.len()
+    }
+
+    // The limiter's state is kept: services made before and after share it.
+    fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
+        let s = &self.shared;
+        let mut shared = Shared {
+            cfg: s.cfg.clone(),
+            limiter: s.limiter.clone(),
+            classifier: s.classifier.clone(),
+            hook: s.hook.clone(),
+        };
+        f(&mut shared);
+        RateLimitLayer {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("limit", &self.shared.cfg)
+            .field("classifier", &self.shared.classifier)
+            .field("hook", &self.shared.hook)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimitService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Limits the rate of calls as the [module docs](self) describe. Made by [`RateLimitLayer`].
+#[derive(Clone)]
+pub struct RateLimitService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+crate::inner_accessors!(RateLimitService);
+
+impl<S: fmt::Debug> fmt::Debug for RateLimitService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitService")
+            .field("inner", &self.inner)
+            .field("limit", &self.shared.cfg)
+            .finish()
+    }
+}
+
+impl<S> Service<Request> for RateLimitService<S>
+where
+    S: Service<Request, Response = Response> + Clone,
+    S::Error: Into<Error>,
+{
+    type Response = Response;
+    type Error = Error;
+    type Future = RateLimitFuture<S>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request) -> RateLimitFuture<S> {
+        let shared = self.shared.clone();
+        let key = if shared.cfg.per_host {
+            host_key(req.url())
+        } else {
+            String::new()
+        };
+        let denied = match shared.limiter.acquire(&key) {
+            // The common case: a token was free. Call the service driven to readiness.
+            Ok(()) => return RateLimitFuture::calling(self.inner.call(req), shared, key),
+            Err(denied) => denied,
+        };
+        let now = Instant::now();
+        let deadline = context::deadline();
+        match shared.decide(denied, &key, now, now, deadline) {
+            Ok(until) => {
+                // Take the service that was driven to readiness for the call to come; leave a
+                // clone in its place.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                RateLimitFuture::waiting(inner, req, until, shared, key, now, deadline)
+            }
+            Err(mut e) => {
+                e.set_url_if_missing(req.url());
+                RateLimitFuture::rejected(e, shared, key)
+            }
+        }
+    }
+}
