@@ -164,6 +164,9 @@ pub use crate::ext::ResponseExt;
 /// # Ok::<(), palisade::ConfigError>(())
 /// ```
 pub mod layer {
+    pub use crate::bulkhead::BulkheadLayer;
+    pub use crate::circuit_breaker::CircuitBreakerLayer;
+    pub use crate::rate_limit::RateLimitLayer;
     pub use crate::retry::RetryLayer;
     pub use crate::timeout::{AttemptTimeoutLayer, TotalTimeoutLayer};
 }
