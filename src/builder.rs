@@ -8,10 +8,13 @@ use tower::util::{BoxCloneSyncService, Either};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::bulkhead::{Bulkhead, BulkheadLayer};
+use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::classify::{Classifier, FailureClass, Outcome};
 use crate::client::{Client, ClientRef};
 use crate::error::{ConfigError, Error};
 use crate::event::{Event, Hook};
+use crate::rate_limit::{RateLimit, RateLimitLayer};
 use crate::retry::{Retry, RetryLayer};
 use crate::timeout::{AttemptTimeoutLayer, TotalTimeoutLayer};
 use crate::transport::Transport;
@@ -47,6 +50,9 @@ pub struct ClientBuilder {
     total_timeout: Option<Duration>,
     attempt_timeout: Option<Duration>,
     retry: Option<Retry>,
+    breaker: Option<CircuitBreaker>,
+    rate_limit: Option<RateLimit>,
+    bulkhead: Option<Bulkhead>,
     classifier: Classifier,
     hook: Hook,
 }
@@ -58,7 +64,9 @@ impl Default for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// The standard pipeline: total timeout 30 s, attempt timeout 10 s, [`Retry::default`].
+    /// The standard pipeline: total timeout 30 s, attempt timeout 10 s, [`Retry::default`], a
+    /// circuit breaker per host ([`CircuitBreaker::default`]). Rate limit and bulkhead are
+    /// opt-in: they need numbers only you know.
     pub fn new() -> Self {
         ClientBuilder {
             http: Http::Default,
@@ -66,6 +74,9 @@ impl ClientBuilder {
             total_timeout: Some(Duration::from_secs(30)),
             attempt_timeout: Some(Duration::from_secs(10)),
             retry: Some(Retry::default()),
+            breaker: Some(CircuitBreaker::default()),
+            rate_limit: None,
+            bulkhead: None,
             classifier: Classifier::default(),
             hook: Hook::default(),
         }
@@ -155,6 +166,33 @@ impl ClientBuilder {
         self
     }
 
+    /// The circuit breaker. Default [`CircuitBreaker::default`]: one per host, opening at a
+    /// failure ratio of 0.5 over 30 s with at least 20 calls, for 5 s, then one probe.
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    /// Removes the circuit breaker.
+    pub fn no_circuit_breaker(mut self) -> Self {
+        self.breaker = None;
+        self
+    }
+
+    /// Adds a rate limiter below the circuit breaker, so every attempt (retries too) takes a
+    /// token and a rejected call takes none. Default: none.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Adds a bulkhead outside the retry stage, so a request holds one place across all its
+    /// attempts. Default: none.
+    pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
+        self.bulkhead = Some(bulkhead);
+        self
+    }
+
     /// The classifier every stage asks. Default [`Classifier::default`].
     pub fn classifier(mut self, classifier: Classifier) -> Self {
         self.classifier = classifier;
@@ -219,6 +257,36 @@ impl ClientBuilder {
             None => None,
         };
 
+        let breaker = match self.breaker {
+            Some(b) => {
+                b.validate()?;
+                Some(CircuitBreakerLayer::from_parts(
+                    b,
+                    self.classifier.clone(),
+                    self.hook.clone(),
+                ))
+            }
+            None => None,
+        };
+        let limiter = match self.rate_limit {
+            Some(r) => {
+                r.validate()?;
+                Some(RateLimitLayer::from_parts(
+                    r,
+                    self.classifier.clone(),
+                    self.hook.clone(),
+                ))
+            }
+            None => None,
+        };
+        let bulkhead = match self.bulkhead {
+            Some(b) => {
+                b.validate()?;
+                Some(BulkheadLayer::from_parts(b, self.hook.clone()))
+            }
+            None => None,
+        };
+
         let http = match self.http {
             Http::Client(c) => c,
             Http::Builder(b) => build_http(*b)?,
@@ -233,8 +301,17 @@ impl ClientBuilder {
         if let Some(t) = self.total_timeout {
             summary.push(format!("total_timeout({t:?})"));
         }
+        if bulkhead.is_some() {
+            summary.push("bulkhead".to_owned());
+        }
         if let Some(r) = retry_summary {
             summary.push(r);
+        }
+        if breaker.is_some() {
+            summary.push("circuit_breaker".to_owned());
+        }
+        if limiter.is_some() {
+            summary.push("rate_limit".to_owned());
         }
         if let Some(a) = self.attempt_timeout {
             summary.push(format!("attempt_timeout({a:?})"));
@@ -248,7 +325,20 @@ impl ClientBuilder {
             Some(l) => Either::Left(l.layer(transport)),
             None => Either::Right(transport),
         };
+        let stage = match limiter {
+            Some(l) => Either::Left(l.layer(stage)),
+            None => Either::Right(stage),
+        };
+        let breakers = breaker.as_ref().map(CircuitBreakerLayer::handle);
+        let stage = match breaker {
+            Some(l) => Either::Left(l.layer(stage)),
+            None => Either::Right(stage),
+        };
         let stage = match retry {
+            Some(l) => Either::Left(l.layer(stage)),
+            None => Either::Right(stage),
+        };
+        let stage = match bulkhead {
             Some(l) => Either::Left(l.layer(stage)),
             None => Either::Right(stage),
         };
@@ -256,6 +346,7 @@ impl ClientBuilder {
         Ok(Client::from_ref(ClientRef {
             http,
             pipeline,
+            breakers,
             summary: summary.join(" → "),
         }))
     }
@@ -279,6 +370,9 @@ impl fmt::Debug for ClientBuilder {
             .field("total_timeout", &self.total_timeout)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("retry", &self.retry)
+            .field("circuit_breaker", &self.breaker)
+            .field("rate_limit", &self.rate_limit)
+            .field("bulkhead", &self.bulkhead)
             .field("classifier", &self.classifier)
             .field("custom_transport", &self.transport.is_some())
             .finish_non_exhaustive()

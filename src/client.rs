@@ -18,14 +18,21 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::builder::ClientBuilder;
+use crate::bulkhead::BulkheadService;
+use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerService};
 use crate::error::Error;
+use crate::rate_limit::RateLimitService;
 use crate::retry::RetryService;
 use crate::timeout::{AttemptTimeout, TotalTimeout};
 use crate::transport::Transport;
 
-type AttemptStage = Either<AttemptTimeout<Transport>, Transport>;
-type RetryStage = Either<RetryService<AttemptStage>, AttemptStage>;
-pub(crate) type Pipeline = TotalTimeout<RetryStage>;
+// The standard order, innermost first; a stage switched off is the `Right` of its `Either`.
+pub(crate) type AttemptStage = Either<AttemptTimeout<Transport>, Transport>;
+pub(crate) type LimitStage = Either<RateLimitService<AttemptStage>, AttemptStage>;
+pub(crate) type BreakerStage = Either<CircuitBreakerService<LimitStage>, LimitStage>;
+pub(crate) type RetryStage = Either<RetryService<BreakerStage>, BreakerStage>;
+pub(crate) type BulkheadStage = Either<BulkheadService<RetryStage>, RetryStage>;
+pub(crate) type Pipeline = TotalTimeout<BulkheadStage>;
 
 /// An HTTP client whose requests go through palisade's pipeline: total timeout, retry with
 /// backoff, `Retry-After` and a budget, attempt timeout.
@@ -49,6 +56,7 @@ pub struct Client {
 pub(crate) struct ClientRef {
     pub(crate) http: reqwest::Client,
     pub(crate) pipeline: Pipeline,
+    pub(crate) breakers: Option<CircuitBreakerHandle>,
     pub(crate) summary: String,
 }
 
@@ -129,6 +137,12 @@ impl Client {
         Pending {
             state: State::Running { fut, url },
         }
+    }
+
+    /// The circuit breakers, to read a host's state or to isolate or reset it by hand; `None`
+    /// when the client has no breaker (`no_circuit_breaker`).
+    pub fn circuit_breaker(&self) -> Option<&CircuitBreakerHandle> {
+        self.inner.breakers.as_ref()
     }
 
     /// The `reqwest::Client` under the pipeline (for building requests with reqwest's own

@@ -111,7 +111,6 @@ impl Error {
 
     /// A rejection by a stage that did not send the call (an open circuit, a rate limit, a
     /// full bulkhead), with a hint of when trying again may succeed.
-    #[allow(dead_code)] // used by the rejecting stages as they land
     pub(crate) fn rejected(kind: ErrorKind, retry_after: Option<Duration>) -> Self {
         let mut e = Error::new(kind);
         e.inner.retry_after = retry_after;

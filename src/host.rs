@@ -5,7 +5,6 @@ use url::Url;
 /// The key of per-host state (breakers, limiters, bulkheads): `host:port`, with the scheme's
 /// default port when the URL gives none, so `https://a` and `https://a:443` share state and
 /// `http://a` does not. Credentials, path and query play no part.
-#[allow(dead_code)] // used by the per-host stages as they land
 pub(crate) fn host_key(url: &Url) -> String {
     match (url.host_str(), url.port_or_known_default()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),

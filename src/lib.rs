@@ -1,8 +1,8 @@
 //! palisade: a resilience client for HTTP.
 //!
 //! palisade wraps a [`reqwest::Client`] and puts every request through a pipeline of stages:
-//! a total timeout, retry (exponential backoff with jitter, `Retry-After`, a retry budget) and
-//! an attempt timeout. Each stage asks one [`Classifier`] what an outcome means — success,
+//! a total timeout, a bulkhead, retry (exponential backoff with jitter, `Retry-After`, a retry
+//! budget), a circuit breaker per host, a rate limiter and an attempt timeout. Each stage asks one [`Classifier`] what an outcome means — success,
 //! client error (4xx), throttled (429), server error (5xx), timeout, network failure — and
 //! acts on that class.
 //!
@@ -33,11 +33,15 @@
 //! Outermost first (a request flows down, a response up):
 //!
 //! ```text
-//! TotalTimeout → Retry(+budget) → AttemptTimeout → reqwest
+//! TotalTimeout → Bulkhead → Retry(+budget) → CircuitBreaker → RateLimit → AttemptTimeout → reqwest
 //! ```
 //!
 //! The total timeout bounds every attempt and every backoff sleep, and no attempt starts after
-//! it; the retry stage does not wait for a `Retry-After` that points past it. Each stage is also a public tower [`Layer`](tower_layer::Layer) in
+//! it; the retry stage does not wait for a `Retry-After` that points past it. Retries happen
+//! outside the breaker, so an open circuit stops them; every attempt takes a rate-limit token,
+//! and a rejected call takes none; a request holds one bulkhead place across its attempts. The
+//! [`circuit_breaker`] is on by default (one per host); the [`rate_limit`] and the
+//! [`bulkhead`] are opt-in ([`ClientBuilder::rate_limit`], [`ClientBuilder::bulkhead`]). Each stage is also a public tower [`Layer`](tower_layer::Layer) in
 //! [`layer`], over any `tower::Service<reqwest::Request, Response = reqwest::Response>`, for
 //! those who build their own stacks.
 //!

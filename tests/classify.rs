@@ -147,9 +147,12 @@ fn fast_retry() -> Retry {
 /// A client over the default reqwest transport, with the fast retry policy, redirects not
 /// followed, and the probe installed; `f` adjusts the builder further.
 fn make_client(probe: &Probe, f: impl FnOnce(ClientBuilder) -> ClientBuilder) -> Client {
+    // The circuit breaker asks the classifier too; these tests count one classification per
+    // attempt, so the breaker is left out (its own tests are in tests/circuit_breaker.rs).
     let b = Client::builder()
         .http_client_builder(reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()))
-        .retry(fast_retry());
+        .retry(fast_retry())
+        .no_circuit_breaker();
     f(probe.install(b))
         .build()
         .expect("valid test configuration")

@@ -90,7 +90,9 @@ fn client_and_builder_debug_show_the_pipeline() {
     let client = Client::new();
     let s = format!("{client:?}");
     assert!(
-        s.contains("total_timeout(30s) → retry(max_attempts=3) → attempt_timeout(10s) → reqwest"),
+        s.contains(
+            "total_timeout(30s) → retry(max_attempts=3) → circuit_breaker → attempt_timeout(10s) → reqwest"
+        ),
         "{s}"
     );
     let b = Client::builder().no_retry();

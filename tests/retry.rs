@@ -182,8 +182,9 @@ async fn gaps_per_request(
     max: Duration,
 ) -> Vec<Vec<Duration>> {
     let mock = Mock::always(Step::Status(503));
+    // Hundreds of 503s from one host would open the breaker: these tests are about the delays.
     let client = mock.client(|b| {
-        b.no_total_timeout().retry(
+        b.no_total_timeout().no_circuit_breaker().retry(
             Retry::default()
                 .max_attempts(attempts)
                 .no_budget()
@@ -252,6 +253,7 @@ async fn attempt_one_thousand_does_not_overflow() {
     let mock = Mock::always(Step::Status(503));
     let client = mock.client(|b| {
         b.no_total_timeout()
+            .no_circuit_breaker()
             .retry(exact(MS, ms(10)).max_attempts(1_000))
     });
     let resp = client.get("http://api.test/x").send().await.unwrap();

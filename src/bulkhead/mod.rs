@@ -193,7 +193,6 @@ impl BulkheadLayer {
     }
 
     /// A layer from a configuration the caller has validated.
-    #[allow(dead_code)] // used by the client builder once it wires the stage
     pub(crate) fn from_parts(cfg: Bulkhead, hook: Hook) -> Self {
         let state = Arc::new(State::new(
             cfg.max_concurrent,

@@ -440,7 +440,6 @@ impl CircuitBreakerLayer {
     }
 
     /// A layer from a configuration the caller validated (the client builder).
-    #[allow(dead_code)] // used by the client builder once the stage is wired in
     pub(crate) fn from_parts(cfg: CircuitBreaker, classifier: Classifier, hook: Hook) -> Self {
         let policy = Arc::new(cfg.policy());
         let breakers = if cfg.per_host {

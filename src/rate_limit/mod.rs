@@ -326,7 +326,6 @@ impl RateLimitLayer {
 
     /// A layer from a configuration the caller has validated (an invalid one works with its
     /// zeros read as 1, rather than panicking).
-    #[allow(dead_code)] // used by the client builder as it lands
     pub(crate) fn from_parts(cfg: RateLimit, classifier: Classifier, hook: Hook) -> Self {
         let q = quota(cfg.rate, cfg.per_minute, cfg.burst_or_default());
         let limiter = Arc::new(Limiter::new(q, cfg.per_host, TokioClock));

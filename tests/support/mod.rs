@@ -96,6 +96,12 @@ impl Mock {
         m
     }
 
+    /// Changes what the transport answers once its script is spent (a host going down or
+    /// coming back).
+    pub fn set(&self, step: Step) {
+        self.inner.lock().unwrap().fallback = Some(step);
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.inner.lock().unwrap().seen.clone()
     }
