@@ -174,3 +174,33 @@ async fn an_invalid_request_fails_at_send_without_a_panic() {
     assert_eq!(e.kind(), palisade::ErrorKind::Request);
     assert_eq!(e.attempts(), 1);
 }
+
+#[test]
+fn bad_stage_configuration_is_reported_by_the_client_builder() {
+    use palisade::bulkhead::Bulkhead;
+    use palisade::circuit_breaker::CircuitBreaker;
+    use palisade::rate_limit::RateLimit;
+    for (ratio, why) in [
+        (0.0, "zero"),
+        (1.5, "above 1"),
+        (f64::NAN, "NaN"),
+        (-0.5, "negative"),
+    ] {
+        let e =
+            err(Client::builder().circuit_breaker(CircuitBreaker::default().failure_ratio(ratio)));
+        assert_eq!(e.field(), "circuit_breaker.failure_ratio", "{why}");
+    }
+    let e = err(Client::builder().circuit_breaker(CircuitBreaker::default().half_open_permits(0)));
+    assert_eq!(e.field(), "circuit_breaker.half_open_permits");
+    let e = err(Client::builder().rate_limit(RateLimit::per_second(0)));
+    assert_eq!(e.field(), "rate_limit.rate");
+    let e = err(Client::builder().rate_limit(RateLimit::per_second(10).burst(0)));
+    assert_eq!(e.field(), "rate_limit.burst");
+    let e = err(Client::builder().bulkhead(Bulkhead::new(0)));
+    assert_eq!(e.field(), "bulkhead.max_concurrent");
+    // A ratio of exactly 1 is allowed: open only when every call failed.
+    assert!(Client::builder()
+        .circuit_breaker(CircuitBreaker::default().failure_ratio(1.0))
+        .build()
+        .is_ok());
+}
