@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use palisade::{Client, ResponseExt};
 use support::{Mock, Step};
 
@@ -115,7 +113,6 @@ async fn a_custom_transport_error_converts_into_palisade_error() {
     assert_eq!(err.url().unwrap().as_str(), "http://api.test/");
     let source = std::error::Error::source(&err).expect("the io error is the source");
     assert!(source.downcast_ref::<std::io::Error>().is_some());
-    tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
 #[tokio::test(start_paused = true)]

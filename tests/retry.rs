@@ -7,7 +7,7 @@ use std::io;
 use std::time::{Duration, SystemTime};
 
 use palisade::retry::{Backoff, Jitter, Retry};
-use palisade::{Event, FailureClass, GiveUpReason, ResponseExt};
+use palisade::{Event, FailureClass, ResponseExt};
 use support::{exact, ms, Events, Mock, Step};
 use tokio::time::Instant;
 
@@ -423,7 +423,6 @@ async fn events_tell_each_attempt_retry_and_give_up() {
             "gave up after 3: MaxAttempts",
         ]
     );
-    let _ = GiveUpReason::MaxAttempts;
 }
 
 #[tokio::test(start_paused = true)]
@@ -456,4 +455,33 @@ async fn statuses_beyond_599_are_not_retried() {
     let resp = client.get("http://api.test/x").send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 999);
     assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn services_made_before_and_after_on_event_share_one_budget() {
+    // Regression: `on_event` and `classifier` rebuilt the layer with a fresh budget.
+    use palisade::retry::RetryBudget;
+    use tower::{Service, ServiceExt};
+    let mock = Mock::always(Step::Status(503));
+    // A budget of exactly one retry: no ratio, 1 per second over a 1 s window.
+    let budget = RetryBudget::default()
+        .retry_ratio(0.0)
+        .min_per_second(1)
+        .window(Duration::from_secs(1));
+    let layer = palisade::layer::RetryLayer::new(exact(ms(1), ms(1)).budget(budget)).unwrap();
+    let mut before = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(mock.clone());
+    let mut after = tower::ServiceBuilder::new()
+        .layer(layer.on_event(|_| {}))
+        .service(mock.clone());
+    let req = || reqwest::Request::new(reqwest::Method::GET, "http://api.test/x".parse().unwrap());
+    let first = before.ready().await.unwrap().call(req()).await.unwrap();
+    assert_eq!(first.attempts(), 2, "the one retry in the budget");
+    let second = after.ready().await.unwrap().call(req()).await.unwrap();
+    assert_eq!(
+        second.attempts(),
+        1,
+        "the budget is spent for both services"
+    );
 }

@@ -184,7 +184,7 @@ pub struct RetryLayer {
 
 struct Shared {
     cfg: Retry,
-    budget: Option<Budget>,
+    budget: Option<Arc<Budget>>,
     epoch: Instant,
     classifier: Classifier,
     hook: Hook,
@@ -215,7 +215,7 @@ impl RetryLayer {
     pub(crate) fn from_parts(cfg: Retry, classifier: Classifier, hook: Hook) -> Self {
         RetryLayer {
             shared: Arc::new(Shared {
-                budget: cfg.budget.as_ref().map(Budget::new),
+                budget: cfg.budget.as_ref().map(|b| Arc::new(Budget::new(b))),
                 epoch: Instant::now(),
                 cfg,
                 classifier,
@@ -224,7 +224,8 @@ impl RetryLayer {
         }
     }
 
-    /// Uses `classifier` instead of the default. It is shared with the services made since.
+    /// Uses `classifier` instead of the default, for the services made since. The retry budget
+    /// stays shared with the services made before.
     pub fn classifier(self, classifier: Classifier) -> Self {
         self.rebuild(|s| s.classifier = classifier)
     }
@@ -241,7 +242,8 @@ impl RetryLayer {
         let s = &self.shared;
         let mut shared = Shared {
             cfg: s.cfg.clone(),
-            budget: s.cfg.budget.as_ref().map(Budget::new),
+            // The budget is kept: services made before and after share it.
+            budget: s.budget.clone(),
             epoch: s.epoch,
             classifier: s.classifier.clone(),
             hook: s.hook.clone(),
