@@ -69,7 +69,7 @@ use self::keyed::HostMap;
 use crate::classify::Classifier;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::event::{CircuitState, Event, Hook};
-use crate::host::host_key;
+use crate::host::{host_key, with_host_key};
 
 /// What trips a closed breaker.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -341,7 +341,7 @@ impl State {
     fn breaker_for(&self, url: &Url, now: Duration) -> Arc<Breaker> {
         match &self.breakers {
             Breakers::Global(b) => b.clone(),
-            Breakers::PerHost(map) => map.get(&host_key(url), now),
+            Breakers::PerHost(map) => with_host_key(url, |key| map.get(key, now)),
         }
     }
 }
