@@ -19,34 +19,18 @@
 //!
 //! Run with `cargo bench --bench overhead` (about 30 s; no plots, see `criterion_group!` below).
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use common::{current_thread, transport, two_tasks, two_workers, URL};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use palisade::layer::{AttemptTimeoutLayer, RetryLayer, TotalTimeoutLayer};
 use reqwest::{Method, Request, Response, Url};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
 use tower_resilience::retry::{ExponentialBackoff, RetryLayer as TrRetryLayer};
 use tower_resilience::timelimiter::{TimeLimiterError, TimeLimiterLayer};
-
-const URL: &str = "http://api.example.com/users/1";
-
-/// The in-memory transport: answers `200 OK` with an empty body at once.
-fn transport() -> impl Service<
-    Request,
-    Response = Response,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response, Infallible>> + Send + 'static,
-> + Clone
-       + Send
-       + Sync
-       + 'static {
-    tower::service_fn(|_req: Request| async {
-        Ok::<_, Infallible>(Response::from(http::Response::new(Vec::<u8>::new())))
-    })
-}
 
 /// `reqwest::Request` is not `Clone`, and tower-resilience's retry clones the request before
 /// every attempt: this wrapper clones with `try_clone`. Requests with a streaming body are
@@ -74,21 +58,6 @@ impl Clone for RetryableRequest {
                 .expect("RetryableRequest::new guarantees a buffered body"),
         )
     }
-}
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn two_workers() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
 
 fn palisade_client() -> palisade::Client {
@@ -141,13 +110,14 @@ fn success_path(c: &mut Criterion) {
     });
 
     // As in the probe: Retry → TimeLimiter (per attempt) → unwrap the request → transport.
-    let retry = TrRetryLayer::<RetryableRequest, Response, TimeLimiterError<Infallible>>::builder()
-        .max_attempts(3)
-        .backoff(
-            ExponentialBackoff::new(Duration::from_millis(100))
-                .max_interval(Duration::from_secs(10)),
-        )
-        .build();
+    let retry =
+        TrRetryLayer::<RetryableRequest, Response, TimeLimiterError<palisade::Error>>::builder()
+            .max_attempts(3)
+            .backoff(
+                ExponentialBackoff::new(Duration::from_millis(100))
+                    .max_interval(Duration::from_secs(10)),
+            )
+            .build();
     let time_limiter = TimeLimiterLayer::builder()
         .timeout_duration(Duration::from_secs(10))
         .cancel_running_future(true)
@@ -167,30 +137,6 @@ fn success_path(c: &mut Criterion) {
     });
 
     group.finish();
-}
-
-/// Runs `iters` requests split between 2 tasks on `rt` and returns the wall time.
-fn two_tasks<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, send: F) -> Duration
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Response> + Send + 'static,
-{
-    rt.block_on(async {
-        let per_task = [iters / 2, iters - iters / 2];
-        let start = Instant::now();
-        let tasks = per_task.map(|n| {
-            let send = send.clone();
-            tokio::spawn(async move {
-                for _ in 0..n {
-                    black_box(send().await);
-                }
-            })
-        });
-        for t in tasks {
-            t.await.expect("task");
-        }
-        start.elapsed()
-    })
 }
 
 fn success_path_2_threads(c: &mut Criterion) {

@@ -36,8 +36,11 @@ use std::future::Future;
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use common::{current_thread, transport, two_tasks, two_workers, URL};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use palisade::bulkhead::Bulkhead;
@@ -45,41 +48,9 @@ use palisade::circuit_breaker::CircuitBreaker;
 use palisade::layer::{BulkheadLayer, CircuitBreakerLayer, RateLimitLayer};
 use palisade::rate_limit::RateLimit;
 use reqwest::{Method, Request, Response, Url};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_resilience::bulkhead::BulkheadLayer as TrBulkheadLayer;
 use tower_resilience::circuitbreaker::CircuitBreakerLayer as TrCircuitBreakerLayer;
-
-const URL: &str = "http://api.example.com/users/1";
-
-/// The in-memory transport: answers `200 OK` with an empty body at once.
-fn transport() -> impl Service<
-    Request,
-    Response = Response,
-    Error = palisade::Error,
-    Future = impl Future<Output = Result<Response, palisade::Error>> + Send + 'static,
-> + Clone
-       + Send
-       + Sync
-       + 'static {
-    tower::service_fn(|_req: Request| async {
-        Ok::<_, palisade::Error>(Response::from(http::Response::new(Vec::<u8>::new())))
-    })
-}
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn two_workers() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 fn configure(mut group: BenchmarkGroup<'_, WallTime>) -> BenchmarkGroup<'_, WallTime> {
     group
@@ -115,24 +86,7 @@ fn pair<F, Fut>(
     Fut: Future<Output = Response> + Send + 'static,
 {
     group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let per_task = [iters / 2, iters - iters / 2];
-                let start = Instant::now();
-                let tasks = per_task.map(|n| {
-                    let send = send.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..n {
-                            black_box(send().await);
-                        }
-                    })
-                });
-                for t in tasks {
-                    t.await.expect("task");
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iters| two_tasks(rt, iters, send.clone()))
     });
 }
 
