@@ -14,6 +14,7 @@ use crate::classify::{Classifier, FailureClass, Outcome};
 use crate::client::{Client, ClientRef};
 use crate::error::{ConfigError, Error};
 use crate::event::{Event, Hook};
+use crate::fallback::{FallbackCache, FallbackCacheLayer};
 use crate::rate_limit::{RateLimit, RateLimitLayer};
 use crate::retry::{Retry, RetryLayer};
 use crate::timeout::{AttemptTimeoutLayer, TotalTimeoutLayer};
@@ -53,6 +54,7 @@ pub struct ClientBuilder {
     breaker: Option<CircuitBreaker>,
     rate_limit: Option<RateLimit>,
     bulkhead: Option<Bulkhead>,
+    fallback: Option<FallbackCache>,
     classifier: Classifier,
     hook: Hook,
 }
@@ -77,6 +79,7 @@ impl ClientBuilder {
             breaker: Some(CircuitBreaker::default()),
             rate_limit: None,
             bulkhead: None,
+            fallback: None,
             classifier: Classifier::default(),
             hook: Hook::default(),
         }
@@ -193,6 +196,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Adds a fallback cache outside every other stage: it keeps the last good response of
+    /// each cacheable request and serves it when the request fails (see
+    /// [`fallback`](crate::fallback)). Default: none.
+    pub fn fallback_cache(mut self, cache: FallbackCache) -> Self {
+        self.fallback = Some(cache);
+        self
+    }
+
     /// The classifier every stage asks. Default [`Classifier::default`].
     pub fn classifier(mut self, classifier: Classifier) -> Self {
         self.classifier = classifier;
@@ -222,8 +233,8 @@ impl ClientBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the field when a timeout is zero, the attempt timeout exceeds
-    /// the total timeout, the retry policy is invalid (see [`RetryLayer::new`]), or the
-    /// `reqwest::Client` cannot be built (`http_client`).
+    /// the total timeout, a stage's policy is invalid (see [`RetryLayer::new`] and the other
+    /// layers' `new`), or the `reqwest::Client` cannot be built (`http_client`).
     pub fn build(self) -> Result<Client, ConfigError> {
         let retry_summary = self.retry_summary();
         // Without a total timeout the stage stays, for requests with a timeout of their own.
@@ -287,6 +298,18 @@ impl ClientBuilder {
             None => None,
         };
 
+        let fallback = match self.fallback {
+            Some(f) => {
+                f.validate()?;
+                Some(FallbackCacheLayer::from_parts(
+                    f.with_total_timeout(self.total_timeout),
+                    self.classifier.clone(),
+                    self.hook.clone(),
+                ))
+            }
+            None => None,
+        };
+
         let http = match self.http {
             Http::Client(c) => c,
             Http::Builder(b) => build_http(*b)?,
@@ -298,6 +321,9 @@ impl ClientBuilder {
         };
 
         let mut summary = Vec::new();
+        if fallback.is_some() {
+            summary.push("fallback_cache".to_owned());
+        }
         if let Some(t) = self.total_timeout {
             summary.push(format!("total_timeout({t:?})"));
         }
@@ -342,11 +368,17 @@ impl ClientBuilder {
             Some(l) => Either::Left(l.layer(stage)),
             None => Either::Right(stage),
         };
-        let pipeline = total.layer(stage);
+        let stage = total.layer(stage);
+        let fallback_handle = fallback.as_ref().map(FallbackCacheLayer::handle);
+        let pipeline = match fallback {
+            Some(l) => Either::Left(l.layer(stage)),
+            None => Either::Right(stage),
+        };
         Ok(Client::from_ref(ClientRef {
             http,
             pipeline,
             breakers,
+            fallback: fallback_handle,
             summary: summary.join(" → "),
         }))
     }
@@ -373,6 +405,7 @@ impl fmt::Debug for ClientBuilder {
             .field("circuit_breaker", &self.breaker)
             .field("rate_limit", &self.rate_limit)
             .field("bulkhead", &self.bulkhead)
+            .field("fallback_cache", &self.fallback)
             .field("classifier", &self.classifier)
             .field("custom_transport", &self.transport.is_some())
             .finish_non_exhaustive()

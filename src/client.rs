@@ -21,6 +21,7 @@ use crate::builder::ClientBuilder;
 use crate::bulkhead::BulkheadService;
 use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerService};
 use crate::error::Error;
+use crate::fallback::{FallbackCacheHandle, FallbackCacheService};
 use crate::rate_limit::RateLimitService;
 use crate::retry::RetryService;
 use crate::timeout::{AttemptTimeout, TotalTimeout};
@@ -32,7 +33,8 @@ pub(crate) type LimitStage = Either<RateLimitService<AttemptStage>, AttemptStage
 pub(crate) type BreakerStage = Either<CircuitBreakerService<LimitStage>, LimitStage>;
 pub(crate) type RetryStage = Either<RetryService<BreakerStage>, BreakerStage>;
 pub(crate) type BulkheadStage = Either<BulkheadService<RetryStage>, RetryStage>;
-pub(crate) type Pipeline = TotalTimeout<BulkheadStage>;
+pub(crate) type TimedStage = TotalTimeout<BulkheadStage>;
+pub(crate) type Pipeline = Either<FallbackCacheService<TimedStage>, TimedStage>;
 
 /// An HTTP client whose requests go through palisade's pipeline: total timeout, retry with
 /// backoff, `Retry-After` and a budget, attempt timeout.
@@ -57,6 +59,7 @@ pub(crate) struct ClientRef {
     pub(crate) http: reqwest::Client,
     pub(crate) pipeline: Pipeline,
     pub(crate) breakers: Option<CircuitBreakerHandle>,
+    pub(crate) fallback: Option<FallbackCacheHandle>,
     pub(crate) summary: String,
 }
 
@@ -143,6 +146,12 @@ impl Client {
     /// when the client has no breaker (`no_circuit_breaker`).
     pub fn circuit_breaker(&self) -> Option<&CircuitBreakerHandle> {
         self.inner.breakers.as_ref()
+    }
+
+    /// The fallback cache's store, to read its size or empty it; `None` when the client has
+    /// no fallback cache (the default).
+    pub fn fallback_cache(&self) -> Option<&FallbackCacheHandle> {
+        self.inner.fallback.as_ref()
     }
 
     /// The `reqwest::Client` under the pipeline (for building requests with reqwest's own

@@ -99,6 +99,17 @@ pub enum Event<'a> {
         /// When trying again may succeed, where the stage knows.
         retry_after: Option<Duration>,
     },
+    /// The fallback cache answered a failed request with a stored response, or with its static
+    /// fallback (logged at `info` by tracing too).
+    #[non_exhaustive]
+    Fallback {
+        /// The request's URL.
+        url: &'a Url,
+        /// The failure it stands in for.
+        reason: crate::fallback::FallbackReason,
+        /// The stored response's age; `None` for the static fallback.
+        age: Option<Duration>,
+    },
     /// palisade's attempt or total timeout fired. The transport's own timeouts (reqwest's
     /// `timeout`, `connect_timeout`, `read_timeout`) are seen as an `Attempt` whose class is
     /// `Timeout`, not as this event.

@@ -1,5 +1,7 @@
 //! [`ResponseExt`]: what the pipeline did for a response.
 
+use crate::fallback::FallbackInfo;
+
 /// How many attempts produced a response; kept in the response's extensions by the retry
 /// stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,11 +26,32 @@ mod sealed {
 pub trait ResponseExt: sealed::Sealed {
     /// How many attempts the pipeline made, the one that produced this response included: 1
     /// when it came at the first try (or when no retry stage was in the pipeline).
+    ///
+    /// For a response served by the [fallback cache](crate::fallback), the attempts made
+    /// before the pipeline gave up: 0 when a stage rejected the request before sending it.
     fn attempts(&self) -> u32;
+
+    /// Set when the [fallback cache](crate::fallback) served this response in place of a
+    /// failure: how old it is and why it was served.
+    ///
+    /// ```
+    /// use palisade::ResponseExt;
+    /// # async fn run(client: palisade::Client) -> Result<(), palisade::Error> {
+    /// let resp = client.get("http://localhost/").send().await?;
+    /// if let Some(fb) = resp.fallback() {
+    ///     println!("stale by {:?}, after {}", fb.age(), fb.reason());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn fallback(&self) -> Option<FallbackInfo>;
 }
 
 impl ResponseExt for reqwest::Response {
     fn attempts(&self) -> u32 {
         self.extensions().get::<Attempts>().map_or(1, |a| a.0)
+    }
+
+    fn fallback(&self) -> Option<FallbackInfo> {
+        self.extensions().get::<FallbackInfo>().copied()
     }
 }

@@ -132,6 +132,7 @@ mod context;
 mod error;
 mod event;
 mod ext;
+pub mod fallback;
 mod host;
 pub mod rate_limit;
 pub mod retry;
@@ -170,6 +171,7 @@ pub use crate::ext::ResponseExt;
 pub mod layer {
     pub use crate::bulkhead::BulkheadLayer;
     pub use crate::circuit_breaker::CircuitBreakerLayer;
+    pub use crate::fallback::FallbackCacheLayer;
     pub use crate::rate_limit::RateLimitLayer;
     pub use crate::retry::RetryLayer;
     pub use crate::timeout::{AttemptTimeoutLayer, TotalTimeoutLayer};

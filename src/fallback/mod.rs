@@ -1,0 +1,651 @@
+//! Fallback cache: keeps the last good response of a cacheable request and serves it when the
+//! pipeline below ends in failure.
+//!
+//! Why: when an API is down, an application that shows the last known data (a product page, a
+//! configuration, an exchange rate a few minutes old) keeps working; one that shows an error
+//! does not. This is the "cached data or default value" fallback of Polly and resilience4j,
+//! with HTTP's own rules about what may be kept and for how long.
+//!
+//! It is not an HTTP cache: a fresh stored response never stands in for a call, and every
+//! request still goes to the server while it answers. The cache is only read after a failure.
+//! What it stores and serves follows RFC 9111 (HTTP caching, as a shared cache) and RFC 5861
+//! (`stale-if-error`).
+//!
+//! # What is stored
+//!
+//! A response is stored when all of these hold:
+//!
+//! - the request is a GET or a HEAD without `Range`, and its `Cache-Control` does not say
+//!   `no-store`;
+//! - the status is 2xx (206 excepted) and the [`Classifier`] calls it a success;
+//! - its `Cache-Control` says neither `no-store` nor `no-cache` (a response that must be
+//!   revalidated before any use could never be served by a fallback);
+//! - it is not for one user: no `private` and no `Set-Cookie`, unless
+//!   [`store_private`](FallbackCache::store_private);
+//! - the request carried neither `Authorization` nor `Cookie`, unless the response says
+//!   `public` or [`store_with_credentials`](FallbackCache::store_with_credentials);
+//! - its `Vary` is not `*`;
+//! - its body is at most [`max_entry_bytes`](FallbackCache::max_entry_bytes);
+//! - it could be served some day: its freshness plus its stale allowance is above zero.
+//!
+//! Only a response that will be stored has its body read here: one announced by
+//! `Content-Length` as too large, or not storable, is passed on untouched and keeps
+//! streaming. A body without a length is read up to `max_entry_bytes`; past that, the caller
+//! gets the part read and the rest as it streams, and nothing is stored. Reading a body to
+//! store it is bounded by the request's total deadline; a failure while reading is a failure of
+//! the request like any other, and may be answered from the cache.
+//!
+//! A response to an unsafe request (POST, PUT, PATCH, DELETE…) with a status below 400 voids
+//! what was stored for its URL (RFC 9111 §4.4).
+//!
+//! # The key
+//!
+//! The method, the URL (or what [`key_fn`](FallbackCache::key_fn) makes of the request), and
+//! the request's values of the headers the response's `Vary` names: two users who send
+//! different `Accept-Language` never get each other's entry, and a request without the header
+//! never gets an entry stored for one with it.
+//!
+//! # When it serves
+//!
+//! When the final outcome of the pipeline below is one of these, each of which can be switched
+//! off:
+//!
+//! - a response the classifier calls a failure, 5xx by default
+//!   ([`serve_on_server_error`](FallbackCache::serve_on_server_error)); a 4xx is an answer, not
+//!   a failure, and is never replaced;
+//! - a timeout ([`serve_on_timeout`](FallbackCache::serve_on_timeout));
+//! - a network failure ([`serve_on_network_error`](FallbackCache::serve_on_network_error));
+//! - an open circuit, a rate limit or a full bulkhead
+//!   ([`serve_on_circuit_open`](FallbackCache::serve_on_circuit_open),
+//!   [`serve_on_rate_limited`](FallbackCache::serve_on_rate_limited),
+//!   [`serve_on_bulkhead_full`](FallbackCache::serve_on_bulkhead_full));
+//!
+//! and a stored entry is within its allowance: fresh (younger than `s-maxage`, `max-age`, or
+//! `Expires` minus `Date`), or stale by at most its `stale-if-error` seconds, else by at most
+//! [`max_staleness`](FallbackCache::max_staleness) (5 minutes by default). `must-revalidate`,
+//! `proxy-revalidate` and `s-maxage` forbid serving it stale; a request that says
+//! `Cache-Control: no-cache` is never answered from the store.
+//!
+//! The served response has the stored status, headers and body, and an `Age` header with its
+//! current age (RFC 9111 §4.2.3: its `Age` and `Date` when it arrived, plus the time since).
+//! [`ResponseExt::fallback`](crate::ResponseExt::fallback) says it is a fallback, how old and
+//! why; [`Event::Fallback`] and an `info` tracing event report it.
+//!
+//! With nothing stored (or nothing servable), a [`static_fallback`](FallbackCache::static_fallback)
+//! function may build a response: an empty list, a default configuration.
+//!
+//! # Memory
+//!
+//! Entries live in a [moka](https://docs.rs/moka) cache bounded by
+//! [`max_bytes`](FallbackCache::max_bytes), weighed by body, headers, URL and key, least
+//! recently used first out. An entry is dropped when its allowance is over.
+
+mod cache_control;
+mod future;
+mod policy;
+mod store;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, Method, StatusCode};
+use reqwest::{Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+use url::Url;
+
+use self::future::Call;
+pub use self::future::FallbackFuture;
+use self::store::Store;
+use crate::classify::{Classifier, FailureClass, Outcome};
+use crate::error::{ConfigError, Error, ErrorKind};
+use crate::event::{Event, Hook};
+
+type KeyFn = dyn Fn(&Request) -> Option<String> + Send + Sync;
+type StaticFn = dyn Fn(&FallbackRequest<'_>) -> Option<http::Response<reqwest::Body>> + Send + Sync;
+
+/// The fallback cache's configuration.
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade::fallback::FallbackCache;
+///
+/// let client = palisade::Client::builder()
+///     .fallback_cache(
+///         FallbackCache::default()
+///             .max_bytes(64 << 20)
+///             .max_staleness(Duration::from_secs(600))
+///             .serve_on_rate_limited(false),
+///     )
+///     .build()?;
+/// # let _ = client;
+/// # Ok::<(), palisade::ConfigError>(())
+/// ```
+#[derive(Clone)]
+#[must_use = "a policy does nothing until given to a client or a layer"]
+pub struct FallbackCache {
+    max_bytes: u64,
+    max_entry_bytes: u64,
+    max_staleness: Duration,
+    store_private: bool,
+    store_with_credentials: bool,
+    serve_on: ServeOn,
+    key_fn: Option<Arc<KeyFn>>,
+    static_fallback: Option<Arc<StaticFn>>,
+    /// The client's total timeout, which bounds reading a body to store it.
+    total_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ServeOn {
+    server_error: bool,
+    timeout: bool,
+    network: bool,
+    circuit_open: bool,
+    rate_limited: bool,
+    bulkhead_full: bool,
+}
+
+impl Default for FallbackCache {
+    /// At most 32 MiB in all and 1 MiB per body, stale entries served for up to 5 minutes
+    /// (unless the response's `stale-if-error` says otherwise), on every kind of failure;
+    /// nothing `private` or sent with credentials is stored.
+    fn default() -> Self {
+        FallbackCache {
+            max_bytes: 32 << 20,
+            max_entry_bytes: 1 << 20,
+            max_staleness: Duration::from_secs(300),
+            store_private: false,
+            store_with_credentials: false,
+            serve_on: ServeOn {
+                server_error: true,
+                timeout: true,
+                network: true,
+                circuit_open: true,
+                rate_limited: true,
+                bulkhead_full: true,
+            },
+            key_fn: None,
+            static_fallback: None,
+            total_timeout: None,
+        }
+    }
+}
+
+impl FallbackCache {
+    /// The most bytes the store holds, bodies, headers and keys counted. Default 32 MiB; must
+    /// be at least `max_entry_bytes`.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// The largest body stored. Default 1 MiB; must be at least 1 and at most 1 GiB.
+    pub fn max_entry_bytes(mut self, bytes: u64) -> Self {
+        self.max_entry_bytes = bytes;
+        self
+    }
+
+    /// How long past its freshness a stored response may be served after a failure, when the
+    /// response gives no `stale-if-error` of its own. Default 5 minutes. Zero serves only
+    /// responses still fresh, or stale within their `stale-if-error`.
+    pub fn max_staleness(mut self, staleness: Duration) -> Self {
+        self.max_staleness = staleness;
+        self
+    }
+
+    /// Stores responses marked `Cache-Control: private` and responses that set a cookie, which
+    /// are meant for one user. Switch it on only for a client that serves one user. Default
+    /// off.
+    pub fn store_private(mut self, yes: bool) -> Self {
+        self.store_private = yes;
+        self
+    }
+
+    /// Stores responses to requests that carry `Authorization` or `Cookie` even when the
+    /// response does not say `public`. The key does not hold the credentials (unless the
+    /// response's `Vary` names them), so switch it on only for a client whose requests all act
+    /// for the same principal. Default off.
+    pub fn store_with_credentials(mut self, yes: bool) -> Self {
+        self.store_with_credentials = yes;
+        self
+    }
+
+    /// Serves after a response the classifier calls a failure (5xx by default). Default on.
+    pub fn serve_on_server_error(mut self, yes: bool) -> Self {
+        self.serve_on.server_error = yes;
+        self
+    }
+
+    /// Serves after a timeout (attempt, total or transport). Default on.
+    pub fn serve_on_timeout(mut self, yes: bool) -> Self {
+        self.serve_on.timeout = yes;
+        self
+    }
+
+    /// Serves after a network failure: refused, DNS, reset, a body cut short. Default on.
+    pub fn serve_on_network_error(mut self, yes: bool) -> Self {
+        self.serve_on.network = yes;
+        self
+    }
+
+    /// Serves when the circuit breaker rejected the request. Default on.
+    pub fn serve_on_circuit_open(mut self, yes: bool) -> Self {
+        self.serve_on.circuit_open = yes;
+        self
+    }
+
+    /// Serves when the rate limiter rejected the request. Default on.
+    pub fn serve_on_rate_limited(mut self, yes: bool) -> Self {
+        self.serve_on.rate_limited = yes;
+        self
+    }
+
+    /// Serves when the bulkhead rejected the request. Default on.
+    pub fn serve_on_bulkhead_full(mut self, yes: bool) -> Self {
+        self.serve_on.bulkhead_full = yes;
+        self
+    }
+
+    /// Keys entries by what `f` returns instead of the URL: to ignore a cache-busting query
+    /// parameter, say. The method and the `Vary` headers are still part of the key. `None`
+    /// keeps the request out of the store (it is neither stored nor answered from it). `f`
+    /// also gets unsafe requests, whose key names the entries they void.
+    pub fn key_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Request) -> Option<String> + Send + Sync + 'static,
+    {
+        self.key_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// Builds a response for a failed request that has nothing stored to serve: a default
+    /// value, an empty list. Called under the same conditions as the store is read (the
+    /// failure's kind switched on), for any method; `None` leaves the failure as it was.
+    ///
+    /// ```
+    /// use palisade::fallback::FallbackCache;
+    ///
+    /// let cfg = FallbackCache::default().static_fallback(|req| {
+    ///     (req.url().path() == "/v1/recommendations")
+    ///         .then(|| http::Response::new(reqwest::Body::from("[]")))
+    /// });
+    /// # let _ = cfg;
+    /// ```
+    pub fn static_fallback<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&FallbackRequest<'_>) -> Option<http::Response<reqwest::Body>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.static_fallback = Some(Arc::new(f));
+        self
+    }
+
+    /// Bounds reading a body to store it by this total timeout (the client builder passes its
+    /// own); a request's own timeout comes first.
+    pub(crate) fn with_total_timeout(mut self, t: Option<Duration>) -> Self {
+        self.total_timeout = t;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_entry_bytes == 0 {
+            return Err(ConfigError::new(
+                "fallback_cache.max_entry_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.max_entry_bytes > 1 << 30 {
+            return Err(ConfigError::new(
+                "fallback_cache.max_entry_bytes",
+                format!("must be at most 1 GiB, got {}", self.max_entry_bytes),
+            ));
+        }
+        if self.max_bytes < self.max_entry_bytes {
+            return Err(ConfigError::new(
+                "fallback_cache.max_bytes",
+                format!(
+                    "must be at least max_entry_bytes ({}), got {}",
+                    self.max_entry_bytes, self.max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for FallbackCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackCache")
+            .field("max_bytes", &self.max_bytes)
+            .field("max_entry_bytes", &self.max_entry_bytes)
+            .field("max_staleness", &self.max_staleness)
+            .field("store_private", &self.store_private)
+            .field("store_with_credentials", &self.store_with_credentials)
+            .field("serve_on", &self.serve_on)
+            .field("key_fn", &self.key_fn.is_some())
+            .field("static_fallback", &self.static_fallback.is_some())
+            .finish()
+    }
+}
+
+/// Why a response was served by the fallback cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FallbackReason {
+    /// The server answered with a response the classifier calls a failure (a 5xx by
+    /// default); its status.
+    ServerError(StatusCode),
+    /// A timeout: the attempt's, the total's or the transport's.
+    Timeout,
+    /// A network failure: refused, DNS, reset, a body cut short.
+    Network,
+    /// The circuit breaker rejected the call.
+    CircuitOpen,
+    /// The rate limiter rejected the call.
+    RateLimited,
+    /// The bulkhead rejected the call.
+    BulkheadFull,
+}
+
+impl fmt::Display for FallbackReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FallbackReason::ServerError(s) => write!(f, "server error ({})", s.as_u16()),
+            FallbackReason::Timeout => f.write_str("timeout"),
+            FallbackReason::Network => f.write_str("network"),
+            FallbackReason::CircuitOpen => f.write_str("circuit open"),
+            FallbackReason::RateLimited => f.write_str("rate limited"),
+            FallbackReason::BulkheadFull => f.write_str("bulkhead full"),
+        }
+    }
+}
+
+/// What [`ResponseExt::fallback`](crate::ResponseExt::fallback) tells of a response the
+/// fallback cache served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FallbackInfo {
+    age: Option<Duration>,
+    reason: FallbackReason,
+}
+
+impl FallbackInfo {
+    /// The stored response's age when served (its `Age` header is this, in whole seconds);
+    /// `None` for a response from the [static fallback](FallbackCache::static_fallback).
+    pub fn age(&self) -> Option<Duration> {
+        self.age
+    }
+
+    /// The failure it stands in for.
+    pub fn reason(&self) -> FallbackReason {
+        self.reason
+    }
+
+    /// Whether the [static fallback](FallbackCache::static_fallback) built it.
+    pub fn is_static(&self) -> bool {
+        self.age.is_none()
+    }
+}
+
+/// The failed request a [static fallback](FallbackCache::static_fallback) is asked to answer.
+#[derive(Debug)]
+pub struct FallbackRequest<'a> {
+    method: &'a Method,
+    url: &'a Url,
+    headers: &'a HeaderMap,
+    reason: FallbackReason,
+}
+
+impl FallbackRequest<'_> {
+    /// The request's method.
+    pub fn method(&self) -> &Method {
+        self.method
+    }
+
+    /// The request's URL.
+    pub fn url(&self) -> &Url {
+        self.url
+    }
+
+    /// The request's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        self.headers
+    }
+
+    /// Why the request failed.
+    pub fn reason(&self) -> FallbackReason {
+        self.reason
+    }
+}
+
+/// A [`Layer`] that wraps a service in [`FallbackCacheService`]. Every service it makes, and
+/// every clone, shares one store.
+///
+/// Put it outermost: it must see the final outcome, after every retry, and a total timeout
+/// inside it bounds the calls it falls back from.
+#[derive(Clone)]
+pub struct FallbackCacheLayer {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    cfg: FallbackCache,
+    store: Store,
+    classifier: Classifier,
+    hook: Hook,
+}
+
+impl FallbackCacheLayer {
+    /// A layer with the given configuration.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field when `max_entry_bytes` is 0 or above 1 GiB, or
+    /// `max_bytes` is below `max_entry_bytes`.
+    pub fn new(cfg: FallbackCache) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        Ok(Self::from_parts(
+            cfg,
+            Classifier::default(),
+            Hook::default(),
+        ))
+    }
+
+    /// A layer from a configuration the caller validated (the client builder).
+    pub(crate) fn from_parts(cfg: FallbackCache, classifier: Classifier, hook: Hook) -> Self {
+        let store = Store::new(cfg.max_bytes);
+        FallbackCacheLayer {
+            shared: Arc::new(Shared {
+                cfg,
+                store,
+                classifier,
+                hook,
+            }),
+        }
+    }
+
+    /// Uses `classifier` instead of the default to decide what is a success (stored) and what
+    /// a failure (answered from the store).
+    pub fn classifier(self, classifier: Classifier) -> Self {
+        self.rebuild(|s| s.classifier = classifier)
+    }
+
+    /// Calls `hook` for every response served from the store or the static fallback
+    /// ([`Event::Fallback`]).
+    pub fn on_event<F>(self, hook: F) -> Self
+    where
+        F: Fn(&Event<'_>) + Send + Sync + 'static,
+    {
+        self.rebuild(|s| s.hook = Hook::new(hook))
+    }
+
+    /// A handle on the store: its size, and a way to empty it.
+    pub fn handle(&self) -> FallbackCacheHandle {
+        FallbackCacheHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
+        let s = &self.shared;
+        let mut shared = Shared {
+            cfg: s.cfg.clone(),
+            store: s.store.clone(),
+            classifier: s.classifier.clone(),
+            hook: s.hook.clone(),
+        };
+        f(&mut shared);
+        FallbackCacheLayer {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl fmt::Debug for FallbackCacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackCacheLayer")
+            .field("config", &self.shared.cfg)
+            .field("classifier", &self.shared.classifier)
+            .field("hook", &self.shared.hook)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for FallbackCacheLayer {
+    type Service = FallbackCacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        FallbackCacheService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A cloneable handle on a fallback cache's store.
+#[derive(Clone)]
+pub struct FallbackCacheHandle {
+    shared: Arc<Shared>,
+}
+
+impl FallbackCacheHandle {
+    /// The bytes held, as entries are weighed (bodies, headers, URLs, keys and a fixed
+    /// overhead each). moka applies evictions in batches: call [`sync`](Self::sync) first for
+    /// the figure after every insert so far.
+    pub fn stored_bytes(&self) -> u64 {
+        self.shared.store.weighted_size()
+    }
+
+    /// How many slots are held: one per stored response, plus one per URL whose responses
+    /// vary by request headers or were voided by an unsafe request. See
+    /// [`sync`](Self::sync).
+    pub fn entry_count(&self) -> u64 {
+        self.shared.store.entry_count()
+    }
+
+    /// Applies the evictions and expirations moka has pending.
+    pub fn sync(&self) {
+        self.shared.store.run_pending_tasks();
+    }
+
+    /// Drops every stored response.
+    pub fn clear(&self) {
+        self.shared.store.clear();
+    }
+}
+
+impl fmt::Debug for FallbackCacheHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackCacheHandle")
+            .field("stored_bytes", &self.stored_bytes())
+            .field("entry_count", &self.entry_count())
+            .finish()
+    }
+}
+
+/// Serves a stored response when the service below fails, as the [module docs](self)
+/// describe. Made by [`FallbackCacheLayer`].
+#[derive(Clone)]
+pub struct FallbackCacheService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+crate::inner_accessors!(FallbackCacheService);
+
+impl<S: fmt::Debug> fmt::Debug for FallbackCacheService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackCacheService")
+            .field("inner", &self.inner)
+            .field("config", &self.shared.cfg)
+            .finish()
+    }
+}
+
+impl<S> Service<Request> for FallbackCacheService<S>
+where
+    S: Service<Request, Response = Response>,
+    S::Error: Into<Error>,
+{
+    type Response = Response;
+    type Error = Error;
+    type Future = FallbackFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let call = Call::new(self.shared.clone(), &req);
+        FallbackFuture::new(self.inner.call(req), call)
+    }
+}
+
+impl Shared {
+    /// Why the outcome may be answered from the store, if it may.
+    fn reason(&self, result: &Result<Response, Error>) -> Option<FallbackReason> {
+        let class = self.classifier.classify(Outcome::of(result));
+        if !class.is_failure() || class == FailureClass::Cancelled {
+            return None;
+        }
+        let on = &self.cfg.serve_on;
+        let (reason, switched_on) = match result {
+            // A 4xx is an answer, whatever the classifier makes of it.
+            Ok(r) if r.status().is_client_error() => return None,
+            Ok(r) => (FallbackReason::ServerError(r.status()), on.server_error),
+            Err(e) => match e.kind() {
+                ErrorKind::Timeout => (FallbackReason::Timeout, on.timeout),
+                ErrorKind::Connect | ErrorKind::Transport | ErrorKind::Body => {
+                    (FallbackReason::Network, on.network)
+                }
+                ErrorKind::CircuitOpen => (FallbackReason::CircuitOpen, on.circuit_open),
+                ErrorKind::RateLimited => (FallbackReason::RateLimited, on.rate_limited),
+                ErrorKind::BulkheadFull => (FallbackReason::BulkheadFull, on.bulkhead_full),
+                ErrorKind::Request => return None,
+            },
+        };
+        switched_on.then_some(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let e = FallbackCacheLayer::new(FallbackCache::default().max_entry_bytes(0)).unwrap_err();
+        assert_eq!(e.field(), "fallback_cache.max_entry_bytes");
+        let e = FallbackCacheLayer::new(FallbackCache::default().max_entry_bytes((1 << 30) + 1))
+            .unwrap_err();
+        assert_eq!(e.field(), "fallback_cache.max_entry_bytes");
+        let e = FallbackCacheLayer::new(FallbackCache::default().max_bytes(1000)).unwrap_err();
+        assert_eq!(e.field(), "fallback_cache.max_bytes");
+        assert!(e.rule().contains("max_entry_bytes"), "{e}");
+        FallbackCacheLayer::new(FallbackCache::default().max_bytes(1 << 20)).unwrap();
+    }
+}

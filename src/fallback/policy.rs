@@ -1,0 +1,335 @@
+//! What may be stored, for how long it may be served, and how old it is: RFC 9111 (HTTP
+//! caching) and RFC 5861 (`stale-if-error`) as they apply to a shared cache that serves only
+//! after a failure.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, StatusCode};
+
+use super::cache_control::{Age, CacheControl};
+use super::store::vary_names;
+use super::FallbackCache;
+
+/// What the request says about storing its response and serving a stored one, read before it
+/// is sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RequestFacts {
+    /// GET or HEAD, without a `Range`: only their responses are stored.
+    pub(crate) cacheable: bool,
+    /// It carries `Authorization` or `Cookie`.
+    pub(crate) credentials: bool,
+    /// Its `Cache-Control` says `no-store`: nothing of the exchange may be stored.
+    pub(crate) no_store: bool,
+    /// Its `Cache-Control` says `no-cache`: the caller wants no stored response.
+    pub(crate) no_cache: bool,
+}
+
+impl RequestFacts {
+    pub(crate) fn of(method: &Method, headers: &HeaderMap) -> RequestFacts {
+        let cacheable = (method == Method::GET || method == Method::HEAD)
+            && !headers.contains_key(header::RANGE);
+        let cc = if headers.contains_key(header::CACHE_CONTROL) {
+            CacheControl::from_headers(headers)
+        } else {
+            CacheControl::default()
+        };
+        RequestFacts {
+            cacheable,
+            credentials: headers.contains_key(header::AUTHORIZATION)
+                || headers.contains_key(header::COOKIE),
+            no_store: cc.no_store,
+            no_cache: cc.no_cache,
+        }
+    }
+}
+
+/// How a storable response is to be stored.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) vary: Box<[HeaderName]>,
+    pub(crate) freshness: Duration,
+    pub(crate) stale_allowance: Option<Duration>,
+}
+
+/// Whether a response to a request with `facts` may be stored, and how; `None` when not.
+/// The caller has checked that the classifier calls it a success.
+pub(crate) fn plan(
+    cfg: &FallbackCache,
+    facts: &RequestFacts,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Option<Plan> {
+    if !facts.cacheable || facts.no_store {
+        return None;
+    }
+    // 2xx, but not a partial response to a range.
+    if !status.is_success() || status == StatusCode::PARTIAL_CONTENT {
+        return None;
+    }
+    let cc = CacheControl::from_headers(headers);
+    // `no-cache` forbids serving without revalidation, which a fallback never does: nothing
+    // stored could ever be served, so nothing is stored.
+    if cc.no_store || cc.no_cache {
+        return None;
+    }
+    // A response for one user: `private`, or one that sets a cookie.
+    if (cc.private || headers.contains_key(header::SET_COOKIE)) && !cfg.store_private {
+        return None;
+    }
+    if facts.credentials && !cfg.store_with_credentials && !cc.public {
+        return None;
+    }
+    let vary = vary_names(headers)?;
+    let freshness = freshness(&cc, headers);
+    let stale_allowance = if cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() {
+        // RFC 9111 §5.2.2.2, §5.2.2.8, and §5.2.2.10 (s-maxage implies proxy-revalidate).
+        None
+    } else {
+        Some(match cc.stale_if_error {
+            Some(Age::Secs(n)) => Duration::from_secs(u64::from(n)),
+            // The server meant a window but its size is unreadable: none.
+            Some(Age::Invalid) => Duration::ZERO,
+            None => cfg.max_staleness,
+        })
+    };
+    let window = freshness.saturating_add(stale_allowance.unwrap_or(Duration::ZERO));
+    if window.is_zero() {
+        return None;
+    }
+    Some(Plan {
+        vary,
+        freshness,
+        stale_allowance,
+    })
+}
+
+/// The freshness lifetime (RFC 9111 §4.2.1) for a shared cache: `s-maxage`, else `max-age`,
+/// else `Expires` minus `Date`; none (zero) otherwise, since a fallback uses no heuristic. An
+/// invalid value means already stale.
+fn freshness(cc: &CacheControl, headers: &HeaderMap) -> Duration {
+    if let Some(age) = cc.s_maxage.or(cc.max_age) {
+        return age.duration().unwrap_or(Duration::ZERO);
+    }
+    let Some(expires) = single_date(headers, &header::EXPIRES) else {
+        return Duration::ZERO;
+    };
+    let base = single_date(headers, &header::DATE)
+        .flatten()
+        .unwrap_or_else(SystemTime::now);
+    match expires {
+        Some(e) => e.duration_since(base).unwrap_or(Duration::ZERO),
+        // An invalid date, `0` included, is in the past (RFC 9111 §5.3).
+        None => Duration::ZERO,
+    }
+}
+
+/// A date header: `None` when absent, `Some(None)` when invalid or given twice with different
+/// values.
+fn single_date(headers: &HeaderMap, name: &HeaderName) -> Option<Option<SystemTime>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    if values.any(|v| v != first) {
+        return Some(None);
+    }
+    Some(
+        first
+            .to_str()
+            .ok()
+            .and_then(|s| httpdate::parse_http_date(s.trim()).ok()),
+    )
+}
+
+/// The response's age when it arrived (RFC 9111 §4.2.3 `corrected_initial_age`): the larger of
+/// its `Age` plus the time the request took, and its `Date` against this machine's clock.
+pub(crate) fn initial_age(headers: &HeaderMap, response_delay: Duration) -> Duration {
+    let age_value = headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| {
+            let s = s.trim();
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then_some(s)
+        })
+        .map(|s| s.parse::<u64>().unwrap_or(u64::MAX))
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let corrected = age_value.saturating_add(response_delay);
+    let apparent = single_date(headers, &header::DATE)
+        .flatten()
+        .and_then(|d| SystemTime::now().duration_since(d).ok())
+        .unwrap_or(Duration::ZERO);
+    corrected.max(apparent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn h(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (n, v) in pairs {
+            m.append(*n, HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    fn get() -> RequestFacts {
+        RequestFacts::of(&Method::GET, &HeaderMap::new())
+    }
+
+    fn plan_of(pairs: &[(&'static str, String)]) -> Option<Plan> {
+        plan(&FallbackCache::default(), &get(), StatusCode::OK, &h(pairs))
+    }
+
+    #[test]
+    fn request_facts() {
+        assert!(get().cacheable);
+        assert!(RequestFacts::of(&Method::HEAD, &HeaderMap::new()).cacheable);
+        assert!(!RequestFacts::of(&Method::POST, &HeaderMap::new()).cacheable);
+        let r = RequestFacts::of(&Method::GET, &h(&[("range", "bytes=0-9".into())]));
+        assert!(!r.cacheable);
+        let r = RequestFacts::of(&Method::GET, &h(&[("cookie", "a=b".into())]));
+        assert!(r.credentials);
+        let r = RequestFacts::of(
+            &Method::GET,
+            &h(&[("cache-control", "No-Store, no-cache".into())]),
+        );
+        assert!(r.no_store && r.no_cache);
+    }
+
+    #[test]
+    fn statuses() {
+        let cfg = FallbackCache::default();
+        let hs = HeaderMap::new();
+        for s in [200, 201, 203, 204] {
+            let s = StatusCode::from_u16(s).unwrap();
+            assert!(plan(&cfg, &get(), s, &hs).is_some(), "{s}");
+        }
+        for s in [206, 301, 304, 404, 500] {
+            let s = StatusCode::from_u16(s).unwrap();
+            assert!(plan(&cfg, &get(), s, &hs).is_none(), "{s}");
+        }
+    }
+
+    #[test]
+    fn freshness_and_allowance() {
+        let p = plan_of(&[("cache-control", "max-age=60, stale-if-error=30".into())]).unwrap();
+        assert_eq!(p.freshness, Duration::from_secs(60));
+        assert_eq!(p.stale_allowance, Some(Duration::from_secs(30)));
+        let p = plan_of(&[]).unwrap();
+        assert_eq!(p.freshness, Duration::ZERO);
+        assert_eq!(p.stale_allowance, Some(Duration::from_secs(300)));
+        let p = plan_of(&[("cache-control", "s-maxage=10, max-age=60".into())]).unwrap();
+        assert_eq!(p.freshness, Duration::from_secs(10));
+        assert_eq!(p.stale_allowance, None);
+        // must-revalidate with no freshness: never servable, so not stored.
+        assert!(plan_of(&[("cache-control", "must-revalidate".into())]).is_none());
+        assert!(plan_of(&[("cache-control", "proxy-revalidate, max-age=0".into())]).is_none());
+        // An unreadable stale-if-error gives no window.
+        assert!(plan_of(&[("cache-control", "stale-if-error=soon".into())]).is_none());
+        // An invalid max-age means stale, and stale may still be served within the default.
+        let p = plan_of(&[("cache-control", "max-age=x".into())]).unwrap();
+        assert_eq!(p.freshness, Duration::ZERO);
+    }
+
+    #[test]
+    fn expires_against_date() {
+        let date = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let exp = date + Duration::from_secs(120);
+        let p = plan_of(&[
+            ("date", httpdate::fmt_http_date(date)),
+            ("expires", httpdate::fmt_http_date(exp)),
+        ])
+        .unwrap();
+        assert_eq!(p.freshness, Duration::from_secs(120));
+        let p = plan_of(&[
+            ("date", httpdate::fmt_http_date(date)),
+            ("expires", "0".into()),
+        ])
+        .unwrap();
+        assert_eq!(p.freshness, Duration::ZERO);
+        // max-age wins over Expires.
+        let p = plan_of(&[
+            ("cache-control", "max-age=5".into()),
+            ("date", httpdate::fmt_http_date(date)),
+            ("expires", httpdate::fmt_http_date(exp)),
+        ])
+        .unwrap();
+        assert_eq!(p.freshness, Duration::from_secs(5));
+        // Two different Expires: stale.
+        let p = plan_of(&[
+            ("date", httpdate::fmt_http_date(date)),
+            ("expires", httpdate::fmt_http_date(exp)),
+            ("expires", httpdate::fmt_http_date(date)),
+        ])
+        .unwrap();
+        assert_eq!(p.freshness, Duration::ZERO);
+    }
+
+    #[test]
+    fn ages() {
+        let now = SystemTime::now();
+        assert_eq!(
+            initial_age(&HeaderMap::new(), Duration::ZERO),
+            Duration::ZERO
+        );
+        let a = initial_age(&h(&[("age", "30".into())]), Duration::from_millis(500));
+        assert_eq!(a, Duration::from_millis(30_500));
+        for bad in ["-1", "1.5", "", "abc"] {
+            assert_eq!(
+                initial_age(&h(&[("age", bad.into())]), Duration::ZERO),
+                Duration::ZERO
+            );
+        }
+        let huge = initial_age(
+            &h(&[("age", "99999999999999999999999".into())]),
+            Duration::ZERO,
+        );
+        assert!(huge > Duration::from_secs(1 << 40));
+        // A Date 100 s old makes the response at least that old.
+        let old = now - Duration::from_secs(100);
+        let a = initial_age(
+            &h(&[("date", httpdate::fmt_http_date(old))]),
+            Duration::ZERO,
+        );
+        assert!(
+            a >= Duration::from_secs(99) && a <= Duration::from_secs(102),
+            "{a:?}"
+        );
+        // A Date in the future (skew) counts as 0.
+        let fut = now + Duration::from_secs(100);
+        let a = initial_age(
+            &h(&[("date", httpdate::fmt_http_date(fut))]),
+            Duration::ZERO,
+        );
+        assert_eq!(a, Duration::ZERO);
+    }
+
+    #[test]
+    fn what_is_never_stored() {
+        let cfg = FallbackCache::default();
+        for cc in [
+            "no-store",
+            "no-cache",
+            "private",
+            "max-age=60, No-Store",
+            "no-cache=\"x\"",
+        ] {
+            assert!(plan_of(&[("cache-control", cc.into())]).is_none(), "{cc}");
+        }
+        assert!(plan_of(&[("vary", "*".into())]).is_none());
+        assert!(plan_of(&[("set-cookie", "s=1".into())]).is_none());
+        let authed = RequestFacts::of(&Method::GET, &h(&[("authorization", "Bearer t".into())]));
+        assert!(plan(&cfg, &authed, StatusCode::OK, &HeaderMap::new()).is_none());
+        let public = h(&[("cache-control", "public".into())]);
+        assert!(plan(&cfg, &authed, StatusCode::OK, &public).is_some());
+        let opted = FallbackCache::default().store_with_credentials(true);
+        assert!(plan(&opted, &authed, StatusCode::OK, &HeaderMap::new()).is_some());
+        let private = FallbackCache::default().store_private(true);
+        let p = h(&[("cache-control", "private".into())]);
+        assert!(plan(&private, &get(), StatusCode::OK, &p).is_some());
+        let no_store_req =
+            RequestFacts::of(&Method::GET, &h(&[("cache-control", "no-store".into())]));
+        assert!(plan(&cfg, &no_store_req, StatusCode::OK, &HeaderMap::new()).is_none());
+    }
+}

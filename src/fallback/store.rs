@@ -1,0 +1,509 @@
+//! The store: stored responses in a moka cache weighed by bytes, keyed by method, URL (or the
+//! user's key) and the request's values of the headers the response's `Vary` names.
+//!
+//! One moka cache holds two kinds of slots, so that a single byte bound covers both:
+//!
+//! - an *index* per primary key (method + URL), kept only when it says something: the header
+//!   names the last stored response's `Vary` gave, and the instant before which stored
+//!   responses are void (set when an unsafe request to the URL succeeded, RFC 9111 §4.4);
+//! - an *entry* per variant: the primary key plus each `Vary` header's request value.
+//!
+//! A lookup reads the index to learn which request headers pick the variant. An entry records
+//! the values it was stored under and the lookup compares them again, so a variant is never
+//! served to a request with other values. If the index is evicted first, its variants are
+//! unreachable until evicted in turn: the safe side.
+//!
+//! moka expires entries on its own clock when their allowance is over, to free the memory;
+//! whether an entry may be served is decided here, on tokio's clock, so tests in paused time
+//! are exact.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+use moka::policy::EvictionPolicy;
+use tokio::time::Instant;
+use url::Url;
+
+const INDEX: u8 = b'I';
+const ENTRY: u8 = b'E';
+/// The value a request header takes in a key when the request does not carry it: a byte no
+/// header value can hold, so it differs from every value, the empty one included.
+const ABSENT: u8 = 0x01;
+/// What moka holds per slot besides the bytes we count: its node, the key's box, the `Arc`.
+const SLOT_OVERHEAD: usize = 256;
+/// What a header costs besides its name and value (the map's entry and index).
+const HEADER_OVERHEAD: usize = 32;
+/// moka refuses expirations over 1,000 years; entries never need a year.
+const LONGEST_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A stored response and what decides how long it may be served.
+pub(crate) struct Entry {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) url: Url,
+    /// When it was stored, on tokio's clock.
+    pub(crate) stored_at: Instant,
+    /// Its age when stored (RFC 9111 §4.2.3 `corrected_initial_age`).
+    pub(crate) initial_age: Duration,
+    /// How long it is fresh, counted from its age 0.
+    pub(crate) freshness: Duration,
+    /// How long past its freshness it may be served after a failure; `None` when it may not be
+    /// served stale at all (`must-revalidate`, `proxy-revalidate`, `s-maxage`).
+    pub(crate) stale_allowance: Option<Duration>,
+    /// The request values of the `Vary` headers it was stored under, in the index's order.
+    vary_values: Box<[Option<HeaderValue>]>,
+    weight: u32,
+}
+
+impl Entry {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        status: StatusCode,
+        version: Version,
+        headers: HeaderMap,
+        body: Bytes,
+        url: Url,
+        stored_at: Instant,
+        initial_age: Duration,
+        freshness: Duration,
+        stale_allowance: Option<Duration>,
+    ) -> Entry {
+        Entry {
+            status,
+            version,
+            headers,
+            body,
+            url,
+            stored_at,
+            initial_age,
+            freshness,
+            stale_allowance,
+            vary_values: Box::new([]),
+            weight: 0,
+        }
+    }
+
+    /// Its current age (RFC 9111 §4.2.3 `current_age`).
+    pub(crate) fn age(&self, now: Instant) -> Duration {
+        self.initial_age
+            .saturating_add(now.saturating_duration_since(self.stored_at))
+    }
+
+    /// The longest age at which it may be served after a failure.
+    fn servable_until(&self) -> Duration {
+        match self.stale_allowance {
+            Some(a) => self.freshness.saturating_add(a),
+            None => self.freshness,
+        }
+    }
+
+    /// Its age if it may be served at `now`: while fresh (RFC 9111 §4.2: fresh while its age is
+    /// below its freshness lifetime), or stale within its allowance (RFC 5861 §4: "up to N
+    /// seconds after it becomes stale", bounds included).
+    pub(crate) fn servable_age(&self, now: Instant) -> Option<Duration> {
+        let age = self.age(now);
+        let ok = age < self.freshness
+            || (self.stale_allowance.is_some() && age <= self.servable_until());
+        ok.then_some(age)
+    }
+
+    /// How long, from now, it may still be served: what moka keeps it for.
+    fn time_to_live(&self) -> Duration {
+        self.servable_until()
+            .saturating_sub(self.initial_age)
+            .min(LONGEST_TTL)
+    }
+
+    /// Bytes it holds: body, headers, URL, key and a fixed overhead.
+    fn weigh(&mut self, key_len: usize) {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + HEADER_OVERHEAD)
+            .sum();
+        let values: usize = self
+            .vary_values
+            .iter()
+            .map(|v| v.as_ref().map_or(0, HeaderValue::len) + HEADER_OVERHEAD)
+            .sum();
+        let total = self
+            .body
+            .len()
+            .saturating_add(headers)
+            .saturating_add(values)
+            .saturating_add(self.url.as_str().len())
+            .saturating_add(key_len)
+            .saturating_add(SLOT_OVERHEAD);
+        self.weight = u32::try_from(total).unwrap_or(u32::MAX);
+    }
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .field("initial_age", &self.initial_age)
+            .field("freshness", &self.freshness)
+            .field("stale_allowance", &self.stale_allowance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the store knows of a primary key besides its entries.
+#[derive(Debug, Default)]
+struct Index {
+    /// The header names of the last stored response's `Vary`, lowercase, sorted, deduplicated.
+    vary: Box<[HeaderName]>,
+    /// Entries stored before this are void: an unsafe request to the URL succeeded since.
+    not_before: Option<Instant>,
+}
+
+impl Index {
+    fn weight(&self, key_len: usize) -> u32 {
+        let names: usize = self
+            .vary
+            .iter()
+            .map(|n| n.as_str().len() + HEADER_OVERHEAD)
+            .sum();
+        u32::try_from(names + key_len + SLOT_OVERHEAD).unwrap_or(u32::MAX)
+    }
+}
+
+#[derive(Clone)]
+enum Slot {
+    Index(Arc<Index>),
+    Entry(Arc<Entry>),
+}
+
+struct Expiry;
+
+impl moka::Expiry<Box<[u8]>, Slot> for Expiry {
+    fn expire_after_create(
+        &self,
+        _key: &Box<[u8]>,
+        value: &Slot,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        match value {
+            // An index lives as long as the variants it leads to, which moka bounds.
+            Slot::Index(_) => None,
+            Slot::Entry(e) => Some(e.time_to_live()),
+        }
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &Box<[u8]>,
+        value: &Slot,
+        updated_at: std::time::Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, updated_at)
+    }
+}
+
+/// The bounded store of one fallback cache; clones share it.
+#[derive(Clone)]
+pub(crate) struct Store {
+    cache: moka::sync::Cache<Box<[u8]>, Slot>,
+}
+
+impl Store {
+    /// A store that holds at most `max_bytes` as entries weigh them. Least recently used
+    /// entries go first: for a fallback the last good answers are the ones worth keeping, and
+    /// each URL is typically seen once between failures, which is where moka's default
+    /// frequency-based admission would turn new entries away.
+    pub(crate) fn new(max_bytes: u64) -> Store {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(weigh)
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(Expiry)
+            .build();
+        Store { cache }
+    }
+
+    /// The entry `req_headers` picks under `primary`, if one is stored and not void; whether
+    /// it may be served is the caller's question.
+    pub(crate) fn lookup(&self, primary: &[u8], req_headers: &HeaderMap) -> Option<Arc<Entry>> {
+        let index = self.index(primary);
+        let names: &[HeaderName] = index.as_ref().map_or(&[], |i| &i.vary);
+        let key = entry_key(primary, names, req_headers);
+        let Some(Slot::Entry(entry)) = self.cache.get(&key[..]) else {
+            return None;
+        };
+        if let Some(nb) = index.as_ref().and_then(|i| i.not_before) {
+            if entry.stored_at < nb {
+                return None;
+            }
+        }
+        // The key already holds the values; compare them again so a variant can never reach a
+        // request that sent other ones.
+        let same = entry.vary_values.len() == names.len()
+            && names
+                .iter()
+                .zip(entry.vary_values.iter())
+                .all(|(n, v)| combined(req_headers, n).as_ref() == v.as_ref());
+        same.then_some(entry)
+    }
+
+    /// Stores `entry` under `primary` and the request's values of `vary` (lowercase, sorted,
+    /// deduplicated names).
+    pub(crate) fn insert(
+        &self,
+        primary: &[u8],
+        vary: Box<[HeaderName]>,
+        req_headers: &HeaderMap,
+        mut entry: Entry,
+    ) {
+        let index = self.index(primary);
+        let known: &[HeaderName] = index.as_ref().map_or(&[], |i| &i.vary);
+        if known != &vary[..] {
+            let not_before = index.as_ref().and_then(|i| i.not_before);
+            if vary.is_empty() && not_before.is_none() {
+                self.cache.invalidate(&index_key(primary)[..]);
+            } else {
+                let i = Index {
+                    vary: vary.clone(),
+                    not_before,
+                };
+                self.cache
+                    .insert(index_key(primary), Slot::Index(Arc::new(i)));
+            }
+        }
+        let key = entry_key(primary, &vary, req_headers);
+        entry.vary_values = vary.iter().map(|n| combined(req_headers, n)).collect();
+        entry.weigh(key.len());
+        self.cache.insert(key, Slot::Entry(Arc::new(entry)));
+    }
+
+    /// Voids every entry stored under `primary` before `now` (RFC 9111 §4.4).
+    pub(crate) fn invalidate(&self, primary: &[u8], now: Instant) {
+        let index = self.index(primary);
+        if index.is_none()
+            && !self
+                .cache
+                .contains_key(&entry_key(primary, &[], &HeaderMap::new())[..])
+        {
+            return;
+        }
+        let vary = index.map(|i| i.vary.clone()).unwrap_or_default();
+        let i = Index {
+            vary,
+            not_before: Some(now),
+        };
+        self.cache
+            .insert(index_key(primary), Slot::Index(Arc::new(i)));
+        self.cache
+            .invalidate(&entry_key(primary, &[], &HeaderMap::new())[..]);
+    }
+
+    fn index(&self, primary: &[u8]) -> Option<Arc<Index>> {
+        match self.cache.get(&index_key(primary)[..]) {
+            Some(Slot::Index(i)) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// How many entries and indexes are held (moka counts lazily: call
+    /// [`run_pending_tasks`](Self::run_pending_tasks) first for an exact figure).
+    pub(crate) fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// The bytes held, as entries weigh them.
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    pub(crate) fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    pub(crate) fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+}
+
+/// moka's weigher takes the key as stored.
+#[allow(clippy::borrowed_box)]
+fn weigh(key: &Box<[u8]>, slot: &Slot) -> u32 {
+    match slot {
+        Slot::Index(i) => i.weight(key.len()),
+        Slot::Entry(e) => e.weight,
+    }
+}
+
+fn index_key(primary: &[u8]) -> Box<[u8]> {
+    let mut k = Vec::with_capacity(primary.len() + 1);
+    k.push(INDEX);
+    k.extend_from_slice(primary);
+    k.into_boxed_slice()
+}
+
+/// `E`, the primary key, then `\0name\0value` for each `Vary` header. Neither a URL nor a
+/// header value can hold a NUL byte, so the encoding is unambiguous.
+fn entry_key(primary: &[u8], vary: &[HeaderName], req_headers: &HeaderMap) -> Box<[u8]> {
+    let mut k = Vec::with_capacity(primary.len() + 1 + vary.len() * 24);
+    k.push(ENTRY);
+    k.extend_from_slice(primary);
+    for name in vary {
+        k.push(0);
+        k.extend_from_slice(name.as_str().as_bytes());
+        k.push(0);
+        match combined(req_headers, name) {
+            Some(v) => k.extend_from_slice(v.as_bytes()),
+            None => k.push(ABSENT),
+        }
+    }
+    k.into_boxed_slice()
+}
+
+/// A request header's field lines combined as one value (RFC 9110 §5.3), each trimmed, so that
+/// `a, b` sent as one line or two selects the same variant.
+fn combined(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let mut out: Vec<u8> = first.as_bytes().trim_ascii().to_vec();
+    for v in values {
+        out.extend_from_slice(b", ");
+        out.extend_from_slice(v.as_bytes().trim_ascii());
+    }
+    // Trimmed bytes of valid values are valid.
+    HeaderValue::from_bytes(&out).ok()
+}
+
+/// The header names a response's `Vary` lists, lowercase, sorted and deduplicated; `None` when
+/// it may not be stored: `Vary: *`, or a name that is not a valid header name.
+pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Box<[HeaderName]>> {
+    let mut names = Vec::new();
+    for v in headers.get_all(http::header::VARY) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() {
+                continue;
+            }
+            if part == b"*" {
+                return None;
+            }
+            names.push(HeaderName::from_bytes(part).ok()?);
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names.into_boxed_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(body: &'static [u8], freshness: u64, allowance: Option<u64>) -> Entry {
+        Entry::new(
+            StatusCode::OK,
+            Version::HTTP_11,
+            HeaderMap::new(),
+            Bytes::from_static(body),
+            Url::parse("http://h/x").unwrap(),
+            Instant::now(),
+            Duration::ZERO,
+            Duration::from_secs(freshness),
+            allowance.map(Duration::from_secs),
+        )
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn vary_names_are_normalised_and_star_refuses() {
+        let h = headers(&[("vary", "Accept-Language, accept"), ("vary", "ACCEPT")]);
+        let names = vary_names(&h).unwrap();
+        assert_eq!(
+            names.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+            ["accept", "accept-language"]
+        );
+        assert!(vary_names(&headers(&[("vary", "accept, *")])).is_none());
+        assert!(vary_names(&headers(&[("vary", "bad name")])).is_none());
+        assert_eq!(vary_names(&headers(&[("vary", " , ")])).unwrap().len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn variants_are_kept_apart_and_absent_differs_from_empty() {
+        let s = Store::new(1 << 20);
+        let vary = vary_names(&headers(&[("vary", "accept-language")])).unwrap();
+        let en = headers(&[("accept-language", "en")]);
+        let fr = headers(&[("accept-language", "fr")]);
+        let empty = headers(&[("accept-language", "")]);
+        s.insert(b"GET\0u", vary.clone(), &en, entry(b"en", 0, Some(60)));
+        s.insert(
+            b"GET\0u",
+            vary.clone(),
+            &HeaderMap::new(),
+            entry(b"none", 0, Some(60)),
+        );
+        assert_eq!(&s.lookup(b"GET\0u", &en).unwrap().body[..], b"en");
+        assert!(s.lookup(b"GET\0u", &fr).is_none());
+        assert!(s.lookup(b"GET\0u", &empty).is_none());
+        assert_eq!(
+            &s.lookup(b"GET\0u", &HeaderMap::new()).unwrap().body[..],
+            b"none"
+        );
+        // Two field lines select the same variant as one combined line.
+        let two = headers(&[("accept-language", "en"), ("accept-language", "fr")]);
+        let one = headers(&[("accept-language", "en,   fr")]);
+        s.insert(b"GET\0u", vary, &two, entry(b"both", 0, Some(60)));
+        assert!(s.lookup(b"GET\0u", &one).is_none(), "whitespace differs");
+        let one = headers(&[("accept-language", "en, fr")]);
+        assert_eq!(&s.lookup(b"GET\0u", &one).unwrap().body[..], b"both");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalidation_voids_older_entries_only() {
+        let s = Store::new(1 << 20);
+        let none = HeaderMap::new();
+        s.insert(b"GET\0u", Box::new([]), &none, entry(b"old", 0, Some(60)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        s.invalidate(b"GET\0u", Instant::now());
+        assert!(s.lookup(b"GET\0u", &none).is_none());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        s.insert(b"GET\0u", Box::new([]), &none, entry(b"new", 0, Some(60)));
+        assert_eq!(&s.lookup(b"GET\0u", &none).unwrap().body[..], b"new");
+        // Nothing stored: nothing to void, and no index is written.
+        s.invalidate(b"GET\0other", Instant::now());
+        s.run_pending_tasks();
+        assert_eq!(s.entry_count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn servable_window_edges() {
+        let e = entry(b"x", 10, Some(30));
+        let t0 = e.stored_at;
+        assert_eq!(e.servable_age(t0), Some(Duration::ZERO));
+        assert!(e.servable_age(t0 + Duration::from_secs(40)).is_some());
+        assert!(e
+            .servable_age(t0 + Duration::from_secs(40) + Duration::from_millis(1))
+            .is_none());
+        let strict = entry(b"x", 10, None);
+        assert!(strict
+            .servable_age(t0 + Duration::from_secs(10) - Duration::from_millis(1))
+            .is_some());
+        assert!(strict.servable_age(t0 + Duration::from_secs(10)).is_none());
+        assert_eq!(strict.time_to_live(), Duration::from_secs(10));
+        assert_eq!(e.time_to_live(), Duration::from_secs(40));
+        let huge = entry(b"x", u64::MAX / 4, Some(u64::MAX / 4));
+        assert_eq!(huge.time_to_live(), LONGEST_TTL);
+    }
+}
