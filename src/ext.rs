@@ -27,8 +27,9 @@ pub trait ResponseExt: sealed::Sealed {
     /// How many attempts the pipeline made, the one that produced this response included: 1
     /// when it came at the first try (or when no retry stage was in the pipeline).
     ///
-    /// For a response served by the [fallback cache](crate::fallback), the attempts made
-    /// before the pipeline gave up: 0 when a stage rejected the request before sending it.
+    /// For a response served by the [fallback cache](crate::fallback), the attempts of the
+    /// request that failed, as its [`Error::attempts`](crate::Error::attempts) would have
+    /// said.
     fn attempts(&self) -> u32;
 
     /// Set when the [fallback cache](crate::fallback) served this response in place of a

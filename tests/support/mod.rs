@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade::{Client, ClientBuilder, Error};
-use reqwest::{Method, Request, Response};
+use reqwest::{Method, Request, Response, ResponseBuilderExt};
 use tokio::time::Instant;
 
 pub fn ms(n: u64) -> Duration {
@@ -46,6 +46,9 @@ pub enum Step {
     Hang,
     /// Wait (in tokio time), then do the inner step.
     After(Duration, Box<Step>),
+    /// Answer with this status and headers, and a body sent in these chunks, without a
+    /// `Content-Length`; then end the body, or (`hang`) never end it.
+    Chunks(u16, Vec<(&'static str, String)>, Vec<Vec<u8>>, bool),
 }
 
 impl Step {
@@ -132,6 +135,20 @@ pub fn response(status: u16, headers: &[(&'static str, String)], body: Vec<u8>) 
     Response::from(b.body(body).expect("valid test response"))
 }
 
+/// Runs `step`, and gives a response the request's URL as reqwest would.
+fn run_for(
+    url: url::Url,
+    step: Step,
+) -> Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>> {
+    Box::pin(async move {
+        let resp = run(step).await?;
+        let (mut parts, body) = http::Response::<reqwest::Body>::from(resp).into_parts();
+        let carrier = http::Response::builder().url(url).body(()).expect("a response");
+        parts.extensions.extend(carrier.into_parts().0.extensions);
+        Ok(Response::from(http::Response::from_parts(parts, body)))
+    })
+}
+
 fn run(step: Step) -> Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>> {
     Box::pin(async move {
         match step {
@@ -144,8 +161,41 @@ fn run(step: Step) -> Pin<Box<dyn Future<Output = Result<Response, Error>> + Sen
                 tokio::time::sleep(d).await;
                 run(*step).await
             }
+            Step::Chunks(s, h, chunks, hang) => {
+                let body = reqwest::Body::wrap(ChunkBody {
+                    chunks: chunks.into_iter().map(bytes::Bytes::from).collect(),
+                    hang,
+                });
+                let mut b = http::Response::builder().status(s);
+                for (k, v) in &h {
+                    b = b.header(*k, v.as_str());
+                }
+                Ok(Response::from(b.body(body).expect("valid test response")))
+            }
         }
     })
+}
+
+/// A body of chunks with no length known in advance, which may never end.
+struct ChunkBody {
+    chunks: VecDeque<bytes::Bytes>,
+    hang: bool,
+}
+
+impl http_body::Body for ChunkBody {
+    type Data = bytes::Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
+        match self.chunks.pop_front() {
+            Some(c) => Poll::Ready(Some(Ok(http_body::Frame::data(c)))),
+            None if self.hang => Poll::Pending,
+            None => Poll::Ready(None),
+        }
+    }
 }
 
 impl tower::Service<Request> for Mock {
@@ -172,7 +222,7 @@ impl tower::Service<Request> for Mock {
                 None => inner.fallback.clone().unwrap_or(Step::Status(200)),
             }
         };
-        run(step)
+        run_for(req.url().clone(), step)
     }
 }
 

@@ -115,3 +115,44 @@ pub async fn silent_server() -> (SocketAddr, Counter) {
     })
     .await
 }
+
+/// A switch a test flips to change what a [`proxy`] does.
+#[derive(Clone, Debug, Default)]
+pub struct Switch(Arc<std::sync::atomic::AtomicBool>);
+
+impl Switch {
+    pub fn on(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    fn is_on(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A TCP proxy to `upstream`: pipes each connection through until the switch is on, then
+/// reads each new connection's request head and resets it. The same URL answers first as the
+/// upstream does, then with a reset connection. Clients must not keep connections alive across
+/// the switch (`pool_max_idle_per_host(0)`). Counts the connections it accepted.
+pub async fn resetting_proxy(upstream: SocketAddr) -> (SocketAddr, Counter, Switch) {
+    let switch = Switch::default();
+    let sw = switch.clone();
+    let (addr, counter) = serve(move |mut s, accepted| {
+        let sw = sw.clone();
+        async move {
+            accepted.add_one();
+            if sw.is_on() {
+                read_head(&mut s).await;
+                #[allow(deprecated)]
+                let _ = s.set_linger(Some(Duration::ZERO));
+                drop(s);
+                return;
+            }
+            if let Ok(mut up) = TcpStream::connect(upstream).await {
+                let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+            }
+        }
+    })
+    .await;
+    (addr, counter, switch)
+}

@@ -1,0 +1,707 @@
+//! The fallback cache: what it stores, what it serves, when, and what it reports. Over the
+//! in-memory transport in paused time, except the round trip through a real server.
+
+mod support;
+
+use std::io;
+use std::time::Duration;
+
+use palisade::bulkhead::Bulkhead;
+use palisade::fallback::{FallbackCache, FallbackReason};
+use palisade::rate_limit::RateLimit;
+use palisade::{Client, ClientBuilder, ErrorKind, ResponseExt};
+use support::{ms, secs, Events, Mock, Step};
+
+const URL: &str = "http://api.test/items/1";
+
+fn ok(headers: &[(&'static str, &str)], body: &str) -> Step {
+    Step::Full(
+        200,
+        headers.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        body.as_bytes().to_vec(),
+    )
+}
+
+/// A client with a fallback cache and nothing else that could move time or refuse calls.
+fn client(mock: &Mock, cfg: FallbackCache) -> Client {
+    client_with(mock, cfg, |b| b)
+}
+
+fn client_with(
+    mock: &Mock,
+    cfg: FallbackCache,
+    f: impl FnOnce(ClientBuilder) -> ClientBuilder,
+) -> Client {
+    mock.client(|b| f(b.no_retry().no_circuit_breaker().fallback_cache(cfg)))
+}
+
+/// Sends a GET with these headers; panics on an `Err`.
+async fn get(c: &Client, headers: &[(&'static str, &str)]) -> reqwest::Response {
+    let mut rb = c.get(URL);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    rb.send().await.expect("a response")
+}
+
+/// Stores a 200 with `headers` and body `stored`, then makes the server fail with 503: what
+/// does the next request get?
+async fn stored_then_503(
+    cfg: FallbackCache,
+    headers: &[(&'static str, &str)],
+    after: Duration,
+) -> reqwest::Response {
+    let mock = Mock::always(ok(headers, "stored"));
+    let c = client(&mock, cfg);
+    assert_eq!(get(&c, &[]).await.text().await.unwrap(), "stored");
+    mock.set(Step::Status(503));
+    tokio::time::advance(after).await;
+    get(&c, &[]).await
+}
+
+fn served(resp: &reqwest::Response) -> bool {
+    resp.fallback().is_some()
+}
+
+#[tokio::test(start_paused = true)]
+async fn serves_the_stored_response_with_a_growing_age() {
+    let mock = Mock::always(ok(
+        &[("content-type", "application/json"), ("etag", "\"v1\"")],
+        "{\"id\":1}",
+    ));
+    let events = Events::default();
+    let c = client_with(&mock, FallbackCache::default(), |b| {
+        b.on_event(events.hook())
+    });
+    let first = get(&c, &[]).await;
+    assert!(!served(&first));
+    let first_headers = first.headers().clone();
+    assert_eq!(first.text().await.unwrap(), "{\"id\":1}");
+
+    mock.set(Step::Status(503));
+    tokio::time::advance(secs(42)).await;
+    let resp = get(&c, &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.url().as_str(), URL);
+    let info = resp.fallback().expect("served from the store");
+    assert_eq!(info.age(), Some(secs(42)));
+    assert_eq!(
+        info.reason(),
+        FallbackReason::ServerError(503.try_into().unwrap())
+    );
+    assert!(!info.is_static());
+    assert_eq!(resp.headers()["age"], "42");
+    let mut without_age = resp.headers().clone();
+    without_age.remove("age");
+    assert_eq!(without_age, first_headers);
+    assert_eq!(resp.text().await.unwrap(), "{\"id\":1}");
+
+    tokio::time::advance(ms(10_500)).await;
+    let resp = get(&c, &[]).await;
+    assert_eq!(resp.headers()["age"], "52");
+    assert_eq!(resp.fallback().unwrap().age(), Some(ms(52_500)));
+    assert_eq!(events.count("Fallback"), 2, "{:?}", events.all());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stored_age_starts_from_the_response_age_header() {
+    let resp = stored_then_503(FallbackCache::default(), &[("age", "100")], secs(5)).await;
+    assert_eq!(resp.headers()["age"], "105");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_success_is_never_replaced() {
+    let mock = Mock::always(ok(&[], "v1"));
+    let c = client(&mock, FallbackCache::default());
+    get(&c, &[]).await;
+    mock.set(ok(&[], "v2"));
+    let resp = get(&c, &[]).await;
+    assert!(!served(&resp));
+    assert_eq!(resp.text().await.unwrap(), "v2");
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_store_is_never_stored() {
+    let resp = stored_then_503(
+        FallbackCache::default(),
+        &[("cache-control", "max-age=60, no-store")],
+        secs(1),
+    )
+    .await;
+    assert_eq!(resp.status(), 503);
+    assert!(!served(&resp));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_saying_no_store_is_not_stored() {
+    let mock = Mock::always(ok(&[], "x"));
+    let c = client(&mock, FallbackCache::default());
+    get(&c, &[("cache-control", "no-store")]).await;
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[]).await.status(), 503);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_saying_no_cache_is_not_served() {
+    let mock = Mock::always(ok(&[], "x"));
+    let c = client(&mock, FallbackCache::default());
+    get(&c, &[]).await;
+    mock.set(Step::Status(503));
+    assert_eq!(
+        get(&c, &[("cache-control", "no-cache")]).await.status(),
+        503
+    );
+    assert!(served(&get(&c, &[]).await));
+}
+
+#[tokio::test(start_paused = true)]
+async fn private_is_stored_only_when_opted_in() {
+    let h = [("cache-control", "private, max-age=60")];
+    let resp = stored_then_503(FallbackCache::default(), &h, secs(1)).await;
+    assert_eq!(resp.status(), 503);
+    let resp = stored_then_503(FallbackCache::default().store_private(true), &h, secs(1)).await;
+    assert!(served(&resp));
+}
+
+#[tokio::test(start_paused = true)]
+async fn set_cookie_is_stored_only_when_private_is_opted_in() {
+    let h = [("set-cookie", "session=abc")];
+    let resp = stored_then_503(FallbackCache::default(), &h, secs(1)).await;
+    assert_eq!(resp.status(), 503);
+    let resp = stored_then_503(FallbackCache::default().store_private(true), &h, secs(1)).await;
+    assert!(served(&resp));
+}
+
+/// Stores with request headers `req`, response headers `h`, then fails the same request.
+async fn credentialed(
+    cfg: FallbackCache,
+    req: (&'static str, &str),
+    h: &[(&'static str, &str)],
+) -> bool {
+    let mock = Mock::always(ok(h, "secret"));
+    let c = client(&mock, cfg);
+    get(&c, &[req]).await;
+    mock.set(Step::Status(503));
+    served(&get(&c, &[req]).await)
+}
+
+#[tokio::test(start_paused = true)]
+async fn authorization_needs_public_or_an_opt_in() {
+    let auth = ("authorization", "Bearer t0ken");
+    assert!(!credentialed(FallbackCache::default(), auth, &[]).await);
+    assert!(
+        credentialed(
+            FallbackCache::default(),
+            auth,
+            &[("cache-control", "public")]
+        )
+        .await
+    );
+    let opted = FallbackCache::default().store_with_credentials(true);
+    assert!(credentialed(opted, auth, &[]).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cookie_needs_public_or_an_opt_in() {
+    let cookie = ("cookie", "session=abc");
+    assert!(!credentialed(FallbackCache::default(), cookie, &[]).await);
+    assert!(
+        credentialed(
+            FallbackCache::default(),
+            cookie,
+            &[("cache-control", "public")]
+        )
+        .await
+    );
+    let opted = FallbackCache::default().store_with_credentials(true);
+    assert!(credentialed(opted, cookie, &[]).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn vary_keeps_users_apart() {
+    let mock = Mock::default();
+    let c = client(&mock, FallbackCache::default());
+    mock.set(ok(&[("vary", "Accept-Language")], "hello"));
+    get(&c, &[("accept-language", "en")]).await;
+    mock.set(ok(&[("vary", "Accept-Language")], "bonjour"));
+    get(&c, &[("accept-language", "fr")]).await;
+
+    mock.set(Step::Status(503));
+    let en = get(&c, &[("accept-language", "en")]).await;
+    assert_eq!(en.text().await.unwrap(), "hello");
+    let fr = get(&c, &[("accept-language", "fr")]).await;
+    assert_eq!(fr.text().await.unwrap(), "bonjour");
+    let de = get(&c, &[("accept-language", "de")]).await;
+    assert_eq!(de.status(), 503, "no variant stored for de");
+    let none = get(&c, &[]).await;
+    assert_eq!(none.status(), 503, "no variant stored without the header");
+}
+
+#[tokio::test(start_paused = true)]
+async fn vary_star_is_never_stored() {
+    let resp = stored_then_503(FallbackCache::default(), &[("vary", "*")], secs(1)).await;
+    assert_eq!(resp.status(), 503);
+}
+
+#[tokio::test(start_paused = true)]
+async fn must_revalidate_is_served_only_while_fresh() {
+    for (cc, at, expect) in [
+        ("max-age=10, must-revalidate", ms(9_999), true),
+        ("max-age=10, must-revalidate", secs(10), false),
+        ("max-age=10, proxy-revalidate", secs(11), false),
+        ("s-maxage=10", secs(11), false),
+        ("max-age=10", secs(11), true),
+    ] {
+        let resp = stored_then_503(FallbackCache::default(), &[("cache-control", cc)], at).await;
+        assert_eq!(served(&resp), expect, "{cc} at {at:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_cache_is_never_served() {
+    let h = [("cache-control", "max-age=60, no-cache")];
+    let resp = stored_then_503(FallbackCache::default(), &h, secs(1)).await;
+    assert_eq!(resp.status(), 503);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_window_edges() {
+    let cc = [("cache-control", "max-age=10, stale-if-error=30")];
+    for (at, expect) in [
+        (secs(40), true),
+        (secs(40) + ms(1), false),
+        (secs(25), true),
+    ] {
+        let resp = stored_then_503(FallbackCache::default(), &cc, at).await;
+        assert_eq!(served(&resp), expect, "at {at:?}");
+    }
+    // stale-if-error wins over max_staleness, both ways.
+    let long = FallbackCache::default().max_staleness(secs(3600));
+    let resp = stored_then_503(long, &cc, secs(41)).await;
+    assert!(!served(&resp));
+    let short = FallbackCache::default().max_staleness(secs(1));
+    let resp = stored_then_503(short, &cc, secs(40)).await;
+    assert!(served(&resp));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_staleness_edges() {
+    for (at, expect) in [(secs(300), true), (secs(300) + ms(1), false)] {
+        let resp = stored_then_503(FallbackCache::default(), &[], at).await;
+        assert_eq!(served(&resp), expect, "at {at:?}");
+    }
+    let cfg = FallbackCache::default().max_staleness(secs(60));
+    let h = [("cache-control", "max-age=30")];
+    assert!(served(&stored_then_503(cfg.clone(), &h, secs(90)).await));
+    assert!(!served(&stored_then_503(cfg, &h, secs(91)).await));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_entry_bytes_by_content_length() {
+    let cfg = FallbackCache::default().max_entry_bytes(8);
+    let mock = Mock::always(Step::Full(200, vec![], b"12345678".to_vec()));
+    let c = client(&mock, cfg.clone());
+    get(&c, &[]).await;
+    mock.set(Step::Status(503));
+    assert!(served(&get(&c, &[]).await), "8 bytes fit");
+
+    let mock = Mock::always(Step::Full(200, vec![], b"123456789".to_vec()));
+    let c = client(&mock, cfg);
+    assert_eq!(get(&c, &[]).await.text().await.unwrap(), "123456789");
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[]).await.status(), 503, "9 bytes do not");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_without_length_over_the_limit_streams_on_and_is_not_stored() {
+    let cfg = FallbackCache::default().max_entry_bytes(8);
+    let chunks = vec![
+        b"1234".to_vec(),
+        b"5678".to_vec(),
+        b"9abc".to_vec(),
+        b"def".to_vec(),
+    ];
+    let mock = Mock::always(Step::Chunks(200, vec![], chunks, false));
+    let c = client(&mock, cfg.clone());
+    let resp = get(&c, &[]).await;
+    assert_eq!(resp.text().await.unwrap(), "123456789abcdef");
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[]).await.status(), 503);
+
+    // At the limit exactly, in chunks: stored, and joined.
+    let mock = Mock::always(Step::Chunks(
+        200,
+        vec![],
+        vec![b"1234".to_vec(), b"5678".to_vec()],
+        false,
+    ));
+    let c = client(&mock, cfg);
+    assert_eq!(get(&c, &[]).await.text().await.unwrap(), "12345678");
+    mock.set(Step::Status(503));
+    let resp = get(&c, &[]).await;
+    assert!(served(&resp));
+    assert_eq!(resp.text().await.unwrap(), "12345678");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_that_is_not_stored_is_not_buffered() {
+    // The body never ends: buffering it would hold the caller until the total timeout.
+    let chunks = vec![b"first".to_vec()];
+    let h = vec![("cache-control", "no-store".to_owned())];
+    let mock = Mock::always(Step::Chunks(200, h, chunks, true));
+    let c = client(&mock, FallbackCache::default());
+    let start = tokio::time::Instant::now();
+    let mut resp = get(&c, &[]).await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"first");
+}
+
+#[tokio::test(start_paused = true)]
+async fn buffering_a_body_stops_at_the_total_timeout() {
+    let mock = Mock::always(Step::Chunks(200, vec![], vec![b"part".to_vec()], true));
+    let c = client_with(&mock, FallbackCache::default(), |b| {
+        b.total_timeout(secs(5)).attempt_timeout(secs(1))
+    });
+    let start = tokio::time::Instant::now();
+    let err = c.get(URL).send().await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(err.timeout_kind(), Some(palisade::TimeoutKind::Total));
+    assert_eq!(start.elapsed(), secs(5));
+
+    // A request's own timeout comes first; with something stored, the failure is answered.
+    mock.set(ok(&[], "good"));
+    get(&c, &[]).await;
+    mock.set(Step::Chunks(200, vec![], vec![b"part".to_vec()], true));
+    let start = tokio::time::Instant::now();
+    let resp = c.get(URL).timeout(secs(2)).send().await.unwrap();
+    assert_eq!(start.elapsed(), secs(2));
+    assert_eq!(resp.fallback().unwrap().reason(), FallbackReason::Timeout);
+    assert_eq!(resp.text().await.unwrap(), "good");
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_errors_are_never_replaced() {
+    for status in [400, 404, 408, 429] {
+        let mock = Mock::always(ok(&[], "x"));
+        let c = client(&mock, FallbackCache::default());
+        get(&c, &[]).await;
+        mock.set(Step::Status(status));
+        let resp = get(&c, &[]).await;
+        assert_eq!(resp.status(), status);
+        assert!(!served(&resp));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_kind_of_failure_is_served_and_can_be_switched_off() {
+    // Server error.
+    let off = FallbackCache::default().serve_on_server_error(false);
+    assert_eq!(stored_then_503(off, &[], secs(1)).await.status(), 503);
+
+    // Timeout (attempt timeout) and network failure.
+    for (step, reason) in [
+        (Step::Hang, FallbackReason::Timeout),
+        (
+            Step::Fail(io::ErrorKind::ConnectionReset),
+            FallbackReason::Network,
+        ),
+        (
+            Step::Fail(io::ErrorKind::ConnectionRefused),
+            FallbackReason::Network,
+        ),
+    ] {
+        for on in [true, false] {
+            let cfg = FallbackCache::default()
+                .serve_on_timeout(on)
+                .serve_on_network_error(on);
+            let mock = Mock::always(ok(&[], "x"));
+            let c = client_with(&mock, cfg, |b| b.attempt_timeout(secs(1)));
+            get(&c, &[]).await;
+            mock.set(step.clone());
+            let res = c.get(URL).send().await;
+            match res {
+                Ok(r) if on => assert_eq!(r.fallback().unwrap().reason(), reason),
+                Err(e) if !on => {
+                    assert!(e.is_timeout() || e.is_connect() || e.kind() == ErrorKind::Transport)
+                }
+                other => panic!("{step:?} on={on}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejections_are_served_and_can_be_switched_off() {
+    for on in [true, false] {
+        // Open circuit.
+        let mock = Mock::always(ok(&[], "x"));
+        let cfg = FallbackCache::default().serve_on_circuit_open(on);
+        let c = mock.client(|b| b.no_retry().fallback_cache(cfg));
+        get(&c, &[]).await;
+        c.circuit_breaker().unwrap().isolate(URL);
+        let res = c.get(URL).send().await;
+        assert_eq!(mock.calls(), 1);
+        match res {
+            Ok(r) => {
+                assert!(on);
+                let info = r.fallback().unwrap();
+                assert_eq!(info.reason(), FallbackReason::CircuitOpen);
+                assert_eq!(r.attempts(), 1, "as the error would have said");
+            }
+            Err(e) => assert!(!on && e.is_circuit_open()),
+        }
+
+        // Rate limit: one call per minute, no waiting.
+        let cfg = FallbackCache::default().serve_on_rate_limited(on);
+        let limit = RateLimit::per_minute(1).burst(1).fail_fast();
+        let mock = Mock::always(ok(&[], "x"));
+        let c = client_with(&mock, cfg, |b| b.rate_limit(limit));
+        get(&c, &[]).await;
+        match c.get(URL).send().await {
+            Ok(r) => assert!(on && r.fallback().unwrap().reason() == FallbackReason::RateLimited),
+            Err(e) => assert!(!on && e.is_rate_limited(), "{e:?}"),
+        }
+
+        // Full bulkhead.
+        let cfg = FallbackCache::default().serve_on_bulkhead_full(on);
+        let mock = Mock::always(ok(&[], "x"));
+        let c = client_with(&mock, cfg, |b| b.bulkhead(Bulkhead::new(1)));
+        get(&c, &[]).await;
+        mock.set(Step::Hang);
+        let held = tokio::spawn({
+            let c = c.clone();
+            async move { c.get(URL).send().await }
+        });
+        tokio::task::yield_now().await;
+        match c.get(URL).send().await {
+            Ok(r) => assert!(on && r.fallback().unwrap().reason() == FallbackReason::BulkheadFull),
+            Err(e) => assert!(!on && e.is_bulkhead_full(), "{e:?}"),
+        }
+        held.abort();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_attempts_made_are_reported_on_a_served_response() {
+    let mock = Mock::always(ok(&[], "x"));
+    let retry = support::exact(ms(100), secs(1));
+    let c = mock.client(|b| {
+        b.retry(retry)
+            .no_circuit_breaker()
+            .fallback_cache(FallbackCache::default())
+    });
+    get(&c, &[]).await;
+    mock.set(Step::Status(503));
+    let resp = get(&c, &[]).await;
+    assert!(served(&resp));
+    assert_eq!(resp.attempts(), 3);
+    assert_eq!(mock.calls(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_static_fallback_answers_what_nothing_stored_can() {
+    let cfg = FallbackCache::default().static_fallback(|req| {
+        assert_eq!(req.headers()["x-user"], "7");
+        (req.url().path() == "/items/1").then(|| http::Response::new(reqwest::Body::from("[]")))
+    });
+    let mock = Mock::always(Step::Status(503));
+    let events = Events::default();
+    let c = client_with(&mock, cfg, |b| b.on_event(events.hook()));
+    let resp = get(&c, &[("x-user", "7")]).await;
+    let info = resp.fallback().expect("static fallback");
+    assert!(info.is_static());
+    assert_eq!(info.age(), None);
+    assert_eq!(resp.url().as_str(), URL);
+    assert_eq!(resp.text().await.unwrap(), "[]");
+    assert_eq!(events.count("Fallback"), 1);
+
+    // Not for a 4xx, and not where the function says None.
+    mock.set(Step::Status(404));
+    assert_eq!(get(&c, &[("x-user", "7")]).await.status(), 404);
+    mock.set(Step::Status(503));
+    let other = c
+        .get("http://api.test/other")
+        .header("x-user", "7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 503);
+
+    // A stored response comes first.
+    mock.set(ok(&[], "stored"));
+    get(&c, &[("x-user", "7")]).await;
+    mock.set(Step::Status(503));
+    let resp = get(&c, &[("x-user", "7")]).await;
+    assert!(!resp.fallback().unwrap().is_static());
+    assert_eq!(resp.text().await.unwrap(), "stored");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_successful_unsafe_request_voids_the_stored_response() {
+    let mock = Mock::always(ok(&[], "before"));
+    let c = client(&mock, FallbackCache::default());
+    get(&c, &[]).await;
+
+    // A failed DELETE changes nothing.
+    mock.set(Step::Status(503));
+    c.delete(URL).send().await.unwrap();
+    assert!(served(&get(&c, &[]).await));
+
+    mock.set(Step::Status(204));
+    c.delete(URL).send().await.unwrap();
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[]).await.status(), 503);
+
+    // A later success is stored again.
+    mock.set(ok(&[], "after"));
+    get(&c, &[]).await;
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[]).await.text().await.unwrap(), "after");
+}
+
+#[tokio::test(start_paused = true)]
+async fn head_is_stored_apart_and_served_without_a_body() {
+    let mock = Mock::always(Step::Full(
+        200,
+        vec![("content-length", "5".into())],
+        vec![],
+    ));
+    let c = client(&mock, FallbackCache::default());
+    c.head(URL).send().await.unwrap();
+    mock.set(Step::Status(503));
+    let resp = c.head(URL).send().await.unwrap();
+    assert!(served(&resp));
+    assert_eq!(resp.headers()["content-length"], "5");
+    assert_eq!(
+        get(&c, &[]).await.status(),
+        503,
+        "a HEAD does not answer a GET"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_function_replaces_the_url() {
+    let cfg = FallbackCache::default().key_fn(|req| {
+        let mut u = req.url().clone();
+        u.set_query(None);
+        (u.path() != "/private").then(|| u.to_string())
+    });
+    let mock = Mock::always(ok(&[], "x"));
+    let c = client(&mock, cfg);
+    c.get("http://api.test/items?cb=1").send().await.unwrap();
+    c.get("http://api.test/private").send().await.unwrap();
+    mock.set(Step::Status(503));
+    let resp = c.get("http://api.test/items?cb=2").send().await.unwrap();
+    assert!(served(&resp));
+    assert_eq!(
+        resp.url().as_str(),
+        "http://api.test/items?cb=1",
+        "the stored URL"
+    );
+    let resp = c.get("http://api.test/private").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_the_store_and_the_handle_reports_it() {
+    let mock = Mock::always(Step::Full(200, vec![], vec![b'x'; 1000]));
+    let c = client(&mock, FallbackCache::default());
+    get(&c, &[]).await;
+    let handle = c.fallback_cache().unwrap();
+    handle.sync();
+    assert_eq!(handle.entry_count(), 1);
+    assert!(
+        handle.stored_bytes() >= 1000 && handle.stored_bytes() < 2000,
+        "{handle:?}"
+    );
+    mock.set(Step::Status(503));
+    assert!(served(&get(&c.clone(), &[]).await));
+    handle.clear();
+    handle.sync();
+    assert_eq!(handle.entry_count(), 0);
+    assert_eq!(get(&c, &[]).await.status(), 503);
+    assert!(Mock::default().client(|b| b).fallback_cache().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_configuration_is_a_config_error() {
+    let build = |cfg| Client::builder().fallback_cache(cfg).build();
+    let e = build(FallbackCache::default().max_entry_bytes(0)).unwrap_err();
+    assert_eq!(e.field(), "fallback_cache.max_entry_bytes");
+    let e = build(FallbackCache::default().max_bytes(10)).unwrap_err();
+    assert_eq!(e.field(), "fallback_cache.max_bytes");
+}
+
+/// The round trip over real sockets: a wiremock server answers 200, then 503; then the
+/// connection is reset. Real time for the traffic; then paused time shows the `Age` growing.
+#[tokio::test]
+async fn round_trip_through_a_real_server_200_then_503_then_reset() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock as Route, MockServer, ResponseTemplate};
+
+    let server = MockServer::start().await;
+    let body = b"{\"name\":\"widget\",\"price\":\"12.50\"}\n".to_vec();
+    Route::given(method("GET"))
+        .and(path("/items/1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "application/json")
+                .insert_header("cache-control", "max-age=0, stale-if-error=600")
+                .insert_header("x-request-id", "r-1")
+                .set_body_bytes(body.clone()),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Route::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let (proxy, _accepted, reset) = support::net::resetting_proxy(*server.address()).await;
+
+    // No timers, so paused time cannot skip ahead while a socket is waited on.
+    let c = Client::builder()
+        .http_client_builder(reqwest::Client::builder().pool_max_idle_per_host(0))
+        .no_total_timeout()
+        .no_attempt_timeout()
+        .no_retry()
+        .no_circuit_breaker()
+        .fallback_cache(FallbackCache::default())
+        .build()
+        .unwrap();
+    let url = format!("http://{proxy}/items/1");
+
+    let first = c.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first_headers = first.headers().clone();
+    let first_body = first.bytes().await.unwrap();
+    assert_eq!(&first_body[..], &body[..]);
+
+    tokio::time::pause();
+    tokio::time::advance(secs(30)).await;
+    let second = c.get(&url).send().await.unwrap();
+    let info = second.fallback().expect("served after the 503");
+    assert_eq!(
+        info.reason(),
+        FallbackReason::ServerError(503.try_into().unwrap())
+    );
+    let age1: u64 = second.headers()["age"].to_str().unwrap().parse().unwrap();
+    assert!((30..=31).contains(&age1), "age {age1}");
+    let mut h = second.headers().clone();
+    h.remove("age");
+    assert_eq!(h, first_headers, "headers as first received");
+    assert_eq!(
+        second.bytes().await.unwrap(),
+        first_body,
+        "body byte-identical"
+    );
+
+    reset.on();
+    tokio::time::advance(secs(60)).await;
+    let third = c.get(&url).send().await.unwrap();
+    assert_eq!(third.fallback().unwrap().reason(), FallbackReason::Network);
+    let age2: u64 = third.headers()["age"].to_str().unwrap().parse().unwrap();
+    assert_eq!(age2, age1 + 60, "Age grows with time");
+    assert_eq!(third.bytes().await.unwrap(), first_body);
+}
