@@ -305,7 +305,7 @@ fn trim_ows(s: &[u8]) -> &[u8] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use http::HeaderValue;
     use proptest::prelude::*;
@@ -609,7 +609,7 @@ mod tests {
     ];
 
     /// `name` with each letter's case chosen at random.
-    fn random_case(name: &'static str) -> impl Strategy<Value = String> {
+    pub(in crate::fallback) fn random_case(name: &'static str) -> impl Strategy<Value = String> {
         proptest::collection::vec(any::<bool>(), name.len()).prop_map(move |upper| {
             name.chars()
                 .zip(upper)
@@ -651,7 +651,9 @@ mod tests {
     }
 
     /// A directive named by `name`, with random whitespace and argument.
-    fn directive(name: impl Strategy<Value = String>) -> impl Strategy<Value = String> {
+    pub(in crate::fallback) fn directive(
+        name: impl Strategy<Value = String>,
+    ) -> impl Strategy<Value = String> {
         (ows(), name, ows(), argument(), ows(), ows()).prop_map(|(a, name, b, arg, c, d)| match arg
         {
             Some(arg) => format!("{a}{name}{b}={c}{arg}{d}"),
@@ -660,7 +662,7 @@ mod tests {
     }
 
     /// A random list element: a known or unknown directive, or blank.
-    fn element() -> impl Strategy<Value = String> {
+    pub(in crate::fallback) fn element() -> impl Strategy<Value = String> {
         prop_oneof![
             4 => directive(proptest::sample::select(&KNOWN[..]).prop_flat_map(random_case)),
             4 => directive("[a-zA-Z][a-zA-Z0-9-]{0,10}"),

@@ -162,6 +162,7 @@ pub(crate) fn initial_age(headers: &HeaderMap, response_delay: Duration) -> Dura
 
 #[cfg(test)]
 mod tests {
+    use super::super::cache_control::tests as cc_tests;
     use super::*;
     use http::HeaderValue;
 
@@ -303,6 +304,54 @@ mod tests {
             Duration::ZERO,
         );
         assert_eq!(a, Duration::ZERO);
+    }
+
+    proptest::proptest! {
+        /// Whatever else the header says, around it, and whoever asks: a response with a valid
+        /// `no-store` directive is never stored.
+        #[test]
+        fn no_store_anywhere_is_never_stored(
+            mut elements in proptest::collection::vec(cc_tests::element(), 0..8),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            no_store in cc_tests::directive(cc_tests::random_case("no-store")),
+            second_line in proptest::prelude::any::<bool>(),
+            private in proptest::prelude::any::<bool>(),
+            credentials in proptest::prelude::any::<bool>(),
+        ) {
+            let at = at.index(elements.len() + 1);
+            elements.insert(at, no_store);
+            let mut headers = HeaderMap::new();
+            if second_line {
+                // The directive on a line of its own, after the others.
+                let last = elements.remove(at);
+                headers.append("cache-control", HeaderValue::from_str(&elements.join(",")).unwrap());
+                headers.append("cache-control", HeaderValue::from_str(&last).unwrap());
+            } else {
+                headers.append("cache-control", HeaderValue::from_str(&elements.join(",")).unwrap());
+            }
+            let cfg = FallbackCache::default()
+                .store_private(private)
+                .store_with_credentials(credentials);
+            proptest::prop_assert!(plan(&cfg, &get(), StatusCode::OK, &headers).is_none(), "{:?}", headers);
+        }
+
+        /// Any bytes in the headers that decide: no panic.
+        #[test]
+        fn any_header_bytes_never_panic(
+            cc in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+            other in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let mut headers = HeaderMap::new();
+            for name in ["cache-control", "vary", "age", "date", "expires"] {
+                let bytes = if name == "cache-control" { &cc } else { &other };
+                if let Ok(v) = HeaderValue::from_bytes(bytes) {
+                    headers.append(name, v);
+                }
+            }
+            let _ = plan(&FallbackCache::default(), &get(), StatusCode::OK, &headers);
+            let _ = initial_age(&headers, Duration::from_secs(1));
+            let _ = RequestFacts::of(&Method::GET, &headers);
+        }
     }
 
     #[test]

@@ -143,7 +143,10 @@ fn run_for(
     Box::pin(async move {
         let resp = run(step).await?;
         let (mut parts, body) = http::Response::<reqwest::Body>::from(resp).into_parts();
-        let carrier = http::Response::builder().url(url).body(()).expect("a response");
+        let carrier = http::Response::builder()
+            .url(url)
+            .body(())
+            .expect("a response");
         parts.extensions.extend(carrier.into_parts().0.extensions);
         Ok(Response::from(http::Response::from_parts(parts, body)))
     })
