@@ -1,8 +1,9 @@
 //! palisade: a resilience client for HTTP.
 //!
 //! palisade wraps a [`reqwest::Client`] and puts every request through a pipeline of stages:
-//! a total timeout, a bulkhead, retry (exponential backoff with jitter, `Retry-After`, a retry
-//! budget), a circuit breaker per host, a rate limiter and an attempt timeout. Each stage asks one [`Classifier`] what an outcome means — success,
+//! a fallback cache, a total timeout, a bulkhead, retry (exponential backoff with jitter,
+//! `Retry-After`, a retry budget), a circuit breaker per host, a rate limiter and an attempt
+//! timeout. Each stage asks one [`Classifier`] what an outcome means — success,
 //! client error (4xx), throttled (429), server error (5xx), timeout, network failure — and
 //! acts on that class.
 //!
@@ -33,9 +34,12 @@
 //! Outermost first (a request flows down, a response up):
 //!
 //! ```text
-//! TotalTimeout → Bulkhead → Retry(+budget) → CircuitBreaker → RateLimit → AttemptTimeout → reqwest
+//! FallbackCache → TotalTimeout → Bulkhead → Retry(+budget) → CircuitBreaker → RateLimit → AttemptTimeout → reqwest
 //! ```
 //!
+//! The [`fallback`] cache (opt-in, [`ClientBuilder::fallback_cache`]) sees the final outcome,
+//! a total timeout included, and answers a failure with the last good response it was allowed
+//! to store.
 //! The total timeout bounds every attempt and every backoff sleep, and no attempt starts after
 //! it; the retry stage does not wait for a `Retry-After` that points past it. Retries happen
 //! outside the breaker, so an open circuit stops them; every attempt takes a rate-limit token,
