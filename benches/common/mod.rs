@@ -1,4 +1,5 @@
 //! What the benches share: the in-memory transport, the runtimes, and the two-task driver.
+#![allow(dead_code)] // each bench binary uses part of it
 
 use std::future::Future;
 use std::hint::black_box;
