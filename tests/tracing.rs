@@ -58,3 +58,39 @@ async fn tracing_has_a_span_per_request_and_an_event_per_attempt_without_secrets
         assert!(!out.contains(secret), "{secret} leaked: {out}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_served_fallback_is_an_info_event() {
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mock = Mock::always(Step::Full(200, vec![], b"ok".to_vec()));
+    let client = mock.client(|b| {
+        b.no_retry()
+            .fallback_cache(palisade::fallback::FallbackCache::default())
+    });
+    let url = "http://api.test/x?token=s3cret";
+    client.get(url).send().await.unwrap();
+    mock.set(Step::Status(503));
+    tokio::time::advance(std::time::Duration::from_secs(7)).await;
+    client.get(url).send().await.unwrap();
+
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.contains("served a fallback response"))
+        .unwrap_or_else(|| panic!("no fallback event: {out}"));
+    assert!(line.contains("INFO"), "{line}");
+    assert!(
+        line.contains("fallback.reason=server error (503)"),
+        "{line}"
+    );
+    assert!(line.contains("fallback.age_s=7"), "{line}");
+    assert!(!out.contains("s3cret"), "{out}");
+}
