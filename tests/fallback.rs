@@ -705,3 +705,301 @@ async fn round_trip_through_a_real_server_200_then_503_then_reset() {
     assert_eq!(age2, age1 + 60, "Age grows with time");
     assert_eq!(third.bytes().await.unwrap(), first_body);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Proposed additions (mutation-testing gaps).
+
+/// A body that announces `len` bytes (an exact size hint, as a `Content-Length` gives), sends
+/// `first`, then fails (`fail`) or never goes on.
+struct Announced {
+    len: u64,
+    first: Option<bytes::Bytes>,
+    fail: bool,
+}
+
+impl http_body::Body for Announced {
+    type Data = bytes::Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
+        use std::task::Poll;
+        match self.first.take() {
+            Some(c) => Poll::Ready(Some(Ok(http_body::Frame::data(c)))),
+            None if self.fail => Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "cut short",
+            )))),
+            None => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
+}
+
+fn announced(len: u64, first: &'static [u8], fail: bool) -> reqwest::Response {
+    let body = reqwest::Body::wrap(Announced {
+        len,
+        first: Some(bytes::Bytes::from_static(first)),
+        fail,
+    });
+    reqwest::Response::from(http::Response::new(body))
+}
+
+/// A client (fallback cache, no retry, no breaker) whose transport answers call `n` (from 0)
+/// with `answer(n)`.
+fn client_over(
+    cfg: FallbackCache,
+    f: impl FnOnce(ClientBuilder) -> ClientBuilder,
+    answer: impl Fn(usize) -> reqwest::Response + Send + Sync + 'static,
+) -> Client {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let answer = Arc::new(answer);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let transport = tower::service_fn(move |_req: reqwest::Request| {
+        let resp = answer(calls.fetch_add(1, Ordering::SeqCst));
+        async move { Ok::<_, palisade::Error>(resp) }
+    });
+    f(Client::builder()
+        .transport(transport)
+        .no_retry()
+        .no_circuit_breaker()
+        .fallback_cache(cfg))
+    .build()
+    .unwrap()
+}
+
+// Kills M8a (Content-Length check removed from `Call::plan`).
+#[tokio::test(start_paused = true)]
+async fn a_body_announced_too_large_is_handed_on_unread() {
+    // 100 bytes announced, 4 sent, the rest never comes: reading it to store it would hold
+    // the caller until the total timeout.
+    let c = client_over(
+        FallbackCache::default().max_entry_bytes(8),
+        |b| b.total_timeout(secs(5)).attempt_timeout(secs(1)),
+        |_| announced(100, b"1234", false),
+    );
+    let start = tokio::time::Instant::now();
+    let mut resp = c.get(URL).send().await.expect("handed on at once");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(resp.content_length(), Some(100));
+    assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"1234");
+}
+
+// Kills M8d (read the whole body, then refuse it).
+#[tokio::test(start_paused = true)]
+async fn a_body_without_length_is_handed_on_as_soon_as_it_passes_the_limit() {
+    let cfg = FallbackCache::default().max_entry_bytes(8);
+    let chunks = vec![b"12345".to_vec(), b"6789".to_vec()];
+    // The body never ends: past 8 bytes the caller must get it, not wait for its end.
+    let mock = Mock::always(Step::Chunks(200, vec![], chunks, true));
+    let c = client_with(&mock, cfg, |b| {
+        b.total_timeout(secs(5)).attempt_timeout(secs(1))
+    });
+    let start = tokio::time::Instant::now();
+    let mut resp = get(&c, &[]).await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"12345");
+    assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"6789");
+}
+
+// Kills O4 (a body error while storing is not answered from the store).
+#[tokio::test(start_paused = true)]
+async fn a_body_cut_short_while_being_stored_is_answered_as_a_network_failure() {
+    let c = client_over(
+        FallbackCache::default(),
+        |b| b,
+        |n| match n {
+            0 => support::response(200, &[], b"good".to_vec()),
+            _ => announced(10, b"12345", true),
+        },
+    );
+    assert_eq!(
+        c.get(URL).send().await.unwrap().text().await.unwrap(),
+        "good"
+    );
+    let resp = c.get(URL).send().await.expect("answered from the store");
+    assert_eq!(resp.fallback().unwrap().reason(), FallbackReason::Network);
+    assert_eq!(resp.text().await.unwrap(), "good");
+}
+
+// Kills M9b (plan ignores the classifier), and pins the 4xx guard for a classifier that calls
+// a 4xx a failure (M9a is otherwise killed only through the default 408/429 classes).
+#[tokio::test(start_paused = true)]
+async fn the_classifier_decides_what_is_stored_but_never_replaces_a_4xx() {
+    use palisade::classify::{Classifier, FailureClass};
+    let classifier = Classifier::from_fn(|o| match (o.status(), o.headers()) {
+        (_, Some(h)) if h.contains_key("x-error") => FailureClass::ServerError,
+        (Some(s), _) if s == 404 => FailureClass::ServerError,
+        _ => Classifier::default_class(o),
+    });
+    let mock = Mock::always(ok(&[], "good"));
+    let c = client_with(&mock, FallbackCache::default(), |b| {
+        b.classifier(classifier)
+    });
+    get(&c, &[]).await;
+    // A 200 the classifier calls a failure: not stored, and answered from the store.
+    mock.set(ok(&[("x-error", "1")], "bad"));
+    let resp = get(&c, &[]).await;
+    assert!(served(&resp));
+    assert_eq!(resp.text().await.unwrap(), "good");
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[]).await.text().await.unwrap(), "good");
+    // A 404, failure or not, is an answer.
+    mock.set(Step::Status(404));
+    let resp = get(&c, &[]).await;
+    assert_eq!(resp.status(), 404);
+    assert!(!served(&resp));
+}
+
+// Kills M10e (recover ignores `cacheable`) for Range; pins Range at the integration level
+// (M10c otherwise killed only by a unit test).
+#[tokio::test(start_paused = true)]
+async fn a_range_request_is_neither_stored_nor_answered_from_the_store() {
+    let mock = Mock::always(ok(&[], "0123456789"));
+    let c = client(&mock, FallbackCache::default());
+    get(&c, &[("range", "bytes=0-3")]).await;
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[]).await.status(), 503, "not stored");
+    mock.set(ok(&[], "0123456789"));
+    get(&c, &[]).await;
+    mock.set(Step::Status(503));
+    let resp = get(&c, &[("range", "bytes=0-3")]).await;
+    assert_eq!(
+        resp.status(),
+        503,
+        "a full stored body does not answer a Range"
+    );
+    assert!(!served(&resp));
+}
+
+// Kills M10e (via key_fn) and M11d (an unkeyed unsafe request voids by URL).
+#[tokio::test(start_paused = true)]
+async fn an_unkeyed_request_neither_reads_nor_voids_the_store() {
+    let cfg = FallbackCache::default()
+        .key_fn(|req| (!req.headers().contains_key("x-unkeyed")).then(|| req.url().to_string()));
+    let mock = Mock::always(ok(&[], "x"));
+    let c = client(&mock, cfg);
+    get(&c, &[]).await;
+    mock.set(Step::Status(503));
+    assert_eq!(
+        get(&c, &[("x-unkeyed", "1")]).await.status(),
+        503,
+        "not read"
+    );
+    mock.set(Step::Status(204));
+    c.delete(URL).header("x-unkeyed", "1").send().await.unwrap();
+    mock.set(Step::Status(503));
+    assert!(served(&get(&c, &[]).await), "not voided");
+}
+
+// Kills M11b (< 400 widened to < 500) and a narrowing to < 300.
+#[tokio::test(start_paused = true)]
+async fn only_a_non_error_status_to_an_unsafe_request_voids() {
+    let mock = Mock::always(ok(&[], "kept"));
+    let c = client(&mock, FallbackCache::default());
+    get(&c, &[]).await;
+    for status in [400, 404, 409, 412, 500, 503] {
+        mock.set(Step::Status(status));
+        c.delete(URL).send().await.unwrap();
+    }
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[]).await.text().await.unwrap(), "kept");
+    // 3xx is not an error: it voids.
+    mock.set(Step::Status(303));
+    c.delete(URL).send().await.unwrap();
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[]).await.status(), 503);
+}
+
+// Kills M11c (HEAD not voided) and M11g (only DELETE voids).
+#[tokio::test(start_paused = true)]
+async fn every_unsafe_method_voids_get_and_head() {
+    use reqwest::Method;
+    for (method, status) in [
+        (Method::POST, 200),
+        (Method::PUT, 201),
+        (Method::PATCH, 204),
+        (Method::DELETE, 202),
+    ] {
+        let mock = Mock::always(ok(&[], "x"));
+        let c = client(&mock, FallbackCache::default());
+        get(&c, &[]).await;
+        c.head(URL).send().await.unwrap();
+        mock.set(Step::Status(status));
+        c.request(method.clone(), URL).send().await.unwrap();
+        mock.set(Step::Status(503));
+        assert_eq!(get(&c, &[]).await.status(), 503, "{method} voids the GET");
+        let head = c.head(URL).send().await.unwrap();
+        assert_eq!(head.status(), 503, "{method} voids the HEAD");
+    }
+}
+
+// Kills M11f (a new Vary list forgets the void instant).
+#[tokio::test(start_paused = true)]
+async fn a_voided_variant_stays_void_when_the_vary_list_changes_and_back() {
+    let mock = Mock::default();
+    let c = client(&mock, FallbackCache::default());
+    mock.set(ok(&[("vary", "accept-language")], "en, before the delete"));
+    get(&c, &[("accept-language", "en")]).await;
+    tokio::time::advance(secs(1)).await;
+    mock.set(Step::Status(204));
+    c.delete(URL).send().await.unwrap();
+    tokio::time::advance(secs(1)).await;
+    // The resource stops varying, then varies again.
+    mock.set(ok(&[], "plain"));
+    get(&c, &[]).await;
+    mock.set(ok(&[("vary", "accept-language")], "fr"));
+    get(&c, &[("accept-language", "fr")]).await;
+    mock.set(Step::Status(503));
+    let en = get(&c, &[("accept-language", "en")]).await;
+    assert_eq!(en.status(), 503, "the en variant was voided by the DELETE");
+    let fr = get(&c, &[("accept-language", "fr")]).await;
+    assert_eq!(fr.text().await.unwrap(), "fr");
+}
+
+// Kills M12b (the time the response took is left out of its age).
+#[tokio::test(start_paused = true)]
+async fn the_time_the_response_took_counts_in_its_age() {
+    let mock = Mock::always(Step::after(secs(2), ok(&[], "slow")));
+    let c = client(&mock, FallbackCache::default());
+    get(&c, &[]).await;
+    mock.set(Step::Status(503));
+    tokio::time::advance(secs(5)).await;
+    let resp = get(&c, &[]).await;
+    assert_eq!(resp.headers()["age"], "7");
+    assert_eq!(resp.fallback().unwrap().age(), Some(secs(7)));
+}
+
+// Kills M5c (an absent Vary header keyed like an empty one).
+#[tokio::test(start_paused = true)]
+async fn vary_an_absent_header_and_an_empty_one_are_two_variants() {
+    let mock = Mock::default();
+    let c = client(&mock, FallbackCache::default());
+    mock.set(ok(&[("vary", "accept-language")], "absent"));
+    get(&c, &[]).await;
+    mock.set(ok(&[("vary", "accept-language")], "empty"));
+    get(&c, &[("accept-language", "")]).await;
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[]).await.text().await.unwrap(), "absent");
+    let empty = get(&c, &[("accept-language", "")]).await;
+    assert_eq!(empty.text().await.unwrap(), "empty");
+}
+
+/// The unsafe request and the stored variant share an instant (paused time): what orders them
+/// is which request started first, not the clock.
+#[tokio::test(start_paused = true)]
+async fn a_varied_entry_stored_at_the_instant_of_a_delete_is_voided() {
+    let mock = Mock::always(ok(&[("vary", "accept-language")], "old"));
+    let c = client(&mock, FallbackCache::default());
+    get(&c, &[("accept-language", "en")]).await;
+    mock.set(Step::Status(204));
+    c.delete(URL).send().await.unwrap();
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[("accept-language", "en")]).await.status(), 503);
+}

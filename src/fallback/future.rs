@@ -43,6 +43,8 @@ pub(crate) struct Call {
     keyed: bool,
     start: Instant,
     deadline: Option<Instant>,
+    /// Orders this request against unsafe ones that void the store (0 when not cacheable).
+    seq: u64,
 }
 
 impl Call {
@@ -70,7 +72,13 @@ impl Call {
             .copied()
             .or(shared.cfg.total_timeout)
             .and_then(|t| start.checked_add(t));
+        let seq = if facts.cacheable {
+            shared.store.next_seq()
+        } else {
+            0
+        };
         Box::new(Call {
+            seq,
             method: req.method().clone(),
             url: req.url().clone(),
             custom_key,
@@ -115,9 +123,8 @@ impl Call {
     fn finish(&self, result: Result<Response, Error>) -> Result<Response, Error> {
         match &result {
             Ok(resp) if !self.method.is_safe() && self.keyed && resp.status().as_u16() < 400 => {
-                let now = Instant::now();
                 for m in [Method::GET, Method::HEAD] {
-                    self.shared.store.invalidate(&self.primary(&m), now);
+                    self.shared.store.invalidate(&self.primary(&m));
                 }
                 result
             }
@@ -240,6 +247,7 @@ impl Call {
                     policy::initial_age(resp.headers(), arrived - self.start),
                     plan.freshness,
                     plan.stale_allowance,
+                    self.seq,
                 );
                 if entry.servable_age(arrived).is_some() {
                     let primary = self.primary(&self.method);

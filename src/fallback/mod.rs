@@ -24,6 +24,10 @@
 //!   [`store_private`](FallbackCache::store_private);
 //! - the request carried neither `Authorization` nor `Cookie`, unless the response says
 //!   `public` or [`store_with_credentials`](FallbackCache::store_with_credentials);
+//!   palisade sees the request as it was built, not the headers reqwest adds when it sends it:
+//!   a `reqwest::Client` with `default_headers` holding credentials, or a cookie store, makes
+//!   requests that look anonymous here, so give the fallback cache to such a client only if
+//!   every request it makes acts for the same principal;
 //! - its `Vary` is not `*`;
 //! - its body is at most [`max_entry_bytes`](FallbackCache::max_entry_bytes);
 //! - it could be served some day: its freshness plus its stale allowance is above zero.
@@ -208,6 +212,10 @@ impl FallbackCache {
     /// response does not say `public`. The key does not hold the credentials (unless the
     /// response's `Vary` names them), so switch it on only for a client whose requests all act
     /// for the same principal. Default off.
+    ///
+    /// Credentials the `reqwest::Client` adds itself (its `default_headers`, a cookie store)
+    /// are added below palisade, after this check: the cache cannot see them, and stores those
+    /// responses as if this were on.
     pub fn store_with_credentials(mut self, yes: bool) -> Self {
         self.store_with_credentials = yes;
         self

@@ -4,7 +4,7 @@
 //! One moka cache holds two kinds of slots, so that a single byte bound covers both:
 //!
 //! - an *index* per primary key (method + URL), kept only when it says something: the header
-//!   names the last stored response's `Vary` gave, and the instant before which stored
+//!   names the last stored response's `Vary` gave, and the sequence number up to which stored
 //!   responses are void (set when an unsafe request to the URL succeeded, RFC 9111 §4.4);
 //! - an *entry* per variant: the primary key plus each `Vary` header's request value.
 //!
@@ -18,6 +18,7 @@
 //! are exact.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +59,9 @@ pub(crate) struct Entry {
     /// How long past its freshness it may be served after a failure; `None` when it may not be
     /// served stale at all (`must-revalidate`, `proxy-revalidate`, `s-maxage`).
     pub(crate) stale_allowance: Option<Duration>,
+    /// The sequence number its request took when it started ([`Store::next_seq`]): an unsafe
+    /// request that succeeds after that voids it, even if it is stored later.
+    pub(crate) seq: u64,
     /// The request values of the `Vary` headers it was stored under, in the index's order.
     vary_values: Box<[Option<HeaderValue>]>,
     weight: u32,
@@ -75,6 +79,7 @@ impl Entry {
         initial_age: Duration,
         freshness: Duration,
         stale_allowance: Option<Duration>,
+        seq: u64,
     ) -> Entry {
         Entry {
             status,
@@ -86,6 +91,7 @@ impl Entry {
             initial_age,
             freshness,
             stale_allowance,
+            seq,
             vary_values: Box::new([]),
             weight: 0,
         }
@@ -163,8 +169,9 @@ impl fmt::Debug for Entry {
 struct Index {
     /// The header names of the last stored response's `Vary`, lowercase, sorted, deduplicated.
     vary: Box<[HeaderName]>,
-    /// Entries stored before this are void: an unsafe request to the URL succeeded since.
-    not_before: Option<Instant>,
+    /// Entries whose request started at or before this sequence number are void: an unsafe
+    /// request to the URL succeeded since (0: none).
+    void_through: u64,
 }
 
 impl Index {
@@ -215,6 +222,7 @@ impl moka::Expiry<Box<[u8]>, Slot> for Expiry {
 #[derive(Clone)]
 pub(crate) struct Store {
     cache: moka::sync::Cache<Box<[u8]>, Slot>,
+    seq: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -229,7 +237,16 @@ impl Store {
             .eviction_policy(EvictionPolicy::lru())
             .expire_after(Expiry)
             .build();
-        Store { cache }
+        Store {
+            cache,
+            seq: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A number above every one given before: orders requests that read the store against the
+    /// unsafe requests that void it, whatever the clock says.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The entry `req_headers` picks under `primary`, if one is stored and not void; whether
@@ -241,10 +258,8 @@ impl Store {
         let Some(Slot::Entry(entry)) = self.cache.get(&key[..]) else {
             return None;
         };
-        if let Some(nb) = index.as_ref().and_then(|i| i.not_before) {
-            if entry.stored_at < nb {
-                return None;
-            }
+        if entry.seq <= index.as_ref().map_or(0, |i| i.void_through) {
+            return None;
         }
         // The key already holds the values; compare them again so a variant can never reach a
         // request that sent other ones.
@@ -268,13 +283,13 @@ impl Store {
         let index = self.index(primary);
         let known: &[HeaderName] = index.as_ref().map_or(&[], |i| &i.vary);
         if known != &vary[..] {
-            let not_before = index.as_ref().and_then(|i| i.not_before);
-            if vary.is_empty() && not_before.is_none() {
+            let void_through = index.as_ref().map_or(0, |i| i.void_through);
+            if vary.is_empty() && void_through == 0 {
                 self.cache.invalidate(&index_key(primary)[..]);
             } else {
                 let i = Index {
                     vary: vary.clone(),
-                    not_before,
+                    void_through,
                 };
                 self.cache
                     .insert(index_key(primary), Slot::Index(Arc::new(i)));
@@ -286,8 +301,9 @@ impl Store {
         self.cache.insert(key, Slot::Entry(Arc::new(entry)));
     }
 
-    /// Voids every entry stored under `primary` before `now` (RFC 9111 §4.4).
-    pub(crate) fn invalidate(&self, primary: &[u8], now: Instant) {
+    /// Voids every entry under `primary` whose request started before now (RFC 9111 §4.4),
+    /// including those still on their way to the store.
+    pub(crate) fn invalidate(&self, primary: &[u8]) {
         let index = self.index(primary);
         if index.is_none()
             && !self
@@ -299,7 +315,7 @@ impl Store {
         let vary = index.map(|i| i.vary.clone()).unwrap_or_default();
         let i = Index {
             vary,
-            not_before: Some(now),
+            void_through: self.next_seq(),
         };
         self.cache
             .insert(index_key(primary), Slot::Index(Arc::new(i)));
@@ -408,6 +424,10 @@ mod tests {
     use super::*;
 
     fn entry(body: &'static [u8], freshness: u64, allowance: Option<u64>) -> Entry {
+        entry_seq(1, body, freshness, allowance)
+    }
+
+    fn entry_seq(seq: u64, body: &'static [u8], freshness: u64, allowance: Option<u64>) -> Entry {
         Entry::new(
             StatusCode::OK,
             Version::HTTP_11,
@@ -418,6 +438,7 @@ mod tests {
             Duration::ZERO,
             Duration::from_secs(freshness),
             allowance.map(Duration::from_secs),
+            seq,
         )
     }
 
@@ -476,15 +497,27 @@ mod tests {
     async fn invalidation_voids_older_entries_only() {
         let s = Store::new(1 << 20);
         let none = HeaderMap::new();
-        s.insert(b"GET\0u", Box::new([]), &none, entry(b"old", 0, Some(60)));
-        tokio::time::advance(Duration::from_secs(1)).await;
-        s.invalidate(b"GET\0u", Instant::now());
+        let old = entry_seq(s.next_seq(), b"old", 0, Some(60));
+        s.insert(b"GET\0u", Box::new([]), &none, old);
+        // A request that started before the unsafe one succeeded, stored after it.
+        let racing = s.next_seq();
+        s.invalidate(b"GET\0u");
         assert!(s.lookup(b"GET\0u", &none).is_none());
-        tokio::time::advance(Duration::from_secs(1)).await;
-        s.insert(b"GET\0u", Box::new([]), &none, entry(b"new", 0, Some(60)));
+        s.insert(
+            b"GET\0u",
+            Box::new([]),
+            &none,
+            entry_seq(racing, b"racing", 0, Some(60)),
+        );
+        assert!(
+            s.lookup(b"GET\0u", &none).is_none(),
+            "began before the void"
+        );
+        let new = entry_seq(s.next_seq(), b"new", 0, Some(60));
+        s.insert(b"GET\0u", Box::new([]), &none, new);
         assert_eq!(&s.lookup(b"GET\0u", &none).unwrap().body[..], b"new");
         // Nothing stored: nothing to void, and no index is written.
-        s.invalidate(b"GET\0other", Instant::now());
+        s.invalidate(b"GET\0other");
         s.run_pending_tasks();
         assert_eq!(s.entry_count(), 2);
     }
