@@ -24,41 +24,13 @@ use std::time::Duration;
 
 mod common;
 
-use common::{current_thread, transport, two_tasks, two_workers, URL};
+use common::{current_thread, transport, two_tasks, two_workers, RetryableRequest, URL};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use palisade::layer::{AttemptTimeoutLayer, RetryLayer, TotalTimeoutLayer};
 use reqwest::{Method, Request, Response, Url};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_resilience::retry::{ExponentialBackoff, RetryLayer as TrRetryLayer};
 use tower_resilience::timelimiter::{TimeLimiterError, TimeLimiterLayer};
-
-/// `reqwest::Request` is not `Clone`, and tower-resilience's retry clones the request before
-/// every attempt: this wrapper clones with `try_clone`. Requests with a streaming body are
-/// rejected by [`RetryableRequest::new`], so the `expect` cannot fire.
-struct RetryableRequest(Request);
-
-impl RetryableRequest {
-    fn new(req: Request) -> Result<Self, Box<Request>> {
-        match req.body() {
-            Some(b) if b.as_bytes().is_none() => Err(Box::new(req)),
-            _ => Ok(Self(req)),
-        }
-    }
-
-    fn into_inner(self) -> Request {
-        self.0
-    }
-}
-
-impl Clone for RetryableRequest {
-    fn clone(&self) -> Self {
-        Self(
-            self.0
-                .try_clone()
-                .expect("RetryableRequest::new guarantees a buffered body"),
-        )
-    }
-}
 
 fn palisade_client() -> palisade::Client {
     palisade::Client::builder()

@@ -81,7 +81,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use bytes::Bytes;
-use common::{current_thread, transport, two_workers, URL};
+use common::{current_thread, transport, two_workers, RetryableRequest, URL};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
 use http_body_util::Full;
@@ -198,34 +198,6 @@ impl Variant for Palisade {
                 black_box(resp);
             }
         }
-    }
-}
-
-/// `reqwest::Request` is not `Clone`, and tower-resilience's retry clones the request before
-/// every attempt: this wrapper clones with `try_clone`. Requests with a streaming body are
-/// rejected by [`RetryableRequest::new`], so the `expect` cannot fire.
-struct RetryableRequest(Request);
-
-impl RetryableRequest {
-    fn new(req: Request) -> Result<Self, Box<Request>> {
-        match req.body() {
-            Some(b) if b.as_bytes().is_none() => Err(Box::new(req)),
-            _ => Ok(Self(req)),
-        }
-    }
-
-    fn into_inner(self) -> Request {
-        self.0
-    }
-}
-
-impl Clone for RetryableRequest {
-    fn clone(&self) -> Self {
-        Self(
-            self.0
-                .try_clone()
-                .expect("RetryableRequest::new guarantees a buffered body"),
-        )
     }
 }
 

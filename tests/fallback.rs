@@ -10,7 +10,7 @@ use palisade::bulkhead::Bulkhead;
 use palisade::fallback::{FallbackCache, FallbackReason};
 use palisade::rate_limit::RateLimit;
 use palisade::{Client, ClientBuilder, ErrorKind, ResponseExt};
-use support::{ms, secs, Events, Mock, Step};
+use support::{ms, secs, BodyEnd, Events, Mock, Step};
 
 const URL: &str = "http://api.test/items/1";
 
@@ -706,50 +706,6 @@ async fn round_trip_through_a_real_server_200_then_503_then_reset() {
     assert_eq!(third.bytes().await.unwrap(), first_body);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Proposed additions (mutation-testing gaps).
-
-/// A body that announces `len` bytes (an exact size hint, as a `Content-Length` gives), sends
-/// `first`, then fails (`fail`) or never goes on.
-struct Announced {
-    len: u64,
-    first: Option<bytes::Bytes>,
-    fail: bool,
-}
-
-impl http_body::Body for Announced {
-    type Data = bytes::Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
-        use std::task::Poll;
-        match self.first.take() {
-            Some(c) => Poll::Ready(Some(Ok(http_body::Frame::data(c)))),
-            None if self.fail => Poll::Ready(Some(Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "cut short",
-            )))),
-            None => Poll::Pending,
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.len)
-    }
-}
-
-fn announced(len: u64, first: &'static [u8], fail: bool) -> reqwest::Response {
-    let body = reqwest::Body::wrap(Announced {
-        len,
-        first: Some(bytes::Bytes::from_static(first)),
-        fail,
-    });
-    reqwest::Response::from(http::Response::new(body))
-}
-
 /// A client (fallback cache, no retry, no breaker) whose transport answers call `n` (from 0)
 /// with `answer(n)`.
 fn client_over(
@@ -782,7 +738,7 @@ async fn a_body_announced_too_large_is_handed_on_unread() {
     let c = client_over(
         FallbackCache::default().max_entry_bytes(8),
         |b| b.total_timeout(secs(5)).attempt_timeout(secs(1)),
-        |_| announced(100, b"1234", false),
+        |_| support::chunked_response(vec![b"1234"], BodyEnd::Hang, Some(100)),
     );
     let start = tokio::time::Instant::now();
     let mut resp = c.get(URL).send().await.expect("handed on at once");
@@ -816,7 +772,7 @@ async fn a_body_cut_short_while_being_stored_is_answered_as_a_network_failure() 
         |b| b,
         |n| match n {
             0 => support::response(200, &[], b"good".to_vec()),
-            _ => announced(10, b"12345", true),
+            _ => support::chunked_response(vec![b"12345"], BodyEnd::Fail, Some(10)),
         },
     );
     assert_eq!(

@@ -63,3 +63,31 @@ where
         start.elapsed()
     })
 }
+
+/// `reqwest::Request` is not `Clone`, and tower-resilience's retry clones the request before
+/// every attempt: this wrapper clones with `try_clone`. Requests with a streaming body are
+/// rejected by [`RetryableRequest::new`], so the `expect` cannot fire.
+pub struct RetryableRequest(Request);
+
+impl RetryableRequest {
+    pub fn new(req: Request) -> Result<Self, Box<Request>> {
+        match req.body() {
+            Some(b) if b.as_bytes().is_none() => Err(Box::new(req)),
+            _ => Ok(Self(req)),
+        }
+    }
+
+    pub fn into_inner(self) -> Request {
+        self.0
+    }
+}
+
+impl Clone for RetryableRequest {
+    fn clone(&self) -> Self {
+        Self(
+            self.0
+                .try_clone()
+                .expect("RetryableRequest::new guarantees a buffered body"),
+        )
+    }
+}

@@ -167,7 +167,8 @@ fn run(step: Step) -> Pin<Box<dyn Future<Output = Result<Response, Error>> + Sen
             Step::Chunks(s, h, chunks, hang) => {
                 let body = reqwest::Body::wrap(ChunkBody {
                     chunks: chunks.into_iter().map(bytes::Bytes::from).collect(),
-                    hang,
+                    end: if hang { BodyEnd::Hang } else { BodyEnd::Finish },
+                    size: None,
                 });
                 let mut b = http::Response::builder().status(s);
                 for (k, v) in &h {
@@ -179,10 +180,23 @@ fn run(step: Step) -> Pin<Box<dyn Future<Output = Result<Response, Error>> + Sen
     })
 }
 
-/// A body of chunks with no length known in advance, which may never end.
-struct ChunkBody {
+/// How a [`ChunkBody`] ends once its chunks are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// It ends.
+    Finish,
+    /// It never goes on.
+    Hang,
+    /// It fails: the connection was cut.
+    Fail,
+}
+
+/// A body sent in chunks, with no length known in advance unless `size` announces one (as a
+/// `Content-Length` does), ending as `end` says.
+pub struct ChunkBody {
     chunks: VecDeque<bytes::Bytes>,
-    hang: bool,
+    end: BodyEnd,
+    size: Option<u64>,
 }
 
 impl http_body::Body for ChunkBody {
@@ -195,10 +209,36 @@ impl http_body::Body for ChunkBody {
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
         match self.chunks.pop_front() {
             Some(c) => Poll::Ready(Some(Ok(http_body::Frame::data(c)))),
-            None if self.hang => Poll::Pending,
-            None => Poll::Ready(None),
+            None => match self.end {
+                BodyEnd::Finish => Poll::Ready(None),
+                BodyEnd::Hang => Poll::Pending,
+                BodyEnd::Fail => {
+                    self.end = BodyEnd::Finish;
+                    Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "body cut short",
+                    ))))
+                }
+            },
         }
     }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.size {
+            Some(n) => http_body::SizeHint::with_exact(n),
+            None => http_body::SizeHint::default(),
+        }
+    }
+}
+
+/// A 200 whose body is `chunks`, ending as `end` says, with `size` announced if given.
+pub fn chunked_response(chunks: Vec<&'static [u8]>, end: BodyEnd, size: Option<u64>) -> Response {
+    let body = reqwest::Body::wrap(ChunkBody {
+        chunks: chunks.into_iter().map(bytes::Bytes::from_static).collect(),
+        end,
+        size,
+    });
+    Response::from(http::Response::new(body))
 }
 
 impl tower::Service<Request> for Mock {
