@@ -127,6 +127,24 @@ macro_rules! inner_accessors {
 }
 pub(crate) use inner_accessors;
 
+/// The `Layer` of a stage whose layer and service share one `Arc<Shared>`: the service wraps
+/// the inner service and a clone of the layer's state.
+macro_rules! shared_layer {
+    ($layer:ident => $service:ident) => {
+        impl<S> tower_layer::Layer<S> for $layer {
+            type Service = $service<S>;
+
+            fn layer(&self, inner: S) -> Self::Service {
+                $service {
+                    inner,
+                    shared: self.shared.clone(),
+                }
+            }
+        }
+    };
+}
+pub(crate) use shared_layer;
+
 mod builder;
 pub mod bulkhead;
 pub mod circuit_breaker;

@@ -59,7 +59,6 @@ use std::time::Duration;
 
 use reqwest::{Request, Response};
 use tokio::time::Instant;
-use tower_layer::Layer;
 use tower_service::Service;
 use url::Url;
 
@@ -413,7 +412,7 @@ impl fmt::Debug for Recorder {
     }
 }
 
-/// A [`Layer`] that wraps a service in [`CircuitBreakerService`]. Every service it makes (and
+/// A [`Layer`](tower_layer::Layer) that wraps a service in [`CircuitBreakerService`]. Every service it makes (and
 /// every layer made from it with [`classifier`](Self::classifier) or
 /// [`on_event`](Self::on_event)) shares the same breakers.
 #[derive(Clone)]
@@ -511,16 +510,7 @@ impl fmt::Debug for CircuitBreakerLayer {
     }
 }
 
-impl<S> Layer<S> for CircuitBreakerLayer {
-    type Service = CircuitBreakerService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreakerService {
-            inner,
-            shared: self.shared.clone(),
-        }
-    }
-}
+crate::shared_layer!(CircuitBreakerLayer => CircuitBreakerService);
 
 /// A cloneable handle on a layer's breakers: read a host's state, isolate it, reset it.
 ///

@@ -96,7 +96,6 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
 use reqwest::{Request, Response};
-use tower_layer::Layer;
 use tower_service::Service;
 use url::Url;
 
@@ -430,7 +429,7 @@ impl FallbackRequest<'_> {
     }
 }
 
-/// A [`Layer`] that wraps a service in [`FallbackCacheService`]. Every service it makes, and
+/// A [`Layer`](tower_layer::Layer) that wraps a service in [`FallbackCacheService`]. Every service it makes, and
 /// every clone, shares one store.
 ///
 /// Put it outermost: it must see the final outcome, after every retry, and a total timeout
@@ -523,16 +522,7 @@ impl fmt::Debug for FallbackCacheLayer {
     }
 }
 
-impl<S> Layer<S> for FallbackCacheLayer {
-    type Service = FallbackCacheService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        FallbackCacheService {
-            inner,
-            shared: self.shared.clone(),
-        }
-    }
-}
+crate::shared_layer!(FallbackCacheLayer => FallbackCacheService);
 
 /// A cloneable handle on a fallback cache's store.
 #[derive(Clone)]

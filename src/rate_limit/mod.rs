@@ -69,7 +69,6 @@ use std::time::Duration;
 
 use reqwest::{Request, Response};
 use tokio::time::Instant;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use self::clock::{nanos, TokioClock};
@@ -301,7 +300,7 @@ impl Shared {
     }
 }
 
-/// A [`Layer`] that wraps a service in [`RateLimitService`]. Every service it makes shares
+/// A [`Layer`](tower_layer::Layer) that wraps a service in [`RateLimitService`]. Every service it makes shares
 /// one limiter (per host or global), as every clone of a [`Client`](crate::Client) does.
 #[derive(Clone)]
 pub struct RateLimitLayer {
@@ -386,16 +385,7 @@ impl fmt::Debug for RateLimitLayer {
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimitService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService {
-            inner,
-            shared: self.shared.clone(),
-        }
-    }
-}
+crate::shared_layer!(RateLimitLayer => RateLimitService);
 
 /// Limits the rate of calls as the [module docs](self) describe. Made by [`RateLimitLayer`].
 #[derive(Clone)]

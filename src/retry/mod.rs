@@ -40,7 +40,6 @@ use http::{Method, StatusCode};
 use reqwest::{Request, Response};
 use tokio::time::Instant;
 use tower::ServiceExt;
-use tower_layer::Layer;
 use tower_service::Service;
 use url::Url;
 
@@ -175,7 +174,7 @@ pub(crate) fn is_idempotent(req: &Request) -> bool {
     ) || req.headers().contains_key(IDEMPOTENCY_KEY)
 }
 
-/// A [`Layer`] that wraps a service in [`RetryService`]. Every service it makes shares one
+/// A [`Layer`](tower_layer::Layer) that wraps a service in [`RetryService`]. Every service it makes shares one
 /// retry budget.
 #[derive(Clone)]
 pub struct RetryLayer {
@@ -265,16 +264,7 @@ impl fmt::Debug for RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
-    type Service = RetryService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RetryService {
-            inner,
-            shared: self.shared.clone(),
-        }
-    }
-}
+crate::shared_layer!(RetryLayer => RetryService);
 
 /// Retries failed requests as the [module docs](self) describe. Made by [`RetryLayer`].
 #[derive(Clone)]
