@@ -959,3 +959,40 @@ async fn a_varied_entry_stored_at_the_instant_of_a_delete_is_voided() {
     mock.set(Step::Status(503));
     assert_eq!(get(&c, &[("accept-language", "en")]).await.status(), 503);
 }
+
+/// Ages, windows and staleness at the edges of what the numbers hold: no panic, no overflow,
+/// and an `Age` header capped at 2^31 s (RFC 9111 §1.2.2).
+#[tokio::test(start_paused = true)]
+async fn extreme_ages_and_windows_neither_panic_nor_overflow() {
+    let endless = FallbackCache::default().max_staleness(Duration::MAX);
+    let resp = stored_then_503(
+        endless.clone(),
+        &[("age", "99999999999999999999999")],
+        secs(1),
+    )
+    .await;
+    assert!(
+        served(&resp),
+        "an endless allowance serves whatever the age"
+    );
+    assert_eq!(resp.headers()["age"], "2147483648");
+
+    let h = [(
+        "cache-control",
+        "max-age=99999999999999999999, stale-if-error=99999999999999999999",
+    )];
+    let resp = stored_then_503(FallbackCache::default(), &h, secs(3600 * 24 * 365 * 10)).await;
+    assert!(served(&resp), "2^31 s of freshness is 68 years");
+
+    // Too old when it arrived for any window: not stored.
+    let resp = stored_then_503(
+        FallbackCache::default(),
+        &[
+            ("age", "99999999999999999999999"),
+            ("cache-control", "stale-if-error=60"),
+        ],
+        secs(1),
+    )
+    .await;
+    assert_eq!(resp.status(), 503);
+}

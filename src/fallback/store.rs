@@ -305,22 +305,17 @@ impl Store {
     /// including those still on their way to the store.
     pub(crate) fn invalidate(&self, primary: &[u8]) {
         let index = self.index(primary);
-        if index.is_none()
-            && !self
-                .cache
-                .contains_key(&entry_key(primary, &[], &HeaderMap::new())[..])
-        {
+        let plain = entry_key(primary, &[], &HeaderMap::new());
+        if index.is_none() && !self.cache.contains_key(&plain[..]) {
             return;
         }
-        let vary = index.map(|i| i.vary.clone()).unwrap_or_default();
         let i = Index {
-            vary,
+            vary: index.map(|i| i.vary.clone()).unwrap_or_default(),
             void_through: self.next_seq(),
         };
         self.cache
             .insert(index_key(primary), Slot::Index(Arc::new(i)));
-        self.cache
-            .invalidate(&entry_key(primary, &[], &HeaderMap::new())[..]);
+        self.cache.invalidate(&plain[..]);
     }
 
     fn index(&self, primary: &[u8]) -> Option<Arc<Index>> {
