@@ -5,8 +5,11 @@
 //! evicted while isolated, which moka's policies cannot express. Why not a single
 //! `Mutex<HashMap>`: every call would take it.
 //!
-//! The map is split in up to 64 shards, each a `RwLock<HashMap<Arc<str>, Arc<Breaker>>>` with
-//! its own share of `max_hosts`. A call to a known host takes its shard's lock for reading
+//! The map is split in up to 64 shards, each a `RwLock<HashMap<Arc<str>, Arc<Breaker>>>`, with
+//! one count of hosts for all of them: below `max_hosts` no host is ever evicted, however
+//! unevenly the hosts hash over the shards (a busy host's breaker, an open one above all, must
+//! not be lost to a neighbour). There is a shard per 64 hosts of the cap (one under 128), up
+//! to 64. A call to a known host takes its shard's lock for reading
 //! only, long enough to clone the breaker's `Arc`; the write lock is taken to insert a new host
 //! or to evict, which is rare. (This is what `dashmap` does; palisade does not depend on it
 //! directly, and the shard count and the eviction are easier to bound here.)
@@ -16,29 +19,32 @@
 //!   longest break) is removed by a sweep that the first call after every half idle time runs
 //!   over all shards; by then its window is empty and its break over, so nothing is lost but
 //!   the growth of its break;
-//! - a shard at its share of `max_hosts` first drops its idle hosts, then its least recently
-//!   used one, to make room for a new host;
+//! - at `max_hosts`, a new host's shard first drops its idle hosts, then its least recently
+//!   used one, to make room (the shards hold 64 hosts or more on average, so the host evicted
+//!   is among the least recently used of the map; a new host whose shard has none to give is
+//!   not stored until a sweep or a later call makes room);
 //! - an isolated host is never evicted (and is stored even beyond the cap: isolation is an
-//!   explicit act, bounded by the caller). When a shard is full of isolated hosts, a call to a
-//!   new host gets a breaker that is not stored.
+//!   explicit act, bounded by the caller). A call to a new host that finds no room gets a
+//!   breaker that is not stored.
 
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use super::breaker::{nanos, Breaker, Policy, Transition};
 
 const MAX_SHARDS: usize = 64;
+/// The hosts of the cap per shard.
+const HOSTS_PER_SHARD: usize = 64;
 
 type Map = HashMap<Arc<str>, Arc<Breaker>>;
 
 struct Shard {
     map: RwLock<Map>,
-    cap: usize,
 }
 
 /// One breaker per host, bounded and evicted when idle.
@@ -46,6 +52,9 @@ pub(crate) struct HostMap {
     policy: Arc<Policy>,
     shards: Box<[Shard]>,
     hasher: RandomState,
+    max_hosts: usize,
+    /// Hosts stored in all shards; changed under the lock of the shard that changes.
+    count: AtomicUsize,
     /// Idle time after which a host is evicted, in nanoseconds.
     idle: u64,
     /// How stale a breaker's last-use mark may be (a fraction of the idle time).
@@ -67,12 +76,10 @@ impl HostMap {
     /// A map of at most `max_hosts` hosts (at least 1) that evicts hosts idle for `idle`.
     pub(crate) fn new(policy: Arc<Policy>, max_hosts: usize, idle: Duration) -> Self {
         let max_hosts = max_hosts.max(1);
-        let n = max_hosts.min(MAX_SHARDS);
-        let (base, rem) = (max_hosts / n, max_hosts % n);
+        let n = (max_hosts / HOSTS_PER_SHARD).clamp(1, MAX_SHARDS);
         let shards = (0..n)
-            .map(|i| Shard {
+            .map(|_| Shard {
                 map: RwLock::new(HashMap::new()),
-                cap: base + usize::from(i < rem),
             })
             .collect();
         let idle = nanos(idle).max(1);
@@ -80,6 +87,8 @@ impl HostMap {
             policy,
             shards,
             hasher: RandomState::new(),
+            max_hosts,
+            count: AtomicUsize::new(0),
             idle,
             touch_every: (idle / 32).max(1),
             next_sweep: AtomicU64::new(idle / 2),
@@ -109,10 +118,7 @@ impl HostMap {
             return b.clone();
         }
         let b = Arc::new(Breaker::new(self.policy.clone(), Arc::from(key), now));
-        if map.len() >= shard.cap {
-            self.make_room(&mut map, shard.cap, t);
-        }
-        if map.len() < shard.cap {
+        if self.reserve() || (self.make_room(&mut map, t) && self.reserve()) {
             map.insert(b.key_arc(), b.clone());
         }
         b
@@ -132,8 +138,10 @@ impl HostMap {
     pub(crate) fn isolate(&self, key: &str, now: Duration) -> Option<Transition> {
         let shard = self.shard(key);
         let mut map = write(shard);
-        if map.len() >= shard.cap && !map.contains_key(key) {
-            self.make_room(&mut map, shard.cap, nanos(now));
+        if !map.contains_key(key) && !self.reserve() {
+            // Stored beyond the cap if no room is made.
+            self.make_room(&mut map, nanos(now));
+            self.count.fetch_add(1, Ordering::Relaxed);
         }
         let b = match map.entry(Arc::from(key)) {
             Entry::Occupied(e) => e.get().clone(),
@@ -148,28 +156,48 @@ impl HostMap {
 
     /// The number of hosts held.
     pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.map.read().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more host if the map is below its cap.
+    fn reserve(&self) -> bool {
+        self.count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                (c < self.max_hosts).then_some(c + 1)
+            })
+            .is_ok()
+    }
+
+    /// Removes the hosts of `map` for which `drop` is true, and uncounts them.
+    fn remove_where(&self, map: &mut Map, mut drop: impl FnMut(&Breaker) -> bool) -> usize {
+        let before = map.len();
+        map.retain(|_, b| !drop(b));
+        let removed = before - map.len();
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+        removed
     }
 
     fn is_idle(&self, b: &Breaker, t: u64) -> bool {
         !b.is_isolated() && t.saturating_sub(b.last_used()) > self.idle
     }
 
-    /// Drops idle hosts, then the least recently used one if the shard is still full.
-    fn make_room(&self, map: &mut Map, cap: usize, t: u64) {
-        map.retain(|_, b| !self.is_idle(b, t));
-        if map.len() >= cap {
-            let lru = map
-                .iter()
-                .filter(|(_, b)| !b.is_isolated())
-                .min_by_key(|(_, b)| b.last_used())
-                .map(|(k, _)| k.clone());
-            if let Some(k) = lru {
+    /// Drops the shard's idle hosts, or else its least recently used one; whether any went.
+    fn make_room(&self, map: &mut Map, t: u64) -> bool {
+        if self.remove_where(map, |b| self.is_idle(b, t)) > 0 {
+            return true;
+        }
+        let lru = map
+            .iter()
+            .filter(|(_, b)| !b.is_isolated())
+            .min_by_key(|(_, b)| b.last_used())
+            .map(|(k, _)| k.clone());
+        match lru {
+            Some(k) => {
                 map.remove(&k);
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                true
             }
+            None => false,
         }
     }
 
@@ -188,7 +216,7 @@ impl HostMap {
             return; // another call runs it
         }
         for shard in self.shards.iter() {
-            write(shard).retain(|_, b| !self.is_idle(b, t));
+            self.remove_where(&mut write(shard), |b| self.is_idle(b, t));
         }
     }
 }

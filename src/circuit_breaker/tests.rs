@@ -493,6 +493,18 @@ fn the_map_is_bounded_and_evicts_idle_hosts() {
 }
 
 #[test]
+fn a_map_below_its_cap_keeps_every_host() {
+    // With one host per shard, two hosts that hash to the same shard would evict each other.
+    for cap in [2, 10, 64, 127, 200] {
+        let m = map(cap, 60 * S);
+        for i in 0..cap {
+            m.get(&format!("h{i}:80"), Duration::ZERO);
+        }
+        assert_eq!(m.len(), cap, "cap {cap}");
+    }
+}
+
+#[test]
 fn the_map_evicts_the_least_recently_used_host_and_never_an_isolated_one() {
     let m = map(1, 60 * S);
     let a = m.get("a:80", Duration::ZERO);
