@@ -64,7 +64,43 @@ pub(crate) fn bound_transport_timeout(req: &mut reqwest::Request, deadline: Opti
     if let (Some(deadline), Some(cur)) = (deadline, req.timeout_mut().as_mut()) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left < *cur {
-            *cur = left.max(Duration::from_millis(1));
+            // At least 1 ms (reqwest's zero would fail at once), never above the caller's own.
+            *cur = left.max(Duration::from_millis(1)).min(*cur);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(timeout: Duration) -> reqwest::Request {
+        let mut req = reqwest::Request::new(
+            http::Method::GET,
+            url::Url::parse("http://h/").expect("valid URL"),
+        );
+        *req.timeout_mut() = Some(timeout);
+        req
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transport_timeout_is_narrowed_to_the_deadline_but_never_raised() {
+        let now = Instant::now();
+        let mut req = request(Duration::from_secs(5));
+        bound_transport_timeout(&mut req, Some(now + Duration::from_secs(2)));
+        assert_eq!(req.timeout(), Some(&Duration::from_secs(2)));
+        // Near the deadline: at least 1 ms, so that reqwest does not fail at once...
+        let mut req = request(Duration::from_secs(5));
+        bound_transport_timeout(&mut req, Some(now));
+        assert_eq!(req.timeout(), Some(&Duration::from_millis(1)));
+        // ...but never more than the caller's own.
+        let mut req = request(Duration::from_micros(500));
+        bound_transport_timeout(&mut req, Some(now + Duration::from_micros(400)));
+        assert_eq!(req.timeout(), Some(&Duration::from_micros(500)));
+        // No timeout of its own: left alone (it would replace the client's).
+        let mut req =
+            reqwest::Request::new(http::Method::GET, url::Url::parse("http://h/").unwrap());
+        bound_transport_timeout(&mut req, Some(now));
+        assert_eq!(req.timeout(), None);
     }
 }

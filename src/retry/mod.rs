@@ -476,7 +476,7 @@ impl Progress {
     /// Classifies an attempt's outcome, reports it, and decides what comes next.
     fn after(&mut self, result: Result<Response, Error>, kept: Option<&Request>) -> Step {
         let attempt = self.attempt;
-        let shared = self.shared.clone();
+        let shared = &self.shared;
         let outcome = Outcome::of(&result);
         let class = shared.classifier.classify(outcome);
         let status = outcome.status();
@@ -577,12 +577,6 @@ fn decide(
     rng: &mut Option<fastrand::Rng>,
 ) -> Next {
     let cfg = &shared.cfg;
-    // The deadline has come: nothing can be retried (the total timeout answers for it).
-    if matches!(result, Err(e) if e.timeout_kind() == Some(TimeoutKind::Total))
-        || past(deadline, Duration::ZERO)
-    {
-        return Next::Return;
-    }
     let retryable = match class {
         FailureClass::Throttled | FailureClass::Timeout | FailureClass::Network => true,
         // The status list filters 5xx answers; anything a custom classifier calls a server
@@ -593,7 +587,12 @@ fn decide(
         },
         _ => false,
     };
-    if !retryable {
+    // The deadline has come: nothing can be retried (the total timeout answers for it). Read
+    // the clock only for an outcome that could be retried.
+    if !retryable
+        || matches!(result, Err(e) if e.timeout_kind() == Some(TimeoutKind::Total))
+        || past(deadline, Duration::ZERO)
+    {
         return Next::Return;
     }
     if attempt >= cfg.max_attempts {

@@ -232,13 +232,14 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
+    fn call(&mut self, req: Request) -> Self::Future {
         // A request's own timeout replaces the layer's, as in reqwest. Zero means the deadline
         // has passed already: no attempt starts.
         let timeout = req.timeout().copied().or(self.timeout);
         let now = Instant::now();
+        // A request's own timeout is the deadline's: the retry stage narrows each copy's to
+        // what is left of it.
         let deadline = timeout.map(|t| far_future(now, t));
-        context::bound_transport_timeout(&mut req, deadline);
         let inner = &mut self.inner;
         let fut = CONTEXT.sync_scope(RequestContext::new(deadline), || inner.call(req));
         TotalTimeoutFuture::new(
