@@ -499,7 +499,7 @@ impl Progress {
         let last_url = self.last_url.take();
         let url_for_error = kept.map(Request::url).or(last_url.as_deref());
         let next = decide(
-            &shared,
+            shared,
             &result,
             class,
             attempt,
