@@ -28,13 +28,22 @@ pub(crate) fn parse(value: &str, now: impl FnOnce() -> SystemTime) -> Option<Dur
     if value.is_empty() {
         return None;
     }
-    if value.bytes().all(|b| b.is_ascii_digit()) {
-        // delta-seconds: saturate on absurd lengths instead of failing.
-        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
-        return Some(Duration::from_secs(secs));
+    if let Some(d) = delta_seconds(value) {
+        return Some(d);
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now()).unwrap_or(Duration::ZERO))
+}
+
+/// A delta-seconds value (RFC 9110 §1.2: one or more digits), saturating on absurd lengths
+/// instead of failing; `None` for anything else, the empty string included.
+pub(crate) fn delta_seconds(value: &str) -> Option<Duration> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(Duration::from_secs(
+        value.parse::<u64>().unwrap_or(u64::MAX),
+    ))
 }
 
 #[cfg(test)]

@@ -146,12 +146,8 @@ pub(crate) fn initial_age(headers: &HeaderMap, response_delay: Duration) -> Dura
     let age_value = headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|s| {
-            let s = s.trim();
-            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then_some(s)
-        })
-        .map(|s| s.parse::<u64>().unwrap_or(u64::MAX))
-        .map_or(Duration::ZERO, Duration::from_secs);
+        .and_then(|s| crate::retry_after::delta_seconds(s.trim()))
+        .unwrap_or(Duration::ZERO);
     let corrected = age_value.saturating_add(response_delay);
     let apparent = single_date(headers, &header::DATE)
         .flatten()
