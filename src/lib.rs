@@ -159,6 +159,7 @@ mod host;
 pub mod rate_limit;
 pub mod retry;
 mod retry_after;
+mod time;
 pub mod timeout;
 mod transport;
 

@@ -41,10 +41,7 @@ const ISOLATED: u64 = u64::MAX;
 /// One failure in a packed bucket (the high half counts failures, the low half calls).
 const FAILURE: u64 = 1 << 32;
 const CALLS_MASK: u64 = FAILURE - 1;
-
-pub(crate) fn nanos(d: Duration) -> u64 {
-    d.as_nanos().min(u128::from(u64::MAX)) as u64
-}
+pub(crate) use crate::time::nanos;
 
 fn state_of(gen_state: u64) -> CircuitState {
     match gen_state & STATE_MASK {
