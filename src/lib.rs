@@ -128,9 +128,22 @@ macro_rules! inner_accessors {
 pub(crate) use inner_accessors;
 
 /// The `Layer` of a stage whose layer and service share one `Arc<Shared>`: the service wraps
-/// the inner service and a clone of the layer's state.
+/// the inner service and a clone of the layer's state. Also the layer's `rebuild`, for the
+/// setters that change one part of a layer already made (a classifier, a hook): the clone of
+/// `Shared` keeps its `Arc`s, so the stage's state (budget, breakers, limiter, store) stays
+/// shared with the services made before.
 macro_rules! shared_layer {
     ($layer:ident => $service:ident) => {
+        impl $layer {
+            fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
+                let mut shared = Shared::clone(&self.shared);
+                f(&mut shared);
+                $layer {
+                    shared: std::sync::Arc::new(shared),
+                }
+            }
+        }
+
         impl<S> tower_layer::Layer<S> for $layer {
             type Service = $service<S>;
 

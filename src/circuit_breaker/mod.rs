@@ -345,7 +345,7 @@ impl State {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Shared {
     cfg: CircuitBreaker,
     state: Arc<State>,
@@ -483,19 +483,6 @@ impl CircuitBreakerLayer {
     pub fn handle(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle {
             shared: self.shared.clone(),
-        }
-    }
-
-    fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
-        let s = &self.shared;
-        let mut shared = Shared {
-            cfg: s.cfg.clone(),
-            state: s.state.clone(),
-            rec: s.rec.clone(),
-        };
-        f(&mut shared);
-        CircuitBreakerLayer {
-            shared: Arc::new(shared),
         }
     }
 }

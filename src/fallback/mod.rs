@@ -439,6 +439,7 @@ pub struct FallbackCacheLayer {
     shared: Arc<Shared>,
 }
 
+#[derive(Clone)]
 pub(crate) struct Shared {
     cfg: FallbackCache,
     store: Store,
@@ -494,20 +495,6 @@ impl FallbackCacheLayer {
     pub fn handle(&self) -> FallbackCacheHandle {
         FallbackCacheHandle {
             shared: self.shared.clone(),
-        }
-    }
-
-    fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
-        let s = &self.shared;
-        let mut shared = Shared {
-            cfg: s.cfg.clone(),
-            store: s.store.clone(),
-            classifier: s.classifier.clone(),
-            hook: s.hook.clone(),
-        };
-        f(&mut shared);
-        FallbackCacheLayer {
-            shared: Arc::new(shared),
         }
     }
 }

@@ -217,6 +217,7 @@ impl RateLimit {
 
 /// What the stage's services share: the configuration, the limiter's state, the classifier
 /// and the event hook.
+#[derive(Clone)]
 pub(crate) struct Shared {
     cfg: RateLimit,
     limiter: Arc<Limiter<TokioClock>>,
@@ -360,19 +361,6 @@ impl RateLimitLayer {
     }
 
     // The limiter's state is kept: services made before and after share it.
-    fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
-        let s = &self.shared;
-        let mut shared = Shared {
-            cfg: s.cfg.clone(),
-            limiter: s.limiter.clone(),
-            classifier: s.classifier.clone(),
-            hook: s.hook.clone(),
-        };
-        f(&mut shared);
-        RateLimitLayer {
-            shared: Arc::new(shared),
-        }
-    }
 }
 
 impl fmt::Debug for RateLimitLayer {

@@ -181,6 +181,8 @@ pub struct RetryLayer {
     shared: Arc<Shared>,
 }
 
+// Clone keeps the budget's `Arc`: services made before and after a rebuild share it.
+#[derive(Clone)]
 struct Shared {
     cfg: Retry,
     budget: Option<Arc<Budget>>,
@@ -235,22 +237,6 @@ impl RetryLayer {
         F: Fn(&Event<'_>) + Send + Sync + 'static,
     {
         self.rebuild(|s| s.hook = Hook::new(hook))
-    }
-
-    fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
-        let s = &self.shared;
-        let mut shared = Shared {
-            cfg: s.cfg.clone(),
-            // The budget is kept: services made before and after share it.
-            budget: s.budget.clone(),
-            epoch: s.epoch,
-            classifier: s.classifier.clone(),
-            hook: s.hook.clone(),
-        };
-        f(&mut shared);
-        RetryLayer {
-            shared: Arc::new(shared),
-        }
     }
 }
 
