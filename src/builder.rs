@@ -256,59 +256,45 @@ impl ClientBuilder {
                 ));
             }
         }
-        let retry = match self.retry {
-            Some(r) => {
-                r.validate()?;
-                Some(RetryLayer::from_parts(
-                    r,
-                    self.classifier.clone(),
-                    self.hook.clone(),
-                ))
-            }
-            None => None,
-        };
-
-        let breaker = match self.breaker {
-            Some(b) => {
-                b.validate()?;
-                Some(CircuitBreakerLayer::from_parts(
-                    b,
-                    self.classifier.clone(),
-                    self.hook.clone(),
-                ))
-            }
-            None => None,
-        };
-        let limiter = match self.rate_limit {
-            Some(r) => {
-                r.validate()?;
-                Some(RateLimitLayer::from_parts(
-                    r,
-                    self.classifier.clone(),
-                    self.hook.clone(),
-                ))
-            }
-            None => None,
-        };
-        let bulkhead = match self.bulkhead {
-            Some(b) => {
-                b.validate()?;
-                Some(BulkheadLayer::from_parts(b, self.hook.clone()))
-            }
-            None => None,
-        };
-
-        let fallback = match self.fallback {
-            Some(f) => {
-                f.validate()?;
-                Some(FallbackCacheLayer::from_parts(
-                    f.with_total_timeout(self.total_timeout),
-                    self.classifier.clone(),
-                    self.hook.clone(),
-                ))
-            }
-            None => None,
-        };
+        let (classifier, hook) = (&self.classifier, &self.hook);
+        let retry = self
+            .retry
+            .map(|r| {
+                r.validate()
+                    .map(|()| RetryLayer::from_parts(r, classifier.clone(), hook.clone()))
+            })
+            .transpose()?;
+        let breaker = self
+            .breaker
+            .map(|b| {
+                b.validate()
+                    .map(|()| CircuitBreakerLayer::from_parts(b, classifier.clone(), hook.clone()))
+            })
+            .transpose()?;
+        let limiter = self
+            .rate_limit
+            .map(|r| {
+                r.validate()
+                    .map(|()| RateLimitLayer::from_parts(r, classifier.clone(), hook.clone()))
+            })
+            .transpose()?;
+        let bulkhead = self
+            .bulkhead
+            .map(|b| {
+                b.validate()
+                    .map(|()| BulkheadLayer::from_parts(b, hook.clone()))
+            })
+            .transpose()?;
+        let total_timeout = self.total_timeout;
+        let fallback = self
+            .fallback
+            .map(|f| {
+                f.validate().map(|()| {
+                    let f = f.with_total_timeout(total_timeout);
+                    FallbackCacheLayer::from_parts(f, classifier.clone(), hook.clone())
+                })
+            })
+            .transpose()?;
 
         let http = match self.http {
             Http::Client(c) => c,
