@@ -214,12 +214,11 @@ pub(crate) fn redacted(url: &Url) -> String {
     let _ = u.set_username("");
     u.set_fragment(None);
     if u.query().is_some() {
-        let keys: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
         u.set_query(None);
-        if !keys.is_empty() {
+        if url.query_pairs().next().is_some() {
             let mut q = u.query_pairs_mut();
-            for k in &keys {
-                q.append_key_only(k);
+            for (k, _) in url.query_pairs() {
+                q.append_key_only(&k);
             }
         }
     }
