@@ -134,12 +134,23 @@ impl Error {
     /// assert_eq!(e.kind(), ErrorKind::Transport);
     /// ```
     pub fn from_source(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
+        Error::transport(
+            kind,
+            kind == ErrorKind::Timeout,
+            kind == ErrorKind::Connect,
+            source.into(),
+        )
+    }
+
+    /// An error the transport gave: a transport timeout when `timeout`, connect-time when
+    /// `connect` (nothing reached the server).
+    fn transport(kind: ErrorKind, timeout: bool, connect: bool, source: BoxError) -> Self {
         let mut e = Error::new(kind);
-        if kind == ErrorKind::Timeout {
+        if timeout {
             e.inner.timeout = Some(TimeoutKind::Transport);
         }
-        e.inner.connect = kind == ErrorKind::Connect;
-        e.inner.source = Some(source.into());
+        e.inner.connect = connect;
+        e.inner.source = Some(source);
         e
     }
 
@@ -226,7 +237,8 @@ fn scan_chain(err: &(dyn StdError + 'static)) -> (bool, bool) {
     let (mut timeout, mut connect) = (false, false);
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
+        let io = e.downcast_ref::<io::Error>();
+        if let Some(io) = io {
             match io.kind() {
                 io::ErrorKind::TimedOut => timeout = true,
                 io::ErrorKind::ConnectionRefused
@@ -241,7 +253,7 @@ fn scan_chain(err: &(dyn StdError + 'static)) -> (bool, bool) {
             connect |= r.is_connect();
         }
         // `io::Error::source` skips the error it wraps; `get_ref` returns it.
-        cur = match e.downcast_ref::<io::Error>() {
+        cur = match io {
             Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
             None => e.source(),
         };
@@ -263,13 +275,9 @@ impl From<reqwest::Error> for Error {
         } else {
             ErrorKind::Transport
         };
-        let mut e = Error::new(kind);
-        if timeout {
-            e.inner.timeout = Some(TimeoutKind::Transport);
-        }
-        e.inner.connect = connect;
-        e.inner.url = err.url().cloned();
-        e.inner.source = Some(Box::new(err));
+        let url = err.url().cloned();
+        let mut e = Error::transport(kind, timeout, connect, Box::new(err));
+        e.inner.url = url;
         e
     }
 }
@@ -287,7 +295,7 @@ impl From<io::Error> for Error {
         } else {
             ErrorKind::Transport
         };
-        Error::from_source(kind, err)
+        Error::transport(kind, timeout, connect, Box::new(err))
     }
 }
 
@@ -405,6 +413,17 @@ mod tests {
         let inner = io::Error::from(io::ErrorKind::TimedOut);
         let outer = io::Error::other(inner);
         assert!(Error::from(outer).is_timeout());
+    }
+
+    #[test]
+    fn a_connect_timeout_keeps_both_marks() {
+        // A connect attempt that timed out: a timeout, and nothing reached the server, which
+        // lets a POST be retried. The same as reqwest's own errors are read.
+        let inner = io::Error::from(io::ErrorKind::ConnectionRefused);
+        let outer = io::Error::new(io::ErrorKind::TimedOut, inner);
+        let e = Error::from(outer);
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert!(e.is_timeout() && e.is_connect());
     }
 
     #[test]
