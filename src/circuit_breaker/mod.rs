@@ -218,10 +218,11 @@ impl CircuitBreaker {
         self
     }
 
-    /// The most hosts whose breakers are kept at once (per host only). To make room for a new
-    /// host, hosts idle for longer than the window plus the longest break go first, then the
-    /// least recently used ones (its state is lost, as if it had been closed). An isolated
-    /// host is never evicted. Default 10,000; at least 1.
+    /// The most hosts whose breakers are kept at once (per host only). No host is evicted
+    /// below it. To make room for a new host at the cap, hosts idle for longer than the window
+    /// plus the longest break go first, then the least recently used one among the new host's
+    /// shard of the map (64 hosts or more on average; its state is lost, as if it had been
+    /// closed). An isolated host is never evicted. Default 10,000; at least 1.
     pub fn max_hosts(mut self, n: usize) -> Self {
         self.max_hosts = n;
         self
