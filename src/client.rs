@@ -23,6 +23,7 @@ use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerService};
 use crate::error::Error;
 use crate::fallback::{FallbackCacheHandle, FallbackCacheService};
 use crate::rate_limit::RateLimitService;
+use crate::redact;
 use crate::retry::RetryService;
 use crate::timeout::{AttemptTimeout, TotalTimeout};
 use crate::transport::Transport;
@@ -193,7 +194,7 @@ impl fmt::Debug for Client {
 }
 
 /// The span of one request, with the OpenTelemetry HTTP client attribute names. Header values
-/// are never recorded, and query values are dropped from `url.full`.
+/// are never recorded, and `url.full` follows the redaction rules (`crate::redact`).
 fn request_span(req: &Request) -> tracing::Span {
     let span = tracing::debug_span!(
         "http.request",
@@ -202,27 +203,9 @@ fn request_span(req: &Request) -> tracing::Span {
         url.full = tracing::field::Empty,
     );
     if !span.is_disabled() {
-        span.record("url.full", redacted(req.url()).as_str());
+        span.record("url.full", redact::url(req.url()).as_str());
     }
     span
-}
-
-/// The URL without credentials, fragment or query values (query keys are kept).
-pub(crate) fn redacted(url: &Url) -> String {
-    let mut u = url.clone();
-    let _ = u.set_password(None);
-    let _ = u.set_username("");
-    u.set_fragment(None);
-    if u.query().is_some() {
-        u.set_query(None);
-        if url.query_pairs().next().is_some() {
-            let mut q = u.query_pairs_mut();
-            for (k, _) in url.query_pairs() {
-                q.append_key_only(&k);
-            }
-        }
-    }
-    u.into()
 }
 
 pin_project! {
@@ -401,24 +384,22 @@ impl RequestBuilder {
     }
 }
 
+/// Shows the method and the URL by palisade's redaction rules (no userinfo, no query values),
+/// never a header value: reqwest's own `Debug` of a builder shows the whole URL.
 impl fmt::Debug for RequestBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("palisade::RequestBuilder")
-            .field("inner", &self.inner)
-            .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redaction_drops_credentials_and_query_values() {
-        let u =
-            Url::parse("https://user:pw@api.example.com/v1/x?token=secret&page=2#frag").unwrap();
-        assert_eq!(redacted(&u), "https://api.example.com/v1/x?token&page");
-        let u = Url::parse("http://h/p").unwrap();
-        assert_eq!(redacted(&u), "http://h/p");
+        let mut d = f.debug_struct("palisade::RequestBuilder");
+        // reqwest gives no view of a builder's request but building a copy of it.
+        match self.inner.try_clone().map(reqwest::RequestBuilder::build) {
+            Some(Ok(req)) => {
+                d.field("method", req.method())
+                    .field("url", &redact::DisplayUrl(req.url()));
+            }
+            Some(Err(_)) => {
+                d.field("error", &"invalid request");
+            }
+            None => {}
+        }
+        d.finish_non_exhaustive()
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::redact;
+
 /// A boxed error, as tower and reqwest use for sources.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
@@ -21,8 +23,15 @@ pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// predicates ([`is_timeout`](Error::is_timeout), [`is_connect`](Error::is_connect)).
 ///
 /// [`attempts`](Error::attempts) tells how many attempts the pipeline made before it gave up.
-/// The underlying reqwest or I/O error, where there is one, is the `source()`. `Display` shows
-/// the URL without its query values, so that logging an error does not leak tokens.
+/// The underlying reqwest or I/O error, where there is one, is the `source()`.
+///
+/// No formatting of an `Error` shows a secret of its request: `Display` and `Debug` (plain or
+/// alternate) show the URL without userinfo and with every query value replaced by
+/// `REDACTED`, and so does every error in the `source()` chain. A reqwest error is kept as the
+/// source without its URL (reqwest's [`without_url`](reqwest::Error::without_url); the URL is
+/// [`url`](Error::url) here); a source whose text shows the URL's query or userinfo anyway
+/// (a custom transport's message, say) is replaced by a copy of its chain with that text
+/// scrubbed, which keeps every message but can no longer be downcast.
 pub struct Error {
     inner: Box<Inner>,
 }
@@ -227,6 +236,20 @@ impl Error {
     pub(crate) fn set_url_if_missing(&mut self, url: &Url) {
         if self.inner.url.is_none() {
             self.inner.url = Some(url.clone());
+            self.scrub_source();
+        }
+    }
+
+    /// Replaces the source by a scrubbed copy of its chain when its text shows a secret of the
+    /// URL (see the type's docs). Runs once, when the error first learns its URL: errors are
+    /// the slow path, and most sources (reqwest's without their URL) need nothing.
+    fn scrub_source(&mut self) {
+        let inner = &mut *self.inner;
+        if let (Some(src), Some(url)) = (&inner.source, &inner.url) {
+            let src: &(dyn StdError + 'static) = src.as_ref();
+            if redact::Scrubbed::needed(src, url) {
+                inner.source = Some(Box::new(redact::Scrubbed::chain(src, url)));
+            }
         }
     }
 }
@@ -275,9 +298,12 @@ impl From<reqwest::Error> for Error {
         } else {
             ErrorKind::Transport
         };
+        // The URL is kept here, shown by the rules of `redact`; reqwest's error would show it
+        // whole in its `Display` and `Debug`.
         let url = err.url().cloned();
-        let mut e = Error::transport(kind, timeout, connect, Box::new(err));
+        let mut e = Error::transport(kind, timeout, connect, Box::new(err.without_url()));
         e.inner.url = url;
+        e.scrub_source();
         e
     }
 }
@@ -313,7 +339,7 @@ impl fmt::Debug for Error {
             d.field("timeout", t);
         }
         if let Some(url) = &self.inner.url {
-            d.field("url", &crate::client::redacted(url));
+            d.field("url", &redact::DisplayUrl(url));
         }
         d.field("attempts", &self.inner.attempts);
         if let Some(h) = &self.inner.retry_after {
@@ -338,7 +364,7 @@ impl fmt::Display for Error {
             write!(f, " after {} attempts", self.inner.attempts)?;
         }
         if let Some(url) = &self.inner.url {
-            write!(f, " for url ({})", crate::client::redacted(url))?;
+            write!(f, " for url ({})", redact::DisplayUrl(url))?;
         }
         Ok(())
     }

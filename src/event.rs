@@ -15,7 +15,11 @@ use crate::classify::FailureClass;
 use crate::error::TimeoutKind;
 
 /// Something the pipeline did.
-#[derive(Debug, Clone)]
+///
+/// The URLs it carries are the requests' own, for the hook to read (a path to count by, say).
+/// Its `Debug` shows them by palisade's redaction rules, without userinfo and with query values
+/// replaced by `REDACTED`, so that logging an event with `{:?}` leaks nothing.
+#[derive(Clone)]
 #[non_exhaustive]
 pub enum Event<'a> {
     /// An attempt finished (every attempt, the first included). Emitted by the retry stage:
@@ -120,6 +124,95 @@ pub enum Event<'a> {
         /// How long it was.
         after: Duration,
     },
+}
+
+impl fmt::Debug for Event<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::redact::DisplayUrl;
+        match self {
+            Event::Attempt {
+                method,
+                url,
+                attempt,
+                class,
+                status,
+            } => f
+                .debug_struct("Attempt")
+                .field("method", method)
+                .field("url", &DisplayUrl(url))
+                .field("attempt", attempt)
+                .field("class", class)
+                .field("status", status)
+                .finish(),
+            Event::Retry {
+                method,
+                url,
+                attempt,
+                class,
+                delay,
+                from_retry_after,
+            } => f
+                .debug_struct("Retry")
+                .field("method", method)
+                .field("url", &DisplayUrl(url))
+                .field("attempt", attempt)
+                .field("class", class)
+                .field("delay", delay)
+                .field("from_retry_after", from_retry_after)
+                .finish(),
+            Event::GaveUp {
+                method,
+                url,
+                attempts,
+                class,
+                reason,
+            } => f
+                .debug_struct("GaveUp")
+                .field("method", method)
+                .field("url", &DisplayUrl(url))
+                .field("attempts", attempts)
+                .field("class", class)
+                .field("reason", reason)
+                .finish(),
+            Event::CircuitStateChanged { key, from, to } => f
+                .debug_struct("CircuitStateChanged")
+                .field("key", key)
+                .field("from", from)
+                .field("to", to)
+                .finish(),
+            Event::RateLimitWait { key, wait } => f
+                .debug_struct("RateLimitWait")
+                .field("key", key)
+                .field("wait", wait)
+                .finish(),
+            Event::ServerPushback { key, pause } => f
+                .debug_struct("ServerPushback")
+                .field("key", key)
+                .field("pause", pause)
+                .finish(),
+            Event::Rejected {
+                kind,
+                key,
+                retry_after,
+            } => f
+                .debug_struct("Rejected")
+                .field("kind", kind)
+                .field("key", key)
+                .field("retry_after", retry_after)
+                .finish(),
+            Event::Fallback { url, reason, age } => f
+                .debug_struct("Fallback")
+                .field("url", &DisplayUrl(url))
+                .field("reason", reason)
+                .field("age", age)
+                .finish(),
+            Event::Timeout { kind, after } => f
+                .debug_struct("Timeout")
+                .field("kind", kind)
+                .field("after", after)
+                .finish(),
+        }
+    }
 }
 
 /// The state of a circuit breaker.

@@ -83,8 +83,11 @@
 //! # Events and tracing
 //!
 //! Every request runs in a `tracing` span `http.request` (with `http.request.method`,
-//! `server.address` and `url.full` without query values); each attempt, retry and timeout is a
-//! debug event with `http.request.resend_count` and the class. Header values are never
+//! `server.address` and `url.full`); each attempt, retry and timeout is a debug event with
+//! `http.request.resend_count` and the class. Nothing palisade prints shows a secret: URLs lose
+//! their userinfo and have every query value replaced by `REDACTED` (a bare query token is
+//! replaced whole), in `url.full`, in [`Error`]'s `Display` and `Debug` and every error of its
+//! `source()` chain, and in the `Debug` of events and request builders. Header values are never
 //! logged. [`ClientBuilder::on_event`] takes a hook for the same [`Event`]s, to count them
 //! without tracing.
 //!
@@ -170,6 +173,7 @@ mod ext;
 pub mod fallback;
 mod host;
 pub mod rate_limit;
+mod redact;
 pub mod retry;
 mod retry_after;
 mod time;

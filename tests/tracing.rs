@@ -47,7 +47,7 @@ async fn tracing_has_a_span_per_request_and_an_event_per_attempt_without_secrets
     assert!(out.contains("http.request.method=GET"), "{out}");
     assert!(out.contains("server.address=\"api.test\""), "{out}");
     assert!(
-        out.contains("url.full=\"http://api.test/x?token&page\""),
+        out.contains("url.full=\"http://api.test/x?token=REDACTED&page=REDACTED\""),
         "{out}"
     );
     assert!(out.contains("http.request.resend_count=0"), "{out}");
