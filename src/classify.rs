@@ -241,7 +241,9 @@ mod tests {
     fn error_table() {
         let t = Error::timeout(TimeoutKind::Attempt);
         assert_eq!(FailureClass::from_error(&t), FailureClass::Timeout);
-        let c = Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let c = Error::from(std::io::Error::from(std::io::ErrorKind::AddrNotAvailable));
+        assert_eq!(FailureClass::from_error(&c), FailureClass::Network);
+        let c = Error::from_source(ErrorKind::Connect, "refused");
         assert_eq!(FailureClass::from_error(&c), FailureClass::Network);
         let r = Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert_eq!(FailureClass::from_error(&r), FailureClass::Network);

@@ -180,7 +180,10 @@ impl Error {
     }
 
     /// Whether the connection could not be made (refused, DNS, host or network unreachable,
-    /// connect timeout): the request never reached the server.
+    /// connect timeout, as reqwest's connector reports them): the request never reached the
+    /// server, so it may be resent whatever its method. Only what proves that no byte of the
+    /// request left counts; see [`From<io::Error>`](#impl-From%3CError%3E-for-Error) for the
+    /// I/O errors that do not.
     pub fn is_connect(&self) -> bool {
         self.inner.connect
     }
@@ -254,8 +257,16 @@ impl Error {
     }
 }
 
-/// Walks an error's source chain and reports whether any link is a timeout or a refused
-/// connection, so errors from any transport are classed the same way.
+/// Walks an error's source chain and reports whether any link is a timeout, and whether the
+/// error is certainly a connect failure: one that happened before any byte of the request left.
+///
+/// A connect failure lets the retry stage resend a POST, so only what proves that nothing was
+/// sent counts: reqwest's `is_connect` (its connector failed, so no request was written) and an
+/// I/O `AddrNotAvailable` (no local address could be bound). `ConnectionRefused`,
+/// `HostUnreachable` and `NetworkUnreachable` do not count on their own: the kernel reports
+/// them on an established TCP connection too, when a retransmission times out after an ICMP
+/// error (a firewall's `REJECT`, a route gone), and by then the request may have been written
+/// and processed. When in doubt, it is not a connect failure.
 fn scan_chain(err: &(dyn StdError + 'static)) -> (bool, bool) {
     let (mut timeout, mut connect) = (false, false);
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
@@ -264,10 +275,7 @@ fn scan_chain(err: &(dyn StdError + 'static)) -> (bool, bool) {
         if let Some(io) = io {
             match io.kind() {
                 io::ErrorKind::TimedOut => timeout = true,
-                io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::AddrNotAvailable
-                | io::ErrorKind::HostUnreachable
-                | io::ErrorKind::NetworkUnreachable => connect = true,
+                io::ErrorKind::AddrNotAvailable => connect = true,
                 _ => {}
             }
         }
@@ -309,9 +317,14 @@ impl From<reqwest::Error> for Error {
 }
 
 impl From<io::Error> for Error {
-    /// Classes an I/O error by its kind: `TimedOut` is a transport timeout; `ConnectionRefused`,
-    /// `AddrNotAvailable`, `HostUnreachable` and `NetworkUnreachable` a connect error; anything
-    /// else a transport error.
+    /// Classes an I/O error by its kind (and the kinds of the errors it wraps): `TimedOut` is a
+    /// transport timeout; `AddrNotAvailable` a connect error; anything else a transport error.
+    ///
+    /// `ConnectionRefused`, `HostUnreachable` and `NetworkUnreachable` are transport errors,
+    /// not connect errors: the kernel reports them after a request was written too, so they do
+    /// not prove that nothing reached the server, and a POST that failed with one is not
+    /// resent. A transport that knows it failed before sending anything (its connect call
+    /// failed) says so with [`Error::from_source`]`(ErrorKind::Connect, err)`.
     fn from(err: io::Error) -> Self {
         let (timeout, connect) = scan_chain(&err);
         let kind = if timeout {
@@ -423,7 +436,7 @@ mod tests {
 
     #[test]
     fn io_errors_are_classed_by_kind() {
-        let e = Error::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let e = Error::from(io::Error::from(io::ErrorKind::AddrNotAvailable));
         assert_eq!(e.kind(), ErrorKind::Connect);
         assert!(e.is_connect());
         let e = Error::from(io::Error::from(io::ErrorKind::TimedOut));
@@ -432,6 +445,32 @@ mod tests {
         let e = Error::from(io::Error::from(io::ErrorKind::ConnectionReset));
         assert_eq!(e.kind(), ErrorKind::Transport);
         assert!(!e.is_connect() && !e.is_timeout());
+    }
+
+    // Regression: `HostUnreachable`/`NetworkUnreachable` anywhere in the chain made a connect
+    // failure, which lets a POST be resent, though the kernel reports them (and
+    // `ConnectionRefused`) after a request was written too.
+    #[test]
+    fn errors_that_may_follow_a_write_are_not_connect_failures() {
+        for kind in [
+            io::ErrorKind::HostUnreachable,
+            io::ErrorKind::NetworkUnreachable,
+            io::ErrorKind::ConnectionRefused,
+        ] {
+            for e in [
+                Error::from(io::Error::from(kind)),
+                Error::from(io::Error::other(io::Error::from(kind))),
+            ] {
+                assert!(!e.is_connect(), "{kind:?}");
+                assert_eq!(e.kind(), ErrorKind::Transport, "{kind:?}");
+            }
+        }
+        // A transport that knows nothing was sent says so.
+        let e = Error::from_source(
+            ErrorKind::Connect,
+            io::Error::from(io::ErrorKind::HostUnreachable),
+        );
+        assert!(e.is_connect());
     }
 
     #[test]
@@ -445,7 +484,7 @@ mod tests {
     fn a_connect_timeout_keeps_both_marks() {
         // A connect attempt that timed out: a timeout, and nothing reached the server, which
         // lets a POST be retried. The same as reqwest's own errors are read.
-        let inner = io::Error::from(io::ErrorKind::ConnectionRefused);
+        let inner = io::Error::from(io::ErrorKind::AddrNotAvailable);
         let outer = io::Error::new(io::ErrorKind::TimedOut, inner);
         let e = Error::from(outer);
         assert_eq!(e.kind(), ErrorKind::Timeout);

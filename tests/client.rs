@@ -100,7 +100,7 @@ fn client_and_builder_debug_show_the_pipeline() {
 #[tokio::test(start_paused = true)]
 async fn a_custom_transport_error_converts_into_palisade_error() {
     let svc = tower::service_fn(|_req: reqwest::Request| async {
-        Err::<reqwest::Response, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+        Err::<reqwest::Response, _>(std::io::Error::from(std::io::ErrorKind::AddrNotAvailable))
     });
     let client = Client::builder()
         .transport(svc)

@@ -134,6 +134,50 @@ async fn post_is_retried_after_a_connect_failure_only() {
     assert_eq!(mock.calls(), 1);
 }
 
+// Regression: `HostUnreachable`/`NetworkUnreachable` anywhere in an error's chain made it a
+// connect failure, and connect failures are resent for any method, so a POST that the server
+// had taken could be sent twice. A transport that takes the request, then fails with the error
+// a retransmission timeout reports on an established socket.
+#[tokio::test(start_paused = true)]
+async fn a_post_that_fails_after_it_was_taken_is_sent_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    for kind in [
+        io::ErrorKind::HostUnreachable,
+        io::ErrorKind::NetworkUnreachable,
+        io::ErrorKind::ConnectionRefused,
+    ] {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let t = taken.clone();
+        let svc = tower::service_fn(move |req: reqwest::Request| {
+            let t = t.clone();
+            async move {
+                // The whole request reached the server...
+                assert!(req.body().and_then(|b| b.as_bytes()).is_some());
+                t.fetch_add(1, Ordering::SeqCst);
+                // ...then the connection failed, wrapped as a client library would.
+                Err::<reqwest::Response, _>(io::Error::other(io::Error::new(kind, "after write")))
+            }
+        });
+        let events = Events::default();
+        let client = palisade::Client::builder()
+            .transport(svc)
+            .on_event(events.hook())
+            .build()
+            .unwrap();
+        let err = client
+            .post("http://api.test/orders")
+            .body("{}")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(!err.is_connect(), "{kind:?}: {err:?}");
+        assert_eq!(taken.load(Ordering::SeqCst), 1, "{kind:?} was resent");
+        assert_eq!(err.attempts(), 1);
+        assert_eq!(events.count("NotIdempotent"), 1, "{kind:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn idempotent_methods_are_retried() {
     for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {

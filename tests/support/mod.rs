@@ -40,7 +40,9 @@ pub enum Step {
     With(u16, Vec<(&'static str, String)>),
     /// Answer with this status, headers and body.
     Full(u16, Vec<(&'static str, String)>, Vec<u8>),
-    /// Fail with an I/O error of this kind (ConnectionRefused is a connect error).
+    /// Fail with an I/O error of this kind. `ConnectionRefused` is a connect error (the mock
+    /// knows it sent nothing, as a transport whose connect call failed does); other kinds are
+    /// converted as palisade converts any I/O error.
     Fail(io::ErrorKind),
     /// Never answer.
     Hang,
@@ -158,6 +160,10 @@ fn run(step: Step) -> Pin<Box<dyn Future<Output = Result<Response, Error>> + Sen
             Step::Status(s) => Ok(response(s, &[], Vec::new())),
             Step::With(s, h) => Ok(response(s, &h, Vec::new())),
             Step::Full(s, h, b) => Ok(response(s, &h, b)),
+            Step::Fail(io::ErrorKind::ConnectionRefused) => Err(Error::from_source(
+                palisade::ErrorKind::Connect,
+                io::Error::new(io::ErrorKind::ConnectionRefused, "scripted failure"),
+            )),
             Step::Fail(kind) => Err(Error::from(io::Error::new(kind, "scripted failure"))),
             Step::Hang => std::future::pending().await,
             Step::After(d, step) => {
