@@ -132,3 +132,35 @@ async fn scattered_failures_are_all_retried() {
     }
     assert_eq!(events.count("BudgetExhausted"), 0);
 }
+
+// Regression: a retry was withdrawn from the budget before the backoff sleep, so a caller that
+// dropped its request during the sleep spent a retry that never happened, and callers that
+// stayed found the budget empty.
+#[tokio::test(start_paused = true)]
+async fn callers_who_leave_during_the_backoff_give_their_retry_back() {
+    let mock = Mock::always(Step::Status(503));
+    let events = Events::default();
+    // A reserve of exactly 10 retries (1 a second over 10 s), nothing from deposits; 1 s
+    // backoff, so that the sleep can be interrupted.
+    let retry = support::exact(Duration::from_secs(1), Duration::from_secs(1))
+        .max_attempts(2)
+        .budget(RetryBudget::default().retry_ratio(0.0).min_per_second(1));
+    let client = mock.client(|b| b.retry(retry).no_circuit_breaker().on_event(events.hook()));
+    // Ten callers fail once, withdraw a retry each, and give up during the sleep.
+    for _ in 0..10 {
+        let left = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.get("http://api.test/x").send(),
+        )
+        .await;
+        assert!(left.is_err(), "the caller left during the backoff");
+    }
+    assert_eq!(mock.calls(), 10, "no retry was made");
+    assert_eq!(events.count("Retry"), 10);
+    // The budget is whole again: the next caller retries.
+    let resp = client.get("http://api.test/x").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    use palisade::ResponseExt;
+    assert_eq!(resp.attempts(), 2, "{:?}", events.all());
+    assert_eq!(events.count("BudgetExhausted"), 0);
+}

@@ -21,6 +21,11 @@ use crate::error::ConfigError;
 /// The retry budget's configuration. Default: 20 % extra load, 10 retries per second, 10 s
 /// window.
 ///
+/// Every request deposits `retry_ratio` of a retry; the retry stage withdraws one when it
+/// decides to retry, before the backoff sleep, so that it never sleeps for a retry it could not
+/// make. If the request is dropped during the sleep (the caller left, or its total timeout
+/// fired first), the retry was never made and goes back to the budget.
+///
 /// ```
 /// use std::time::Duration;
 /// use palisade::retry::RetryBudget;
@@ -93,6 +98,14 @@ impl RetryBudget {
 }
 
 const SLOTS: usize = 10;
+
+/// A retry taken from the budget, with the slot it was taken from, so that it can be given
+/// back ([`Budget::refund`]) when the retry is not made after all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a withdrawal is made or refunded"]
+pub(crate) struct Withdrawal {
+    gen: u64,
+}
 /// One retry, in the budget's fixed-point units.
 const UNIT: i64 = 1_000;
 
@@ -124,6 +137,11 @@ impl Budget {
     }
 
     fn slot_at(&self, now: Duration) -> usize {
+        (self.generation_at(now) % SLOTS as u64) as usize
+    }
+
+    /// Moves the window to `now` if it is behind, and returns the generation of the newest slot.
+    fn generation_at(&self, now: Duration) -> u64 {
         let gen = (now.as_nanos() / u128::from(self.slot_nanos)).min(u64::MAX as u128) as u64;
         let mut cur = self.generation.load(Ordering::Acquire);
         while gen > cur {
@@ -144,7 +162,7 @@ impl Budget {
                 Err(actual) => cur = actual,
             }
         }
-        (gen.max(cur) % SLOTS as u64) as usize
+        gen.max(cur)
     }
 
     /// Records a request (each request deposits `ratio` of a retry).
@@ -153,9 +171,9 @@ impl Budget {
         self.slots[i].fetch_add(self.deposit, Ordering::AcqRel);
     }
 
-    /// Takes one retry if the window holds one; false when the budget is spent.
-    pub(crate) fn try_withdraw(&self, now: Duration) -> bool {
-        let i = self.slot_at(now);
+    /// Takes one retry if the window holds one; `None` when the budget is spent.
+    pub(crate) fn try_withdraw(&self, now: Duration) -> Option<Withdrawal> {
+        let gen = self.generation_at(now);
         let balance: i64 = self
             .slots
             .iter()
@@ -163,10 +181,20 @@ impl Budget {
             .sum::<i64>()
             + self.reserve;
         if balance < UNIT {
-            return false;
+            return None;
         }
-        self.slots[i].fetch_sub(UNIT, Ordering::AcqRel);
-        true
+        self.slots[(gen % SLOTS as u64) as usize].fetch_sub(UNIT, Ordering::AcqRel);
+        Some(Withdrawal { gen })
+    }
+
+    /// Gives back a retry that was withdrawn but never made (its caller left during the
+    /// backoff). A withdrawal that has left the window already is not given back: the window
+    /// no longer counts it.
+    pub(crate) fn refund(&self, w: Withdrawal) {
+        let cur = self.generation.load(Ordering::Acquire);
+        if cur.saturating_sub(w.gen) < SLOTS as u64 {
+            self.slots[(w.gen % SLOTS as u64) as usize].fetch_add(UNIT, Ordering::AcqRel);
+        }
     }
 
     /// Retries that could be withdrawn now.
@@ -194,12 +222,12 @@ mod tests {
     fn reserve_alone_gives_min_per_second_times_window() {
         let b = Budget::new(&RetryBudget::default());
         let mut n = 0;
-        while b.try_withdraw(Duration::ZERO) {
+        while b.try_withdraw(Duration::ZERO).is_some() {
             n += 1;
         }
         assert_eq!(n, 100);
         // The withdrawals leave the window after 10 s and the reserve is whole again.
-        assert!(!b.try_withdraw(9 * S));
+        assert!(b.try_withdraw(9 * S).is_none());
         assert_eq!(b.available(10 * S), 100);
     }
 
@@ -210,7 +238,7 @@ mod tests {
             b.deposit(Duration::ZERO);
         }
         let mut n = 0;
-        while b.try_withdraw(Duration::ZERO) {
+        while b.try_withdraw(Duration::ZERO).is_some() {
             n += 1;
         }
         assert_eq!(n, 10);
@@ -226,6 +254,25 @@ mod tests {
         assert_eq!(b.available(10 * S), 0);
         // A jump far ahead clears everything.
         assert_eq!(b.available(1_000 * S), 0);
+    }
+
+    #[test]
+    fn a_refund_gives_the_retry_back_while_its_slot_is_in_the_window() {
+        let b = Budget::new(&RetryBudget::default().min_per_second(0));
+        for _ in 0..10 {
+            b.deposit(Duration::ZERO);
+        }
+        assert_eq!(b.available(Duration::ZERO), 2);
+        let w = b.try_withdraw(Duration::ZERO).unwrap();
+        assert_eq!(b.available(S), 1);
+        b.refund(w);
+        assert_eq!(b.available(S), 2);
+        // A withdrawal whose slot has left the window is not given back: it would be credit
+        // out of nothing.
+        let w = b.try_withdraw(S).unwrap();
+        assert_eq!(b.available(20 * S), 0);
+        b.refund(w);
+        assert_eq!(b.available(20 * S), 0);
     }
 
     #[test]
@@ -259,7 +306,7 @@ mod tests {
             for (dt_ms, want_retry) in steps {
                 now += Duration::from_millis(dt_ms);
                 if want_retry {
-                    if b.try_withdraw(now) {
+                    if b.try_withdraw(now).is_some() {
                         log.push((now, true));
                     }
                 } else {

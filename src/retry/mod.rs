@@ -44,8 +44,8 @@ use tower_service::Service;
 use url::Url;
 
 pub use self::backoff::{Backoff, Jitter};
-use self::budget::Budget;
 pub use self::budget::RetryBudget;
+use self::budget::{Budget, Withdrawal};
 use crate::classify::{Classifier, FailureClass, Outcome};
 use crate::context;
 use crate::error::{ConfigError, Error, TimeoutKind};
@@ -321,6 +321,8 @@ enum Next {
     Sleep {
         delay: Duration,
         from_retry_after: bool,
+        /// The retry taken from the budget, given back if the caller leaves during the sleep.
+        withdrawal: Option<Withdrawal>,
     },
     /// The backoff would reach the deadline: wait for it (the total timeout fires during the
     /// sleep) without spending the budget on a retry that cannot happen.
@@ -347,6 +349,20 @@ struct Progress {
     attempt: u32,
     /// The URL of a last attempt, whose request is not kept, for its error.
     last_url: Option<Box<Url>>,
+    /// The retry withdrawn from the budget for the attempt to come, until that attempt starts:
+    /// a caller that drops the request during the backoff sleep gives it back (see `Drop`).
+    reserved: Option<Withdrawal>,
+}
+
+impl Drop for Progress {
+    /// A retry withdrawn before the backoff sleep and never made (the caller dropped the
+    /// request, or its total timeout fired, during the sleep) goes back to the budget: callers
+    /// who left must not spend retries that the others could use.
+    fn drop(&mut self) {
+        if let (Some(w), Some(b)) = (self.reserved.take(), &self.shared.budget) {
+            b.refund(w);
+        }
+    }
 }
 
 // The loop keeps only the service, the request kept for the next attempt and the bookkeeping
@@ -421,6 +437,7 @@ impl Progress {
             prev_delay: shared.cfg.backoff.base,
             attempt: 0,
             last_url: None,
+            reserved: None,
             shared,
         }
     }
@@ -440,6 +457,8 @@ impl Progress {
             return Err(e);
         }
         self.attempt += 1;
+        // The retry is being made: what it took from the budget is spent.
+        self.reserved = None;
         let mut send = if self.attempt < self.shared.cfg.max_attempts {
             match original.try_clone() {
                 Some(copy) => {
@@ -513,7 +532,9 @@ impl Progress {
             Next::Sleep {
                 delay,
                 from_retry_after,
+                withdrawal,
             } => {
+                self.reserved = withdrawal;
                 tracing::debug!(
                     http.request.resend_count = attempt,
                     class = %class,
@@ -611,14 +632,17 @@ fn decide(
     if let Some(dl) = deadline.filter(|_| past(deadline, delay)) {
         return Next::SleepToDeadline(dl);
     }
-    if let Some(b) = &shared.budget {
-        if !b.try_withdraw(shared.now()) {
-            return Next::GiveUp(GiveUpReason::BudgetExhausted);
-        }
-    }
+    let withdrawal = match &shared.budget {
+        Some(b) => match b.try_withdraw(shared.now()) {
+            Some(w) => Some(w),
+            None => return Next::GiveUp(GiveUpReason::BudgetExhausted),
+        },
+        None => None,
+    };
     Next::Sleep {
         delay,
         from_retry_after,
+        withdrawal,
     }
 }
 
