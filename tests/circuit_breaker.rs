@@ -521,3 +521,91 @@ fn bad_configuration_is_a_config_error_naming_the_field() {
         "{e}"
     );
 }
+
+/// Sends `n` concurrent GETs to `url` through `client`, each with `timeout` as its own deadline
+/// when given; returns how many timed out.
+async fn concurrent(
+    client: &palisade::Client,
+    url: &str,
+    n: usize,
+    timeout: Option<Duration>,
+) -> usize {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let mut b = client.get(url);
+        if let Some(t) = timeout {
+            b = b.timeout(t);
+        }
+        set.spawn(b.send());
+    }
+    let mut timed_out = 0;
+    while let Some(r) = set.join_next().await {
+        if r.unwrap().is_err_and(|e| e.is_timeout()) {
+            timed_out += 1;
+        }
+    }
+    timed_out
+}
+
+// Regression: when the caller's deadline came before the attempt timeout, the attempt ended as
+// `Timeout(Total)` and the breaker recorded a host failure, so twenty callers using
+// `.timeout(100ms)` against a healthy host that answers in 300 ms opened the circuit for every
+// caller.
+#[tokio::test(start_paused = true)]
+async fn the_callers_deadline_is_not_a_host_failure() {
+    for (attempt_timeout, rule) in [
+        (true, CircuitBreaker::default()),
+        (false, CircuitBreaker::default()),
+        (true, CircuitBreaker::default().consecutive_failures(5)),
+    ] {
+        let mock = Mock::always(Step::after(ms(300), Step::Status(200)));
+        let client = mock.client(|b| {
+            let b = b.no_retry().circuit_breaker(rule.clone());
+            if attempt_timeout {
+                b
+            } else {
+                b.no_attempt_timeout()
+            }
+        });
+        assert_eq!(concurrent(&client, A, 40, Some(ms(100))).await, 40);
+        let breakers = client.circuit_breaker().unwrap();
+        assert_eq!(breakers.state(A), CircuitState::Closed, "{rule:?}");
+        // A caller with time enough is served.
+        assert_eq!(client.get(A).send().await.unwrap().status(), 200);
+    }
+}
+
+// The same host hanging past the attempt timeout is the host's failure: it opens.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_timeout_before_the_deadline_is_a_host_failure() {
+    let mock = Mock::always(Step::after(ms(300), Step::Status(200)));
+    let client = mock.client(|b| b.no_retry().attempt_timeout(ms(100)));
+    assert_eq!(concurrent(&client, A, 40, None).await, 40);
+    assert_eq!(
+        client.circuit_breaker().unwrap().state(A),
+        CircuitState::Open
+    );
+}
+
+// Over real sockets the caller's deadline may fire as reqwest's own per-request timeout (which
+// palisade narrows to the deadline) rather than as palisade's: not a host failure either.
+#[tokio::test]
+async fn a_transport_timeout_at_the_callers_deadline_is_not_a_host_failure() {
+    use wiremock::{matchers::any, Mock as Wm, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Wm::given(any())
+        .respond_with(ResponseTemplate::new(200).set_delay(ms(300)))
+        .mount(&server)
+        .await;
+    let client = palisade::Client::builder()
+        .no_retry()
+        .circuit_breaker(CircuitBreaker::default().consecutive_failures(5))
+        .build()
+        .unwrap();
+    let url = format!("{}/x", server.uri());
+    assert_eq!(concurrent(&client, &url, 25, Some(ms(100))).await, 25);
+    assert_eq!(
+        client.circuit_breaker().unwrap().state(&url),
+        CircuitState::Closed
+    );
+}

@@ -10,8 +10,9 @@ use reqwest::Response;
 
 use super::breaker::Permit;
 use super::Recorder;
-use crate::classify::Outcome;
-use crate::error::Error;
+use crate::classify::{FailureClass, Outcome};
+use crate::context;
+use crate::error::{Error, TimeoutKind};
 
 pin_project! {
     /// The response future of [`CircuitBreakerService`](super::CircuitBreakerService).
@@ -82,7 +83,13 @@ where
             StateProj::Called { fut, permit, rec } => {
                 let result = ready!(fut.poll(cx)).map_err(Into::into);
                 if let Some(mut permit) = permit.take() {
-                    let class = rec.classifier.classify(Outcome::of(&result));
+                    let class = if callers_deadline(&result) {
+                        // Not the host's failure: the caller ran out of time, as if it had
+                        // dropped the call.
+                        FailureClass::Cancelled
+                    } else {
+                        rec.classifier.classify(Outcome::of(&result))
+                    };
                     if let Some(t) = permit.record(class, rec.now()) {
                         rec.report(permit.breaker().key(), t);
                     }
@@ -93,5 +100,21 @@ where
                 .take()
                 .expect("CircuitBreakerFuture polled after completion"))),
         }
+    }
+}
+
+/// Whether a call ended because the caller's deadline came (its total or per-request timeout),
+/// not because the host failed: a timeout labelled as the total one (the attempt timeout capped
+/// by the deadline), or any timeout, the transport's included, that fired at or after the
+/// deadline (reqwest's per-request timeout, which the stages narrow to the deadline). The
+/// attempt timeout and the transport's own timeouts that fire before the deadline are the
+/// host's failures.
+fn callers_deadline(result: &Result<Response, Error>) -> bool {
+    match result {
+        Err(e) if e.is_timeout() => {
+            e.timeout_kind() == Some(TimeoutKind::Total)
+                || context::deadline().is_some_and(|d| tokio::time::Instant::now() >= d)
+        }
+        _ => false,
     }
 }

@@ -12,6 +12,10 @@
 //!   failures; `Success` and `ClientError` are successes (a 4xx is the caller's problem, never
 //!   the host's); `Throttled` (429) is ignored, as it is the rate limiter's signal; a
 //!   cancelled call (its future dropped) and a rejection by another stage are ignored too.
+//!   So is a call cut short by the caller's own deadline (the total timeout, or a request's
+//!   [`timeout`](crate::RequestBuilder::timeout)) before the host answered: the caller ran
+//!   out of time, which says nothing of the host. The attempt timeout and the transport's own
+//!   timeouts that fire before the deadline are the host's failures.
 //!   Optionally a success slower than [`CircuitBreaker::slow_call`] counts as a failure.
 //! - **When it opens**: by default when failures reach [`failure_ratio`](CircuitBreaker::failure_ratio)
 //!   (0.5) of the calls over the last [`window`](CircuitBreaker::window) (30 s, kept in ten
