@@ -56,3 +56,10 @@ impl ResponseExt for reqwest::Response {
         self.extensions().get::<FallbackInfo>().copied()
     }
 }
+
+/// When the call left a rate limiter that made it wait (for a token, or for a pushback pause
+/// to end), on tokio's clock; kept in the response's extensions by the rate-limit stage, so
+/// that the circuit breaker above times a slow call from when it left for the host, not from
+/// when it started waiting. Absent when the call did not wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LeftLimiterAt(pub(crate) tokio::time::Instant);

@@ -609,3 +609,35 @@ async fn a_transport_timeout_at_the_callers_deadline_is_not_a_host_failure() {
         CircuitState::Closed
     );
 }
+
+// Regression: `slow_call` timed the call from when the breaker admitted it, so a call that
+// waited for a token in the local rate limiter below looked slow, and a busy limiter opened
+// the breaker of a host that was never slow.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_wait_is_not_a_slow_call() {
+    use palisade::rate_limit::RateLimit;
+    for (answer_in, opens) in [(ms(0), false), (ms(300), true)] {
+        let mock = Mock::always(Step::after(answer_in, Step::Status(200)));
+        let client = mock.client(|b| {
+            b.no_retry()
+                .circuit_breaker(
+                    CircuitBreaker::default()
+                        .consecutive_failures(3)
+                        .slow_call(ms(200)),
+                )
+                .rate_limit(RateLimit::per_second(1).burst(1).max_wait(secs(5)))
+        });
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            let _ = client.get(A).send().await;
+        }
+        assert!(start.elapsed() >= secs(2), "the calls waited for tokens");
+        let state = client.circuit_breaker().unwrap().state(A);
+        let want = if opens {
+            CircuitState::Open
+        } else {
+            CircuitState::Closed
+        };
+        assert_eq!(state, want, "host answering in {answer_in:?}");
+    }
+}

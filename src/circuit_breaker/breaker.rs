@@ -550,14 +550,27 @@ impl Permit {
         self.gen
     }
 
-    /// Records the call's class; the time it took is `now` less the time it was admitted.
-    /// Only the first record of a permit counts.
+    /// [`record_left`](Self::record_left) for a call that left for the host when admitted.
+    #[cfg(test)]
     pub(crate) fn record(&mut self, class: FailureClass, now: Duration) -> Option<Transition> {
+        self.record_left(class, now, None)
+    }
+
+    /// Records the call's class; the time it took is `now` less the time it was admitted, or
+    /// less `left`, when it left for the host later than that (it waited below the breaker).
+    /// Only the first record of a permit counts.
+    pub(crate) fn record_left(
+        &mut self,
+        class: FailureClass,
+        now: Duration,
+        left: Option<Duration>,
+    ) -> Option<Transition> {
         if std::mem::replace(&mut self.done, true) {
             return None;
         }
         let b = &self.breaker;
-        let verdict = b.policy.verdict(class, now.saturating_sub(self.start));
+        let sent = left.map_or(self.start, |l| l.max(self.start));
+        let verdict = b.policy.verdict(class, now.saturating_sub(sent));
         if self.probe {
             b.record_probe(self.gen, verdict, now)
         } else {

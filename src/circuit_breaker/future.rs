@@ -13,6 +13,7 @@ use super::Recorder;
 use crate::classify::{FailureClass, Outcome};
 use crate::context;
 use crate::error::{Error, TimeoutKind};
+use crate::ext::LeftLimiterAt;
 
 pin_project! {
     /// The response future of [`CircuitBreakerService`](super::CircuitBreakerService).
@@ -90,7 +91,16 @@ where
                     } else {
                         rec.classifier.classify(Outcome::of(&result))
                     };
-                    if let Some(t) = permit.record(class, rec.now()) {
+                    // A call that waited below for the rate limiter is timed from when it left
+                    // for the host.
+                    let left = match &result {
+                        Ok(r) => r
+                            .extensions()
+                            .get::<LeftLimiterAt>()
+                            .map(|l| rec.since_epoch(l.0)),
+                        Err(_) => None,
+                    };
+                    if let Some(t) = permit.record_left(class, rec.now(), left) {
                         rec.report(permit.breaker().key(), t);
                     }
                 }

@@ -177,9 +177,11 @@ impl CircuitBreaker {
         self
     }
 
-    /// Counts a success that took at least `threshold` (from the call to the response's head)
-    /// as a failure: a host that answers slowly is failing too. A 4xx is never counted, slow
-    /// or not. Off by default; above zero.
+    /// Counts a success that took at least `threshold` (from when the call left for the host
+    /// to the response's head) as a failure: a host that answers slowly is failing too. A wait
+    /// in the rate limiter below the breaker (for a token, or for a pushback pause) is not the
+    /// host's slowness and is not counted. A 4xx is never counted, slow or not. Off by
+    /// default; above zero.
     pub fn slow_call(mut self, threshold: Duration) -> Self {
         self.slow_call = Some(threshold);
         self
@@ -368,7 +370,11 @@ pub(crate) struct Recorder {
 
 impl Recorder {
     fn now(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.epoch)
+        self.since_epoch(Instant::now())
+    }
+
+    fn since_epoch(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.epoch)
     }
 
     fn report(&self, key: &str, t: Transition) {

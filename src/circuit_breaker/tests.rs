@@ -657,3 +657,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_slow_call_is_timed_from_when_it_left_for_the_host() {
+    let b = breaker(
+        CircuitBreaker::default()
+            .consecutive_failures(1)
+            .slow_call(S),
+    );
+    // Admitted at 0, waited 5 s below the breaker, answered 500 ms after it left: not slow.
+    let mut p = admit(&b, Duration::ZERO);
+    assert_eq!(p.record_left(Success, 5 * S + S / 2, Some(5 * S)), None);
+    assert_eq!(b.state(), Closed);
+    // A `left` before admission (it cannot be) changes nothing: timed from admission.
+    let mut p = admit(&b, 10 * S);
+    assert_eq!(to(p.record_left(Success, 12 * S, Some(S))), Some(Open));
+}

@@ -13,6 +13,7 @@ use tower_service::Service;
 
 use super::Shared;
 use crate::error::Error;
+use crate::ext::LeftLimiterAt;
 
 pin_project! {
     /// The response future of [`RateLimitService`](super::RateLimitService): waits for a token
@@ -47,10 +48,12 @@ pin_project! {
             arrived: Instant,
             deadline: Option<Instant>,
         },
-        // A token was taken and the inner service called.
+        // A token was taken and the inner service called; `left` is when, if the call had to
+        // wait for it.
         Calling {
             #[pin]
             fut: S::Future,
+            left: Option<Instant>,
         },
         // Rejected without a token (`Some`), or finished (`None`).
         Done {
@@ -63,7 +66,7 @@ impl<S: Service<Request>> RateLimitFuture<S> {
     /// A call that took its token at once and was sent.
     pub(crate) fn calling(fut: S::Future, shared: Arc<Shared>, key: String) -> Self {
         RateLimitFuture {
-            state: State::Calling { fut },
+            state: State::Calling { fut, left: None },
             shared,
             key,
         }
@@ -127,10 +130,13 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Calling { fut } => {
-                    let result = ready!(fut.poll(cx)).map_err(Into::into);
-                    if let Ok(resp) = &result {
+                StateProj::Calling { fut, left } => {
+                    let mut result = ready!(fut.poll(cx)).map_err(Into::into);
+                    if let Ok(resp) = &mut result {
                         this.shared.observe(this.key, resp);
+                        if let Some(at) = *left {
+                            resp.extensions_mut().insert(LeftLimiterAt(at));
+                        }
                     }
                     this.state.set(State::Done { err: None });
                     return Poll::Ready(result);
@@ -147,7 +153,8 @@ where
                         Ok(()) => match (inner.take(), req.take()) {
                             (Some(mut svc), Some(req)) => {
                                 let fut = svc.call(req);
-                                this.state.set(State::Calling { fut });
+                                let left = Some(Instant::now());
+                                this.state.set(State::Calling { fut, left });
                             }
                             // Unreachable: both are taken only here, when leaving this state.
                             _ => this.state.set(State::Done { err: None }),
