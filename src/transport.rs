@@ -21,10 +21,12 @@ pub(crate) enum Transport {
     Custom(BoxCloneSyncService<Request, Response, Error>),
 }
 
+/// Names the transport only: a `reqwest::Client`'s own `Debug` shows its default headers'
+/// values (credentials among them, when a client is built with an `Authorization` default).
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Transport::Reqwest(c) => f.debug_tuple("Reqwest").field(c).finish(),
+            Transport::Reqwest(_) => f.write_str("Reqwest"),
             Transport::Custom(_) => f.write_str("Custom"),
         }
     }
@@ -75,5 +77,28 @@ impl Service<Request> for Transport {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_default_header_value() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer SECRET"),
+        );
+        let c = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        assert!(
+            format!("{c:?}").contains("SECRET"),
+            "reqwest's own Debug shows it"
+        );
+        assert_eq!(format!("{:?}", Transport::Reqwest(c)), "Reqwest");
     }
 }
