@@ -1,0 +1,454 @@
+//! What users feel: throughput and latency of many concurrent GETs to a real HTTP/1.1 server on
+//! loopback, through palisade's standard pipeline, bare reqwest, and reqwest-middleware with
+//! reqwest-retry, in interleaved rounds.
+//!
+//! - The server: hyper 1, HTTP/1.1 with keep-alive, on `127.0.0.1`, on a thread and a
+//!   `current_thread` runtime of its own, answering every request with `200 OK` and a 26-byte
+//!   JSON body.
+//! - The clients, on one tokio `multi_thread` runtime with 2 workers (the machine's cores), each
+//!   with a `reqwest::Client` configured as palisade configures its own (a default builder with
+//!   `.retry(reqwest::retry::never())`), each reading the whole body:
+//!   - `reqwest`: `reqwest::Client::execute`;
+//!   - `palisade`: `palisade::Client::builder().build()`, the standard pipeline (total timeout
+//!     30 s, retry with 3 attempts and the budget, a circuit breaker per host, attempt timeout
+//!     10 s), via `Client::execute`;
+//!   - `middleware`: reqwest-middleware's `ClientWithMiddleware` with reqwest-retry's
+//!     `RetryTransientMiddleware` (exponential backoff, 2 retries), via `execute`.
+//! - For each concurrency N (1, 64 and 2,000 by default): N tasks share one client and send
+//!   requests one after the other until the round's count is reached. Every client first warms
+//!   up with N concurrent requests, so that each has its N connections open before it is timed.
+//! - Rounds run each client in turn, the order rotating each round, so a change of the machine's
+//!   load falls on all of them alike; the ratio of palisade's throughput to each peer's is taken
+//!   within each round. The bench prints, per N and client, the median throughput over rounds,
+//!   p50 and p99 latency over all requests, and the median ratio with its quartiles; and heap
+//!   allocations per request, counted (in a pass of their own, not timed) on the client
+//!   runtime's threads only.
+//! - It writes `docs/load/load.csv` and the plot `docs/load/throughput.svg` (throughput against
+//!   concurrency for the three clients).
+//!
+//! Run with `cargo bench --bench load` (about two minutes). `LOAD_ROUNDS` (default 9) sets the
+//! rounds, `LOAD_CONCURRENCY` (default `1,64,2000`) the values of N, `LOAD_SCALE` (default 1.0)
+//! multiplies the requests per round (N = 1: 2,000; 64: 20,000; 2,000: 40,000).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use reqwest::{Method, Request, Url};
+use reqwest_middleware::ClientWithMiddleware;
+use reqwest_retry::policies::ExponentialBackoff;
+use reqwest_retry::RetryTransientMiddleware;
+
+// ---------------------------------------------------------------------------------------------
+// Allocation counting, on the client runtime's threads, in the counting pass only
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static CLIENT_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+fn count_one() {
+    if COUNTING.load(Ordering::Relaxed) && CLIENT_THREAD.try_with(Cell::get).unwrap_or(false) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: forwarded as is to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: forwarded as is to the system allocator.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as is to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        // SAFETY: forwarded as is to the system allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+// ---------------------------------------------------------------------------------------------
+// The server
+
+const BODY: &[u8] = br#"{"id":1,"name":"palisade"}"#;
+
+fn start_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let addr = listener.local_addr().expect("address");
+    std::thread::Builder::new()
+        .name("load-server".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("server runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(|_req| async {
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from_static(BODY),
+                            )))
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(true)
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            })
+        })
+        .expect("server thread");
+    addr
+}
+
+// ---------------------------------------------------------------------------------------------
+// The clients
+
+type SendFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+#[derive(Clone)]
+enum Client {
+    Reqwest(reqwest::Client),
+    Palisade(palisade::Client),
+    Middleware(ClientWithMiddleware),
+}
+
+impl Client {
+    const NAMES: [&'static str; 3] = ["reqwest", "palisade", "middleware"];
+
+    fn all() -> [Client; 3] {
+        let http = || {
+            reqwest::Client::builder()
+                .retry(reqwest::retry::never())
+                .build()
+                .expect("reqwest client")
+        };
+        let policy = ExponentialBackoff::builder().build_with_max_retries(2);
+        [
+            Client::Reqwest(http()),
+            Client::Palisade(palisade::Client::builder().build().expect("palisade")),
+            Client::Middleware(
+                reqwest_middleware::ClientBuilder::new(http())
+                    .with(RetryTransientMiddleware::new_with_policy(policy))
+                    .build(),
+            ),
+        ]
+    }
+
+    /// One GET, its body read whole. The future is boxed in every variant alike, so that the
+    /// driver is the same code for all.
+    fn send(&self, url: &Url) -> SendFuture {
+        let req = Request::new(Method::GET, url.clone());
+        match self.clone() {
+            Client::Reqwest(c) => Box::pin(async move {
+                let resp = c.execute(req).await.expect("200");
+                black_box(resp.bytes().await.expect("body"));
+            }),
+            Client::Palisade(c) => Box::pin(async move {
+                let resp = c.execute(req).await.expect("200");
+                black_box(resp.bytes().await.expect("body"));
+            }),
+            Client::Middleware(c) => Box::pin(async move {
+                let resp = c.execute(req).await.expect("200");
+                black_box(resp.bytes().await.expect("body"));
+            }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The driver
+
+/// What one client did in one round.
+struct Round {
+    elapsed: Duration,
+    /// Latency of each request, in microseconds.
+    latencies: Vec<u32>,
+}
+
+/// `total` requests through `client` from `n` tasks, each sending one after the other.
+async fn run(client: &Client, url: &Url, n: usize, total: usize, timed: bool) -> Round {
+    let left = Arc::new(AtomicUsize::new(total));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url, left) = (client.clone(), url.clone(), left.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
+                    .is_ok()
+                {
+                    let t = Instant::now();
+                    client.send(&url).await;
+                    if timed {
+                        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(if timed { total } else { 0 });
+    for t in tasks {
+        latencies.extend(t.await.expect("task"));
+    }
+    Round {
+        elapsed: start.elapsed(),
+        latencies,
+    }
+}
+
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64
+}
+
+fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    [at(0.25), at(0.5), at(0.75)]
+}
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The results of one concurrency, for the table, the CSV and the plot.
+struct Row {
+    n: usize,
+    /// Per client: median throughput (requests per second), p50 and p99 latency (µs),
+    /// allocations per request.
+    clients: [(f64, f64, f64, f64); 3],
+    /// palisade's throughput over each peer's, per round: quartiles (reqwest, middleware).
+    ratios: [[f64; 3]; 2],
+}
+
+fn main() {
+    // A harness that lists benchmarks (`--list`) finds none to list here.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rounds: usize = env("LOAD_ROUNDS", 9);
+    let scale: f64 = env("LOAD_SCALE", 1.0);
+    let concurrency: Vec<usize> = std::env::var("LOAD_CONCURRENCY")
+        .unwrap_or_else(|_| "1,64,2000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .collect();
+
+    let addr = start_server();
+    let url = Url::parse(&format!("http://{addr}/users/1")).expect("valid URL");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(|| CLIENT_THREAD.with(|c| c.set(true)))
+        .build()
+        .expect("client runtime");
+
+    println!(
+        "load: {rounds} interleaved rounds per concurrency, server hyper HTTP/1.1 on {addr}, \
+         clients on 2 tokio workers"
+    );
+    let mut rows = Vec::new();
+    for &n in &concurrency {
+        let base = match n {
+            1 => 2_000,
+            n if n <= 64 => 20_000,
+            _ => 40_000,
+        };
+        let total = ((base as f64 * scale) as usize).max(n);
+        // Fresh clients per concurrency, so that pools and state do not carry over.
+        let clients = Client::all();
+        let mut tput: [Vec<f64>; 3] = Default::default();
+        let mut lats: [Vec<u32>; 3] = Default::default();
+        let mut allocs = [0.0; 3];
+        rt.block_on(async {
+            for c in &clients {
+                run(c, &url, n, n, false).await;
+                run(c, &url, n, n.max(1_000), false).await;
+            }
+            // Allocations, in a pass of their own.
+            for (i, c) in clients.iter().enumerate() {
+                let k = (total / 4).max(n);
+                ALLOCS.store(0, Ordering::Relaxed);
+                COUNTING.store(true, Ordering::Relaxed);
+                run(c, &url, n, k, false).await;
+                COUNTING.store(false, Ordering::Relaxed);
+                allocs[i] = ALLOCS.load(Ordering::Relaxed) as f64 / k as f64;
+            }
+            for round in 0..rounds {
+                for i in 0..3 {
+                    let j = (round + i) % 3;
+                    let r = run(&clients[j], &url, n, total, true).await;
+                    tput[j].push(total as f64 / r.elapsed.as_secs_f64());
+                    lats[j].extend(r.latencies);
+                }
+            }
+        });
+        let ratio = |peer: usize| {
+            quartiles(
+                tput[1]
+                    .iter()
+                    .zip(&tput[peer])
+                    .map(|(p, x)| p / x)
+                    .collect(),
+            )
+        };
+        let mut row = Row {
+            n,
+            clients: [(0.0, 0.0, 0.0, 0.0); 3],
+            ratios: [ratio(0), ratio(2)],
+        };
+        println!("\nN = {n}: {total} requests per round");
+        println!(
+            "  {:<12} {:>12} {:>10} {:>10} {:>12}",
+            "client", "req/s", "p50 µs", "p99 µs", "allocs/req"
+        );
+        for j in 0..3 {
+            lats[j].sort_unstable();
+            let t = quartiles(tput[j].clone())[1];
+            let (p50, p99) = (percentile(&lats[j], 0.5), percentile(&lats[j], 0.99));
+            row.clients[j] = (t, p50, p99, allocs[j]);
+            println!(
+                "  {:<12} {:>12.0} {:>10.0} {:>10.0} {:>12.1}",
+                Client::NAMES[j],
+                t,
+                p50,
+                p99,
+                allocs[j]
+            );
+        }
+        for (k, peer) in [(0, "reqwest"), (1, "middleware")] {
+            let r = row.ratios[k];
+            println!(
+                "  palisade / {peer}: throughput {:.3} [{:.3}–{:.3}] (median [p25–p75] of rounds)",
+                r[1], r[0], r[2]
+            );
+        }
+        rows.push(row);
+    }
+    if let Err(e) = write_results(&rows) {
+        eprintln!("could not write docs/load: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CSV and plot
+
+fn write_results(rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/load");
+    std::fs::create_dir_all(&dir)?;
+    let mut csv = String::from(
+        "concurrency,client,throughput_rps,p50_us,p99_us,allocs_per_request,\
+         palisade_ratio_p25,palisade_ratio_median,palisade_ratio_p75\n",
+    );
+    for r in rows {
+        for (j, name) in Client::NAMES.iter().enumerate() {
+            let (t, p50, p99, a) = r.clients[j];
+            let ratio = match j {
+                0 => r.ratios[0],
+                2 => r.ratios[1],
+                _ => [1.0; 3],
+            };
+            csv.push_str(&format!(
+                "{},{name},{t:.0},{p50:.0},{p99:.0},{a:.1},{:.3},{:.3},{:.3}\n",
+                r.n, ratio[0], ratio[1], ratio[2]
+            ));
+        }
+    }
+    std::fs::write(dir.join("load.csv"), csv)?;
+    if rows.len() < 2 {
+        return Ok(());
+    }
+
+    let path = dir.join("throughput.svg");
+    let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_n = rows.iter().map(|r| r.n).max().unwrap_or(1) as f64;
+    let max_t = rows
+        .iter()
+        .flat_map(|r| r.clients.iter().map(|c| c.0))
+        .fold(0.0, f64::max)
+        * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Throughput against concurrency, loopback HTTP/1.1",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((1.0..max_n * 1.5).log_scale(), 0.0..max_t)?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent requests")
+        .y_desc("requests per second")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    let colors = [
+        RGBColor(90, 90, 90),
+        RGBColor(200, 60, 30),
+        RGBColor(40, 90, 190),
+    ];
+    for (j, name) in Client::NAMES.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.n as f64, r.clients[j].0)).collect();
+        let c = colors[j];
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
