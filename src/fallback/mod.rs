@@ -32,12 +32,22 @@
 //! - its body is at most [`max_entry_bytes`](FallbackCache::max_entry_bytes);
 //! - it could be served some day: its freshness plus its stale allowance is above zero.
 //!
-//! Only a response that will be stored has its body read here: one announced by
-//! `Content-Length` as too large, or not storable, is passed on untouched and keeps
-//! streaming. A body without a length is read up to `max_entry_bytes`; past that, the caller
-//! gets the part read and the rest as it streams, and nothing is stored. Reading a body to
-//! store it is bounded by the request's total deadline; a failure while reading is a failure of
-//! the request like any other, and may be answered from the cache.
+//! A response is handed on as soon as its head arrives, whether or not it is to be stored: the
+//! caller reads its body as it streams (a chunked feed or a long poll works as it does without
+//! the cache). The body of a response to be stored passes through a copy: each chunk the caller
+//! reads is also kept aside, and the response is stored when the body has ended, whole and
+//! within `max_entry_bytes`. A body that fails, grows past `max_entry_bytes`, is dropped before
+//! its end, or has not ended by the request's deadline (its own timeout, else the client's
+//! total timeout, else [`max_body_time`](FallbackCache::max_body_time) after the head) stores
+//! nothing, and its copy is freed then. A response without a body (to a HEAD, a 204, an empty
+//! one) is stored at once. **Nothing is stored while the caller has not read the body to its
+//! end**: a response dropped unread leaves the store as it was. One announced by
+//! `Content-Length` as too large, or not storable, is passed on untouched.
+//!
+//! Once its head is handed on, a response is the server's answer: a failure while the caller
+//! reads its body reaches the caller as reqwest reports it, and is not answered from the
+//! store. How long the caller may take to read the body is bounded by reqwest's own timeouts,
+//! not by the cache.
 //!
 //! A response to an unsafe request (POST, PUT, PATCH, DELETE…) with a status below 400 voids
 //! what was stored for its URL (RFC 9111 §4.4).
@@ -137,7 +147,9 @@ pub struct FallbackCache {
     serve_on: ServeOn,
     key_fn: Option<Arc<KeyFn>>,
     static_fallback: Option<Arc<StaticFn>>,
-    /// The client's total timeout, which bounds reading a body to store it.
+    /// How long a body is copied when the request has no deadline.
+    max_body_time: Duration,
+    /// The client's total timeout, which bounds copying a body to store it.
     total_timeout: Option<Duration>,
 }
 
@@ -154,7 +166,8 @@ struct ServeOn {
 impl Default for FallbackCache {
     /// At most 32 MiB in all and 1 MiB per body, stale entries served for up to 5 minutes
     /// (unless the response's `stale-if-error` says otherwise), on every kind of failure;
-    /// nothing `private` or sent with credentials is stored.
+    /// nothing `private` or sent with credentials is stored; a body without a deadline is
+    /// copied for up to 30 s.
     fn default() -> Self {
         FallbackCache {
             max_bytes: 32 << 20,
@@ -172,6 +185,7 @@ impl Default for FallbackCache {
             },
             key_fn: None,
             static_fallback: None,
+            max_body_time: Duration::from_secs(30),
             total_timeout: None,
         }
     }
@@ -196,6 +210,21 @@ impl FallbackCache {
     /// responses still fresh, or stale within their `stale-if-error`.
     pub fn max_staleness(mut self, staleness: Duration) -> Self {
         self.max_staleness = staleness;
+        self
+    }
+
+    /// How long the cache keeps copying the body of a response it means to store, from the
+    /// moment its head arrived, when the request has no deadline: no timeout of its own
+    /// (`RequestBuilder::timeout`) and no total timeout in the client, as for a
+    /// [`FallbackCacheLayer`] used in a stack of your own. A body that has not ended by then is
+    /// still handed on as it streams, but its copy is freed and nothing is stored. Where the
+    /// request has a deadline, the deadline bounds the copy instead. Default 30 s; must be
+    /// above zero.
+    ///
+    /// This bounds only what the cache holds: how long the caller may take to read the body
+    /// is up to reqwest's own timeouts (`timeout`, `read_timeout`, a request's `timeout`).
+    pub fn max_body_time(mut self, time: Duration) -> Self {
+        self.max_body_time = time;
         self
     }
 
@@ -232,7 +261,8 @@ impl FallbackCache {
         self
     }
 
-    /// Serves after a network failure: refused, DNS, reset, a body cut short. Default on.
+    /// Serves after a network failure: refused, DNS, reset, a message cut short before its
+    /// head. Default on.
     pub fn serve_on_network_error(mut self, yes: bool) -> Self {
         self.serve_on.network = yes;
         self
@@ -292,7 +322,7 @@ impl FallbackCache {
         self
     }
 
-    /// Bounds reading a body to store it by this total timeout (the client builder passes its
+    /// Bounds copying a body to store it by this total timeout (the client builder passes its
     /// own); a request's own timeout comes first.
     pub(crate) fn with_total_timeout(mut self, t: Option<Duration>) -> Self {
         self.total_timeout = t;
@@ -310,6 +340,12 @@ impl FallbackCache {
             return Err(ConfigError::new(
                 "fallback_cache.max_entry_bytes",
                 format!("must be at most 1 GiB, got {}", self.max_entry_bytes),
+            ));
+        }
+        if self.max_body_time.is_zero() {
+            return Err(ConfigError::new(
+                "fallback_cache.max_body_time",
+                "must be above zero",
             ));
         }
         if self.max_bytes < self.max_entry_bytes {
@@ -331,6 +367,7 @@ impl fmt::Debug for FallbackCache {
             .field("max_bytes", &self.max_bytes)
             .field("max_entry_bytes", &self.max_entry_bytes)
             .field("max_staleness", &self.max_staleness)
+            .field("max_body_time", &self.max_body_time)
             .field("store_private", &self.store_private)
             .field("store_with_credentials", &self.store_with_credentials)
             .field("serve_on", &self.serve_on)
@@ -349,7 +386,7 @@ pub enum FallbackReason {
     ServerError(StatusCode),
     /// A timeout: the attempt's, the total's or the transport's.
     Timeout,
-    /// A network failure: refused, DNS, reset, a body cut short.
+    /// A network failure: refused, DNS, reset, a message cut short before its head.
     Network,
     /// The circuit breaker rejected the call.
     CircuitOpen,
@@ -452,8 +489,8 @@ impl FallbackCacheLayer {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the field when `max_entry_bytes` is 0 or above 1 GiB, or
-    /// `max_bytes` is below `max_entry_bytes`.
+    /// A [`ConfigError`] naming the field when `max_entry_bytes` is 0 or above 1 GiB,
+    /// `max_bytes` is below `max_entry_bytes`, or `max_body_time` is zero.
     pub fn new(cfg: FallbackCache) -> Result<Self, ConfigError> {
         cfg.validate()?;
         Ok(Self::from_parts(
@@ -628,6 +665,9 @@ mod tests {
         let e = FallbackCacheLayer::new(FallbackCache::default().max_entry_bytes((1 << 30) + 1))
             .unwrap_err();
         assert_eq!(e.field(), "fallback_cache.max_entry_bytes");
+        let e = FallbackCacheLayer::new(FallbackCache::default().max_body_time(Duration::ZERO))
+            .unwrap_err();
+        assert_eq!(e.field(), "fallback_cache.max_body_time");
         let e = FallbackCacheLayer::new(FallbackCache::default().max_bytes(1000)).unwrap_err();
         assert_eq!(e.field(), "fallback_cache.max_bytes");
         assert!(e.rule().contains("max_entry_bytes"), "{e}");
