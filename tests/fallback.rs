@@ -1166,3 +1166,43 @@ async fn a_standalone_layer_gives_up_the_copy_of_a_trickling_body() {
     assert_eq!(handle.entry_count(), 0);
     drop(resp);
 }
+
+// Issue 9, defect 2: a stored copy must not replay the headers a cache may not store
+// (RFC 9111 §3.1: Proxy-Authenticate, Proxy-Authentication-Info, Proxy-Authorization) nor the
+// hop-by-hop ones (RFC 9110 §7.6.1: Connection, what it names, Proxy-Connection, Keep-Alive,
+// TE, Transfer-Encoding, Upgrade). The response handed on as it arrived keeps them all.
+#[tokio::test(start_paused = true)]
+async fn a_stored_copy_drops_hop_by_hop_and_proxy_headers() {
+    let dropped = [
+        ("connection", "close, X-Hop"),
+        ("x-hop", "1"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("te", "trailers"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "h2c"),
+        ("proxy-authenticate", "Basic realm=\"proxy\""),
+        ("proxy-authentication-info", "nextnonce=\"x\""),
+        ("proxy-authorization", "Basic cHJveHk6c2VjcmV0"),
+    ];
+    let kept = [("content-type", "text/plain"), ("etag", "\"v1\"")];
+    let mut headers = dropped.to_vec();
+    headers.extend(kept);
+    let mock = Mock::always(ok(&headers, "body"));
+    let c = client(&mock, FallbackCache::default());
+    let first = get(&c, &[]).await;
+    for (name, _) in &headers {
+        assert!(first.headers().contains_key(*name), "{name} handed on");
+    }
+    first.text().await.unwrap();
+    mock.set(Step::Status(503));
+    let served = get(&c, &[]).await;
+    assert!(served.fallback().is_some());
+    for (name, _) in dropped {
+        assert!(!served.headers().contains_key(name), "{name} replayed");
+    }
+    for (name, value) in kept {
+        assert_eq!(served.headers()[name], value);
+    }
+    assert_eq!(served.text().await.unwrap(), "body");
+}

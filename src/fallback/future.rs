@@ -221,7 +221,7 @@ impl Call {
         let head = Head {
             status: resp.status(),
             version: resp.version(),
-            headers: resp.headers().clone(),
+            headers: policy::stored_headers(resp.headers()),
             url: resp.url().clone(),
         };
         let initial_age = policy::initial_age(resp.headers(), arrived - self.start);

@@ -81,7 +81,13 @@
 //! `Cache-Control: no-cache` is never answered from the store.
 //!
 //! The served response has the stored status, headers and body, and an `Age` header with its
-//! current age (RFC 9111 §4.2.3: its `Age` and `Date` when it arrived, plus the time since).
+//! current age (RFC 9111 §4.2.3: its `Age` and `Date` when it arrived, plus the time since the
+//! request that produced it was sent). The stored headers are those received but the ones a
+//! cache must not replay: the fields specific to the proxy that forwarded the request
+//! (`Proxy-Authenticate`, `Proxy-Authentication-Info`, `Proxy-Authorization`; RFC 9111 §3.1)
+//! and the hop-by-hop ones (`Connection` and every field it names, `Keep-Alive`,
+//! `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`; RFC 9110 §7.6.1). The response
+//! handed on when it arrived keeps them all.
 //! [`ResponseExt::fallback`](crate::ResponseExt::fallback) says it is a fallback, how old and
 //! why; [`Event::Fallback`] and an `info` tracing event report it.
 //!

@@ -140,6 +140,50 @@ fn single_date(headers: &HeaderMap, name: &HeaderName) -> Option<Option<SystemTi
     )
 }
 
+/// The header fields a stored copy leaves out: those specific to the proxy that forwarded the
+/// request, which a shared cache MUST NOT store (RFC 9111 §3.1), and the hop-by-hop ones, which
+/// are removed before a message is forwarded (RFC 9110 §7.6.1) and so never replayed.
+/// `Connection` also names hop-by-hop fields of its own: those go too.
+fn is_unstored(name: &HeaderName) -> bool {
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_AUTHENTICATION_INFO: HeaderName =
+        HeaderName::from_static("proxy-authentication-info");
+    [
+        header::CONNECTION,
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        PROXY_CONNECTION,
+        KEEP_ALIVE,
+        PROXY_AUTHENTICATION_INFO,
+    ]
+    .contains(name)
+}
+
+/// The headers a stored copy of a response with `headers` keeps: all of them but those
+/// [`is_unstored`] names and those its `Connection` lists.
+pub(crate) fn stored_headers(headers: &HeaderMap) -> HeaderMap {
+    if !headers.keys().any(is_unstored) {
+        return headers.clone();
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .collect();
+    let mut kept = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !is_unstored(name) && !named.contains(name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
+}
+
 /// The response's age when it arrived (RFC 9111 §4.2.3 `corrected_initial_age`): the larger of
 /// its `Age` plus the time the request took, and its `Date` against this machine's clock.
 pub(crate) fn initial_age(headers: &HeaderMap, response_delay: Duration) -> Duration {
@@ -206,6 +250,34 @@ mod tests {
             let s = StatusCode::from_u16(s).unwrap();
             assert!(plan(&cfg, &get(), s, &hs).is_none(), "{s}");
         }
+    }
+
+    #[test]
+    fn stored_headers_drop_proxy_and_hop_by_hop_fields() {
+        let all = h(&[
+            ("connection", "close, X-Hop,, bad name".into()),
+            ("connection", "x-other".into()),
+            ("x-hop", "1".into()),
+            ("x-other", "2".into()),
+            ("keep-alive", "timeout=5".into()),
+            ("proxy-connection", "keep-alive".into()),
+            ("te", "trailers".into()),
+            ("transfer-encoding", "chunked".into()),
+            ("upgrade", "h2c".into()),
+            ("proxy-authenticate", "Basic".into()),
+            ("proxy-authentication-info", "x".into()),
+            ("proxy-authorization", "Basic x".into()),
+            ("content-type", "text/plain".into()),
+            ("set-cookie", "a=1".into()),
+            ("set-cookie", "b=2".into()),
+        ]);
+        let kept = stored_headers(&all);
+        let names: Vec<&str> = kept.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type", "set-cookie"]);
+        assert_eq!(kept.get_all("set-cookie").iter().count(), 2);
+        // Without any of them: the same map.
+        let plain = h(&[("content-type", "text/plain".into()), ("x-hop", "1".into())]);
+        assert_eq!(stored_headers(&plain), plain);
     }
 
     #[test]
