@@ -1206,3 +1206,24 @@ async fn a_stored_copy_drops_hop_by_hop_and_proxy_headers() {
     }
     assert_eq!(served.text().await.unwrap(), "body");
 }
+
+// Issue 9, defect 12: without explicit freshness only heuristically cacheable statuses
+// (RFC 9111 §4.2.2) are stored: a 202 Accepted must not be replayed.
+#[tokio::test(start_paused = true)]
+async fn only_heuristically_cacheable_statuses_are_stored_without_freshness() {
+    for (status, headers, expect) in [
+        (202, vec![], false),
+        (201, vec![], false),
+        (200, vec![], true),
+        (203, vec![], true),
+        (202, vec![("cache-control", "max-age=60".to_owned())], true),
+        (201, vec![("cache-control", "public".to_owned())], true),
+    ] {
+        let mock = Mock::always(Step::With(status, headers.clone()));
+        let c = client(&mock, FallbackCache::default());
+        get(&c, &[]).await;
+        mock.set(Step::Status(503));
+        let resp = get(&c, &[]).await;
+        assert_eq!(resp.fallback().is_some(), expect, "{status} {headers:?}");
+    }
+}

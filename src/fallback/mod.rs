@@ -18,6 +18,10 @@
 //! - the request is a GET or a HEAD without `Range`, and its `Cache-Control` does not say
 //!   `no-store`;
 //! - the status is 2xx (206 excepted) and the [`Classifier`] calls it a success;
+//! - something allows storing it (RFC 9111 §3): explicit freshness (`max-age`, `s-maxage`,
+//!   `Expires`), `public` (or `private` with [`store_private`](FallbackCache::store_private)),
+//!   or else a status RFC 9111 §4.2.2 calls heuristically cacheable (200, 203, 204): a
+//!   `202 Accepted` or a `201 Created` without freshness is not kept;
 //! - its `Cache-Control` says neither `no-store` nor `no-cache` (a response that must be
 //!   revalidated before any use could never be served by a fallback);
 //! - it is not for one user: no `private` and no `Set-Cookie`, unless

@@ -80,6 +80,19 @@ pub(crate) fn plan(
     if facts.credentials && !cfg.store_with_credentials && !cc.public {
         return None;
     }
+    // RFC 9111 §3: a response is stored only when something allows it, explicit freshness or
+    // `public` (or `private` where private responses are stored), or else a status a cache may
+    // give a heuristic freshness (§4.2.2): a `202 Accepted` says nothing lasting about the
+    // resource and must not be replayed.
+    let allowed = cc.max_age.is_some()
+        || cc.s_maxage.is_some()
+        || headers.contains_key(header::EXPIRES)
+        || cc.public
+        || (cc.private && cfg.store_private)
+        || heuristically_cacheable(status);
+    if !allowed {
+        return None;
+    }
     let vary = vary_names(headers)?;
     let freshness = freshness(&cc, headers);
     let stale_allowance = if cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() {
@@ -102,6 +115,14 @@ pub(crate) fn plan(
         freshness,
         stale_allowance,
     })
+}
+
+/// The statuses RFC 9110 §15.1 defines as heuristically cacheable (RFC 9111 §4.2.2).
+fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
 }
 
 /// The freshness lifetime (RFC 9111 §4.2.1) for a shared cache: `s-maxage`, else `max-age`,
@@ -242,14 +263,41 @@ mod tests {
     fn statuses() {
         let cfg = FallbackCache::default();
         let hs = HeaderMap::new();
-        for s in [200, 201, 203, 204] {
+        for s in [200, 203, 204] {
             let s = StatusCode::from_u16(s).unwrap();
             assert!(plan(&cfg, &get(), s, &hs).is_some(), "{s}");
         }
-        for s in [206, 301, 304, 404, 500] {
+        for s in [201, 202, 205, 206, 207, 226, 301, 304, 404, 500] {
             let s = StatusCode::from_u16(s).unwrap();
             assert!(plan(&cfg, &get(), s, &hs).is_none(), "{s}");
         }
+    }
+
+    // Issue 9, defect 12: a 2xx that is not heuristically cacheable is stored only when
+    // something else allows it (RFC 9111 §3).
+    #[test]
+    fn other_2xx_need_explicit_freshness_or_public() {
+        let accepted = StatusCode::ACCEPTED;
+        let cfg = FallbackCache::default();
+        for allows in ["max-age=60", "s-maxage=60", "public", "max-age=x"] {
+            let hs = h(&[("cache-control", allows.into())]);
+            assert!(plan(&cfg, &get(), accepted, &hs).is_some(), "{allows}");
+        }
+        let date = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let expires = h(&[
+            ("date", httpdate::fmt_http_date(date)),
+            (
+                "expires",
+                httpdate::fmt_http_date(date + Duration::from_secs(60)),
+            ),
+        ]);
+        assert!(plan(&cfg, &get(), accepted, &expires).is_some());
+        let private = h(&[("cache-control", "private".into())]);
+        assert!(plan(&cfg, &get(), accepted, &private).is_none());
+        let one_user = FallbackCache::default().store_private(true);
+        assert!(plan(&one_user, &get(), accepted, &private).is_some());
+        let unrelated = h(&[("cache-control", "stale-if-error=60".into())]);
+        assert!(plan(&cfg, &get(), accepted, &unrelated).is_none());
     }
 
     #[test]
