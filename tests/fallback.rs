@@ -1227,3 +1227,25 @@ async fn only_heuristically_cacheable_statuses_are_stored_without_freshness() {
         assert_eq!(resp.fallback().is_some(), expect, "{status} {headers:?}");
     }
 }
+
+// Issue 9, defect 12: a stored response's age counts from when its final request was sent
+// (RFC 9111 §4.2.3), not from the first attempt.
+#[tokio::test(start_paused = true)]
+async fn the_age_counts_from_when_the_final_attempt_was_sent() {
+    let mock = Mock::script([Step::after(secs(3), Step::Status(503))]);
+    mock.set(ok(&[], "good"));
+    let c = mock.client(|b| {
+        b.retry(support::exact(ms(100), secs(1)))
+            .no_circuit_breaker()
+            .fallback_cache(FallbackCache::default())
+    });
+    let first = get(&c, &[]).await;
+    assert_eq!(first.attempts(), 2);
+    first.text().await.unwrap();
+    mock.set(Step::Status(503));
+    tokio::time::advance(secs(5)).await;
+    // Three failed attempts, 100 ms and 200 ms apart.
+    let served = get(&c, &[]).await;
+    assert_eq!(served.fallback().unwrap().age(), Some(ms(5_300)));
+    assert_eq!(served.headers()["age"], "5");
+}

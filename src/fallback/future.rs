@@ -24,7 +24,7 @@ use super::{FallbackInfo, FallbackRequest, Shared};
 use crate::classify::{FailureClass, Outcome};
 use crate::error::Error;
 use crate::event::Event;
-use crate::ext::{Attempts, ResponseExt};
+use crate::ext::{Attempts, FinalAttemptSent, ResponseExt};
 
 /// The most an `Age` header says (RFC 9111 §1.2.2).
 const MAX_AGE_SECS: u64 = 1 << 31;
@@ -224,7 +224,14 @@ impl Call {
             headers: policy::stored_headers(resp.headers()),
             url: resp.url().clone(),
         };
-        let initial_age = policy::initial_age(resp.headers(), arrived - self.start);
+        // RFC 9111 §4.2.3: the response delay counts from when the request that produced it
+        // was sent, the last attempt (which the retry stage records after a retry).
+        let sent = resp
+            .extensions()
+            .get::<FinalAttemptSent>()
+            .map_or(self.start, |s| s.0);
+        let initial_age =
+            policy::initial_age(resp.headers(), arrived.saturating_duration_since(sent));
         let bodiless = self.method == Method::HEAD
             || resp.status() == StatusCode::NO_CONTENT
             || resp.content_length() == Some(0);

@@ -50,7 +50,7 @@ use crate::classify::{Classifier, FailureClass, Outcome};
 use crate::context;
 use crate::error::{ConfigError, Error, TimeoutKind};
 use crate::event::{Event, GiveUpReason, Hook};
-use crate::ext::Attempts;
+use crate::ext::{Attempts, FinalAttemptSent};
 
 /// The retry policy's configuration.
 ///
@@ -347,6 +347,8 @@ struct Progress {
     attempt: u32,
     /// The URL of a last attempt, whose request is not kept, for its error.
     last_url: Option<Box<Url>>,
+    /// When the latest attempt was sent, from the second one on.
+    last_sent: Option<Instant>,
 }
 
 // The loop keeps only the service, the request kept for the next attempt and the bookkeeping
@@ -421,6 +423,7 @@ impl Progress {
             prev_delay: shared.cfg.backoff.base,
             attempt: 0,
             last_url: None,
+            last_sent: None,
             shared,
         }
     }
@@ -451,8 +454,11 @@ impl Progress {
         } else {
             original
         };
-        if req.is_none() && self.attempt > 1 {
-            self.last_url = Some(Box::new(send.url().clone()));
+        if self.attempt > 1 {
+            self.last_sent = Some(Instant::now());
+            if req.is_none() {
+                self.last_url = Some(Box::new(send.url().clone()));
+            }
         }
         context::record_attempt(self.attempt);
         context::bound_transport_timeout(&mut send, self.deadline);
@@ -496,7 +502,7 @@ impl Progress {
             &mut self.rng,
         );
         match next {
-            Next::Return => Step::Done(finish(result, attempt, url_for_error)),
+            Next::Return => Step::Done(finish(result, attempt, url_for_error, self.last_sent)),
             Next::GiveUp(reason) => {
                 tracing::debug!(attempts = attempt, class = %class, reason = ?reason, "not retrying");
                 if let Some(url) = self.url.as_deref() {
@@ -508,7 +514,7 @@ impl Progress {
                         reason,
                     });
                 }
-                Step::Done(finish(result, attempt, url_for_error))
+                Step::Done(finish(result, attempt, url_for_error, self.last_sent))
             }
             Next::Sleep {
                 delay,
@@ -631,6 +637,7 @@ fn finish(
     result: Result<Response, Error>,
     attempts: u32,
     url: Option<&Url>,
+    last_sent: Option<Instant>,
 ) -> Result<Response, Error> {
     match result {
         Ok(mut r) => {
@@ -638,6 +645,9 @@ fn finish(
             // at the first try inserts nothing.
             if attempts > 1 {
                 r.extensions_mut().insert(Attempts(attempts));
+                if let Some(at) = last_sent {
+                    r.extensions_mut().insert(FinalAttemptSent(at));
+                }
             }
             Ok(r)
         }
