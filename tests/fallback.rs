@@ -1249,3 +1249,108 @@ async fn the_age_counts_from_when_the_final_attempt_was_sent() {
     assert_eq!(served.fallback().unwrap().age(), Some(ms(5_300)));
     assert_eq!(served.headers()["age"], "5");
 }
+
+// Issue 9, defect 12: the key drops the fragment (RFC 9110 §7.1): a POST to the URL voids
+// what was stored for it with a fragment, and the two are one resource.
+#[tokio::test(start_paused = true)]
+async fn the_key_ignores_the_fragment() {
+    let mock = Mock::always(ok(&[], "x"));
+    let c = client(&mock, FallbackCache::default());
+    c.get(format!("{URL}#x"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    mock.set(Step::Status(503));
+    let resp = c.get(URL).send().await.unwrap();
+    assert!(resp.fallback().is_some(), "one resource");
+    assert!(resp.url().fragment().is_none(), "{}", resp.url());
+    mock.set(Step::Status(200));
+    c.post(URL).send().await.unwrap();
+    mock.set(Step::Status(503));
+    let resp = c.get(format!("{URL}#x")).send().await.unwrap();
+    assert_eq!(resp.status(), 503, "voided by the POST");
+}
+
+// Issue 9, defect 12: a request sent with `execute` keeps the userinfo in its URL; the key
+// drops it, and the stored copy's URL does not replay it to another request.
+#[tokio::test(start_paused = true)]
+async fn the_key_and_the_stored_url_drop_the_userinfo() {
+    let mock = Mock::always(ok(&[("cache-control", "public")], "x"));
+    let c = client(&mock, FallbackCache::default());
+    let with_userinfo = "http://user:s3cret@api.test/items/1";
+    let req = reqwest::Request::new(reqwest::Method::GET, with_userinfo.parse().unwrap());
+    c.execute(req).await.unwrap().text().await.unwrap();
+    mock.set(Step::Status(503));
+    let resp = c.get(URL).send().await.unwrap();
+    assert!(resp.fallback().is_some(), "one resource");
+    assert_eq!(resp.url().as_str(), URL, "no userinfo replayed");
+    mock.set(Step::Status(204));
+    c.delete(URL).send().await.unwrap();
+    mock.set(Step::Status(503));
+    let req = reqwest::Request::new(reqwest::Method::GET, with_userinfo.parse().unwrap());
+    assert_eq!(c.execute(req).await.unwrap().status(), 503, "voided");
+}
+
+// Issue 9, more of defect 12's kind: userinfo in the URL is a credential, like
+// `Authorization`: without `public` or the opt-in, the response is not stored.
+#[tokio::test(start_paused = true)]
+async fn userinfo_counts_as_credentials() {
+    let mock = Mock::always(ok(&[], "secret"));
+    let c = client(&mock, FallbackCache::default());
+    let url = "http://user:s3cret@api.test/items/1";
+    let send = |c: &Client| {
+        c.execute(reqwest::Request::new(
+            reqwest::Method::GET,
+            url.parse().unwrap(),
+        ))
+    };
+    send(&c).await.unwrap().bytes().await.unwrap();
+    mock.set(Step::Status(503));
+    assert_eq!(send(&c).await.unwrap().status(), 503);
+}
+
+// Issue 9, more of defect 12's kind: percent-encodings that RFC 3986 §6.2.2 makes equivalent
+// (hex case, unreserved characters) name one resource in the key.
+#[tokio::test(start_paused = true)]
+async fn the_key_normalises_percent_encoding() {
+    let mock = Mock::always(ok(&[], "x"));
+    let c = client(&mock, FallbackCache::default());
+    c.get("http://api.test/a%2fb/%7Euser?q=%41")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    mock.set(Step::Status(503));
+    let resp = c
+        .get("http://api.test/a%2Fb/~user?q=A")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.fallback().is_some(), "one resource");
+    mock.set(Step::Status(204));
+    c.delete("http://api.test/a%2Fb/%7euser?q=A")
+        .send()
+        .await
+        .unwrap();
+    mock.set(Step::Status(503));
+    let resp = c
+        .get("http://api.test/a%2fb/%7Euser?q=%41")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503, "voided");
+    // A reserved character and its encoding stay two resources.
+    mock.set(ok(&[], "x"));
+    let stored = c.get("http://api.test/a%2Fb").send().await.unwrap();
+    stored.bytes().await.unwrap();
+    mock.set(Step::Status(503));
+    assert_eq!(
+        c.get("http://api.test/a/b").send().await.unwrap().status(),
+        503
+    );
+}

@@ -2,6 +2,7 @@
 //! once with its body copied aside as it streams (stored when complete), and answers a failure
 //! from the store.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +20,7 @@ use tokio::time::{Instant, Sleep};
 use url::Url;
 
 use super::policy::{self, Plan, RequestFacts};
-use super::store::Entry;
+use super::store::{self, Entry};
 use super::{FallbackInfo, FallbackRequest, Shared};
 use crate::classify::{FailureClass, Outcome};
 use crate::error::Error;
@@ -52,6 +53,9 @@ pub(crate) struct Call {
 impl Call {
     pub(crate) fn new(shared: Arc<Shared>, req: &Request) -> Box<Call> {
         let mut facts = RequestFacts::of(req.method(), req.headers());
+        // Userinfo in the URL (kept by a request sent with `execute`) is a credential too.
+        let url = req.url();
+        facts.credentials |= !url.username().is_empty() || url.password().is_some();
         let (custom_key, keyed) = match &shared.cfg.key_fn {
             Some(f) => {
                 let k = f(req);
@@ -95,7 +99,10 @@ impl Call {
 
     /// The primary key of this request's resource under `method`.
     fn primary(&self, method: &Method) -> Vec<u8> {
-        let resource = self.custom_key.as_deref().unwrap_or(self.url.as_str());
+        let resource = match &self.custom_key {
+            Some(k) => Cow::Borrowed(k.as_str()),
+            None => store::resource(&self.url),
+        };
         let mut k = Vec::with_capacity(method.as_str().len() + 1 + resource.len());
         k.extend_from_slice(method.as_str().as_bytes());
         k.push(0);
@@ -222,7 +229,7 @@ impl Call {
             status: resp.status(),
             version: resp.version(),
             headers: policy::stored_headers(resp.headers()),
-            url: resp.url().clone(),
+            url: store::stored_url(resp.url()),
         };
         // RFC 9111 §4.2.3: the response delay counts from when the request that produced it
         // was sent, the last attempt (which the retry stage records after a retry).

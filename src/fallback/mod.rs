@@ -26,8 +26,9 @@
 //!   revalidated before any use could never be served by a fallback);
 //! - it is not for one user: no `private` and no `Set-Cookie`, unless
 //!   [`store_private`](FallbackCache::store_private);
-//! - the request carried neither `Authorization` nor `Cookie`, unless the response says
-//!   `public` or [`store_with_credentials`](FallbackCache::store_with_credentials);
+//! - the request carried neither `Authorization` nor `Cookie` nor userinfo in its URL (which
+//!   a request sent with `execute` keeps there), unless the response says `public` or
+//!   [`store_with_credentials`](FallbackCache::store_with_credentials);
 //!   palisade sees the request as it was built, not the headers reqwest adds when it sends it:
 //!   a `reqwest::Client` with `default_headers` holding credentials, or a cookie store, makes
 //!   requests that look anonymous here, so give the fallback cache to such a client only if
@@ -62,6 +63,12 @@
 //! the request's values of the headers the response's `Vary` names: two users who send
 //! different `Accept-Language` never get each other's entry, and a request without the header
 //! never gets an entry stored for one with it.
+//!
+//! The URL is taken as the resource it names (RFC 9110 §4.2.3, §7.1): without its fragment or
+//! userinfo, and with equivalent percent-encodings written one way (`%7e`, `%7E` and `~` are
+//! one; `%2f` and `%2F` are one, but not `/`). So a POST to `/a` voids what was stored for
+//! `/a#x`. A stored copy replays its response's URL without userinfo or fragment. A key from
+//! [`key_fn`](FallbackCache::key_fn) is used as it is.
 //!
 //! # When it serves
 //!

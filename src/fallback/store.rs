@@ -17,6 +17,7 @@
 //! whether an entry may be served is decided here, on tokio's clock, so tests in paused time
 //! are exact.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use moka::policy::EvictionPolicy;
 use tokio::time::Instant;
-use url::Url;
+use url::{Position, Url};
 
 const INDEX: u8 = b'I';
 const ENTRY: u8 = b'E';
@@ -345,6 +346,78 @@ impl Store {
     }
 }
 
+/// The resource a URL names, as the key holds it: without its fragment (RFC 9110 §7.1: it is
+/// not sent) or userinfo (which names a user, not a resource; a request sent with `execute`
+/// keeps it in its URL), and with the percent-encodings RFC 3986 §6.2.2 makes equivalent
+/// written one way (hex digits in upper case, unreserved characters decoded). The scheme and
+/// host are lowercase and a default port is dropped by the URL parser already. Allocates only
+/// for a URL with userinfo or a percent sign.
+pub(crate) fn resource(url: &Url) -> Cow<'_, str> {
+    let userinfo = !url.username().is_empty() || url.password().is_some();
+    let base = if userinfo {
+        Cow::Owned(format!(
+            "{}{}",
+            &url[..Position::BeforeUsername],
+            &url[Position::BeforeHost..Position::AfterQuery]
+        ))
+    } else {
+        Cow::Borrowed(&url[..Position::AfterQuery])
+    };
+    if base.contains('%') {
+        Cow::Owned(normalise_percent_encoding(&base))
+    } else {
+        base
+    }
+}
+
+/// `s` with every percent-encoding of an unreserved character decoded and the hex digits of
+/// the others in upper case (RFC 3986 §6.2.2.1, §6.2.2.2); anything else is kept as it is.
+fn normalise_percent_encoding(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let c = hi * 16 + lo;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c);
+                } else {
+                    out.push(b'%');
+                    out.push(bytes[i + 1].to_ascii_uppercase());
+                    out.push(bytes[i + 2].to_ascii_uppercase());
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    // Only ASCII triples were replaced, by ASCII: still UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// The URL a stored copy keeps and replays: the response's, without userinfo (another
+/// request's credentials) or fragment.
+pub(crate) fn stored_url(url: &Url) -> Url {
+    let mut u = url.clone();
+    if !u.username().is_empty() || u.password().is_some() {
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+    }
+    if u.fragment().is_some() {
+        u.set_fragment(None);
+    }
+    u
+}
+
 /// moka's weigher takes the key as stored.
 #[allow(clippy::borrowed_box)]
 fn weigh(key: &Box<[u8]>, slot: &Slot) -> u32 {
@@ -443,6 +516,35 @@ mod tests {
             h.append(*n, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn the_resource_drops_fragment_and_userinfo_and_normalises_percent_encoding() {
+        let r = |s: &str| resource(&Url::parse(s).unwrap()).into_owned();
+        assert_eq!(r("http://h/a?b=c"), "http://h/a?b=c");
+        assert_eq!(r("http://h/a?b#frag"), "http://h/a?b");
+        assert_eq!(r("http://h/a#"), "http://h/a");
+        assert_eq!(r("http://u:p@h:8080/a#x"), "http://h:8080/a");
+        assert_eq!(r("http://u@h/a"), "http://h/a");
+        assert_eq!(r("http://:p@h/a"), "http://h/a");
+        assert_eq!(r("HTTP://H:80/a"), "http://h/a");
+        assert_eq!(
+            r("http://h/%7euser/%41%2f%2F?q=%7E%20"),
+            "http://h/~user/A%2F%2F?q=~%20"
+        );
+        // Not an encoding: kept as it is.
+        assert_eq!(r("http://h/100%25/%zz/%4"), "http://h/100%25/%zz/%4");
+        assert_eq!(r("http://h/a%"), "http://h/a%");
+        assert!(matches!(
+            resource(&Url::parse("http://h/a?b").unwrap()),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn the_stored_url_drops_userinfo_and_fragment() {
+        let u = stored_url(&Url::parse("https://user:pw@h/a?q=1#top").unwrap());
+        assert_eq!(u.as_str(), "https://h/a?q=1");
     }
 
     #[test]
