@@ -1354,3 +1354,42 @@ async fn the_key_normalises_percent_encoding() {
         503
     );
 }
+
+// Issue 9, defect 12: a GET that started before a successful DELETE and ended after it was
+// stored, because voiding did nothing when nothing was stored yet.
+#[tokio::test(start_paused = true)]
+async fn a_get_that_started_before_a_successful_delete_is_not_stored() {
+    let mock = Mock::script([Step::after(secs(2), ok(&[], "before")), Step::Status(204)]);
+    let c = client(&mock, FallbackCache::default());
+    let racing = tokio::spawn({
+        let c = c.clone();
+        async move { get(&c, &[]).await.text().await.unwrap() }
+    });
+    tokio::task::yield_now().await;
+    c.delete(URL).send().await.unwrap();
+    assert_eq!(racing.await.unwrap(), "before");
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[]).await.status(), 503, "voided while in flight");
+}
+
+// Issue 9, a guard on how defect 12's race is fixed: voiding URLs with nothing stored takes no
+// room in the store, so a run of unsafe requests to new URLs evicts nothing.
+#[tokio::test(start_paused = true)]
+async fn voiding_urls_with_nothing_stored_evicts_nothing() {
+    let cfg = FallbackCache::default()
+        .max_entry_bytes(1024)
+        .max_bytes(16 << 10);
+    let mock = Mock::always(ok(&[], "kept"));
+    let c = client(&mock, cfg);
+    load(&c, &[]).await;
+    mock.set(Step::Status(201));
+    for i in 0..200 {
+        c.post(format!("http://api.test/orders/{i}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    c.fallback_cache().unwrap().sync();
+    mock.set(Step::Status(503));
+    assert_eq!(get(&c, &[]).await.text().await.unwrap(), "kept");
+}

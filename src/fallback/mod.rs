@@ -55,7 +55,9 @@
 //! not by the cache.
 //!
 //! A response to an unsafe request (POST, PUT, PATCH, DELETE…) with a status below 400 voids
-//! what was stored for its URL (RFC 9111 §4.4).
+//! what was stored for its URL (RFC 9111 §4.4), and what requests to it that were in flight
+//! meanwhile would store: a GET that started before the DELETE succeeded is not stored when it
+//! ends after it.
 //!
 //! # The key
 //!
@@ -109,7 +111,9 @@
 //!
 //! Entries live in a [moka](https://docs.rs/moka) cache bounded by
 //! [`max_bytes`](FallbackCache::max_bytes), weighed by body, headers, URL and key, least
-//! recently used first out. An entry is dropped when its allowance is over.
+//! recently used first out. An entry is dropped when its allowance is over. Besides, a fixed
+//! 32 KiB array records which URLs unsafe requests voided, so that voiding a URL with nothing
+//! stored takes no room from the responses stored.
 
 mod cache_control;
 mod future;

@@ -8,6 +8,9 @@
 //!   responses are void (set when an unsafe request to the URL succeeded, RFC 9111 §4.4);
 //! - an *entry* per variant: the primary key plus each `Vary` header's request value.
 //!
+//! A response whose request was still in flight when an unsafe request voided its URL is
+//! refused at insert by a void mark, kept outside moka (see [`Store::invalidate`]).
+//!
 //! A lookup reads the index to learn which request headers pick the variant. An entry records
 //! the values it was stored under and the lookup compares them again, so a variant is never
 //! served to a request with other values. If the index is evicted first, its variants are
@@ -19,7 +22,8 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +45,9 @@ const ABSENT: u8 = 0x01;
 const SLOT_OVERHEAD: usize = 1024;
 /// What a header costs besides its name and value (the map's entry and index).
 const HEADER_OVERHEAD: usize = 32;
+/// How many void marks a store keeps (8 bytes each, 32 KiB in all), outside moka: see
+/// [`Store::invalidate`].
+const VOID_MARKS: usize = 4096;
 /// moka refuses expirations over 1,000 years; entries never need a year.
 const LONGEST_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -224,6 +231,11 @@ impl moka::Expiry<Box<[u8]>, Slot> for Expiry {
 pub(crate) struct Store {
     cache: moka::sync::Cache<Box<[u8]>, Slot>,
     seq: Arc<AtomicU64>,
+    /// For each hash of a primary key, the sequence number of the last unsafe request that
+    /// voided a key with that hash: a response whose request started before it is not
+    /// stored.
+    voids: Arc<[AtomicU64]>,
+    hasher: RandomState,
 }
 
 impl Store {
@@ -241,7 +253,22 @@ impl Store {
         Store {
             cache,
             seq: Arc::new(AtomicU64::new(0)),
+            voids: (0..VOID_MARKS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
         }
+    }
+
+    /// The void mark of `primary`.
+    fn void_mark(&self, primary: &[u8]) -> &AtomicU64 {
+        let h = self.hasher.hash_one(primary);
+        // The remainder is below VOID_MARKS, so it fits a usize.
+        &self.voids[(h % VOID_MARKS as u64) as usize]
+    }
+
+    /// Whether an unsafe request voided `primary` (or a key with the same mark) after a
+    /// request that took `seq` started.
+    fn voided_since(&self, primary: &[u8], seq: u64) -> bool {
+        seq <= self.void_mark(primary).load(Ordering::SeqCst)
     }
 
     /// A number above every one given before: orders requests that read the store against the
@@ -281,6 +308,12 @@ impl Store {
         req_headers: &HeaderMap,
         mut entry: Entry,
     ) {
+        // An unsafe request to the URL succeeded while this one was in flight: what it got may
+        // be out of date already.
+        if self.voided_since(primary, entry.seq) {
+            return;
+        }
+        let seq = entry.seq;
         let index = self.index(primary);
         let known: &[HeaderName] = index.as_ref().map_or(&[], |i| &i.vary);
         if known != &vary[..] {
@@ -300,11 +333,31 @@ impl Store {
         entry.vary_values = vary.iter().map(|n| combined(req_headers, n)).collect();
         entry.weigh(key.len());
         self.cache.insert(key, Slot::Entry(Arc::new(entry)));
+        // An invalidation that marked the key after the check above and looked for entries
+        // before this insert landed saw nothing to void: look again, and take it back. (It
+        // marks, then looks; this inserts, then looks: one of the two sees the other.)
+        fence(Ordering::SeqCst);
+        if self.voided_since(primary, seq) {
+            self.cache
+                .invalidate(&entry_key(primary, &vary, req_headers)[..]);
+        }
     }
 
     /// Voids every entry under `primary` whose request started before now (RFC 9111 §4.4),
     /// including those still on their way to the store.
+    ///
+    /// Entries already stored are voided through the key's index, which the lookup reads.
+    /// Those on their way are refused when they arrive, through the key's void mark: a fixed
+    /// array outside moka, so that voiding a URL with nothing stored (a POST to a new
+    /// resource, the common case) takes no room from stored responses. Keys share a mark when
+    /// their hashes do: a response whose request was in flight while an unsafe request to
+    /// another URL of the same mark succeeded is not stored either, which costs a store
+    /// missed, never a stale copy served.
     pub(crate) fn invalidate(&self, primary: &[u8]) {
+        let void_through = self.next_seq();
+        self.void_mark(primary)
+            .fetch_max(void_through, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         let index = self.index(primary);
         let plain = entry_key(primary, &[], &HeaderMap::new());
         if index.is_none() && !self.cache.contains_key(&plain[..]) {
@@ -312,7 +365,7 @@ impl Store {
         }
         let i = Index {
             vary: index.map(|i| i.vary.clone()).unwrap_or_default(),
-            void_through: self.next_seq(),
+            void_through,
         };
         self.cache
             .insert(index_key(primary), Slot::Index(Arc::new(i)));
@@ -613,10 +666,37 @@ mod tests {
         let new = entry_seq(s.next_seq(), b"new", 0, Some(60));
         s.insert(b"GET\0u", Box::new([]), &none, new);
         assert_eq!(&s.lookup(b"GET\0u", &none).unwrap().body[..], b"new");
-        // Nothing stored: nothing to void, and no index is written.
+        // Nothing stored: no slot is written.
         s.invalidate(b"GET\0other");
         s.run_pending_tasks();
         assert_eq!(s.entry_count(), 2);
+    }
+
+    // Issue 9, defect 12: voiding a key with nothing stored returned early, so a request that
+    // started before it and ended after it was stored.
+    #[tokio::test(start_paused = true)]
+    async fn voiding_a_key_with_nothing_stored_refuses_what_was_in_flight() {
+        let s = Store::new(1 << 20);
+        let none = HeaderMap::new();
+        let racing = s.next_seq();
+        s.invalidate(b"GET\0u");
+        s.insert(
+            b"GET\0u",
+            Box::new([]),
+            &none,
+            entry_seq(racing, b"racing", 0, Some(60)),
+        );
+        assert!(s.lookup(b"GET\0u", &none).is_none());
+        // Another key keeps storing what started before.
+        let other = entry_seq(racing, b"other", 0, Some(60));
+        s.insert(b"GET\0v", Box::new([]), &none, other);
+        // A mark may be shared by two keys; this one is not, or the check would be moot.
+        if !std::ptr::eq(s.void_mark(b"GET\0u"), s.void_mark(b"GET\0v")) {
+            assert!(s.lookup(b"GET\0v", &none).is_some());
+        }
+        let later = entry_seq(s.next_seq(), b"later", 0, Some(60));
+        s.insert(b"GET\0u", Box::new([]), &none, later);
+        assert_eq!(&s.lookup(b"GET\0u", &none).unwrap().body[..], b"later");
     }
 
     #[tokio::test(start_paused = true)]
