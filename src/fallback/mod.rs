@@ -457,12 +457,25 @@ impl FallbackInfo {
 }
 
 /// The failed request a [static fallback](FallbackCache::static_fallback) is asked to answer.
-#[derive(Debug)]
+///
+/// Its `Debug` shows the URL without userinfo, fragment or query values, and the header names
+/// without their values.
 pub struct FallbackRequest<'a> {
     method: &'a Method,
     url: &'a Url,
     headers: &'a HeaderMap,
     reason: FallbackReason,
+}
+
+impl fmt::Debug for FallbackRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackRequest")
+            .field("method", self.method)
+            .field("url", &crate::client::redacted(self.url))
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("reason", &self.reason)
+            .finish()
+    }
 }
 
 impl FallbackRequest<'_> {
@@ -678,6 +691,29 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Issue 9, more of its kind: the request a static fallback gets printed its header values
+    // (credentials), query values and userinfo in its derived `Debug`.
+    #[test]
+    fn a_fallback_request_prints_no_secret() {
+        let url = Url::parse("https://user:pa55@api.test/a?token=t0ken&page=2#frag").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer s3cret".parse().unwrap());
+        let req = FallbackRequest {
+            method: &Method::GET,
+            url: &url,
+            headers: &headers,
+            reason: FallbackReason::Timeout,
+        };
+        let printed = format!("{req:?}");
+        for secret in ["pa55", "user", "t0ken", "s3cret", "frag"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            printed.contains("authorization") && printed.contains("token"),
+            "{printed}"
+        );
+    }
 
     #[test]
     fn config_errors_name_the_field() {
