@@ -101,8 +101,10 @@
 //! and the hop-by-hop ones (`Connection` and every field it names, `Keep-Alive`,
 //! `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`; RFC 9110 §7.6.1). The response
 //! handed on when it arrived keeps them all.
+//!
 //! [`ResponseExt::fallback`](crate::ResponseExt::fallback) says it is a fallback, how old and
-//! why; [`Event::Fallback`] and an `info` tracing event report it.
+//! why, and [`ResponseExt::attempts`](crate::ResponseExt::attempts) how many attempts the
+//! failed request made; [`Event::Fallback`] and an `info` tracing event report it.
 //!
 //! With nothing stored (or nothing servable), a [`static_fallback`](FallbackCache::static_fallback)
 //! function may build a response: an empty list, a default configuration.
@@ -114,6 +116,11 @@
 //! recently used first out. An entry is dropped when its allowance is over. Besides, a fixed
 //! 32 KiB array records which URLs unsafe requests voided, so that voiding a URL with nothing
 //! stored takes no room from the responses stored.
+//!
+//! A body being copied holds at most `max_entry_bytes` besides, until it ends, fails, grows
+//! past the limit or reaches its bound. The bound frees the copy while the caller waits for
+//! the body; a response the caller keeps without reading it keeps its copy until it is dropped
+//! or read.
 
 mod cache_control;
 mod future;
@@ -244,6 +251,22 @@ impl FallbackCache {
     ///
     /// This bounds only what the cache holds: how long the caller may take to read the body
     /// is up to reqwest's own timeouts (`timeout`, `read_timeout`, a request's `timeout`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use palisade::fallback::FallbackCache;
+    /// use palisade::layer::{FallbackCacheLayer, TotalTimeoutLayer};
+    ///
+    /// // The fallback cache sits outside the total timeout and cannot see its deadline.
+    /// let svc = tower::ServiceBuilder::new()
+    ///     .layer(FallbackCacheLayer::new(
+    ///         FallbackCache::default().max_body_time(Duration::from_secs(10)),
+    ///     )?)
+    ///     .layer(TotalTimeoutLayer::new(Duration::from_secs(10))?)
+    ///     .service(reqwest::Client::new());
+    /// # let _ = svc;
+    /// # Ok::<(), palisade::ConfigError>(())
+    /// ```
     pub fn max_body_time(mut self, time: Duration) -> Self {
         self.max_body_time = time;
         self
@@ -504,7 +527,9 @@ impl FallbackRequest<'_> {
 /// every clone, shares one store.
 ///
 /// Put it outermost: it must see the final outcome, after every retry, and a total timeout
-/// inside it bounds the calls it falls back from.
+/// inside it bounds the calls it falls back from. It cannot see that timeout's deadline: the
+/// copy of a body it stores is bounded by a request's own timeout, else by
+/// [`max_body_time`](FallbackCache::max_body_time).
 #[derive(Clone)]
 pub struct FallbackCacheLayer {
     shared: Arc<Shared>,
