@@ -437,16 +437,20 @@ impl HttpBody for Tee {
             return polled;
         };
         let keep = match &polled {
-            Poll::Pending => match copy.until {
-                // Outside a tokio runtime there is no timer: the bound is checked at the end.
-                Some(until) if tokio::runtime::Handle::try_current().is_ok() => this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)))
+            Poll::Pending => {
+                if this.timer.is_none() {
+                    // Outside a tokio runtime there is no timer: the bound is then checked
+                    // when the body ends.
+                    if let (Some(until), Ok(_)) =
+                        (copy.until, tokio::runtime::Handle::try_current())
+                    {
+                        *this.timer = Some(Box::pin(tokio::time::sleep_until(until)));
+                    }
+                }
+                this.timer
                     .as_mut()
-                    .poll(cx)
-                    .is_pending(),
-                _ => true,
-            },
+                    .is_none_or(|t| t.as_mut().poll(cx).is_pending())
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 let kept = frame.data_ref().is_none_or(|data| copy.push(data));
                 if kept && this.inner.is_end_stream() {
