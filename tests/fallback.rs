@@ -1393,3 +1393,67 @@ async fn voiding_urls_with_nothing_stored_evicts_nothing() {
     mock.set(Step::Status(503));
     assert_eq!(get(&c, &[]).await.text().await.unwrap(), "kept");
 }
+
+// Issue 9, more of its kind (memory): a body that came in one chunk was stored as that chunk,
+// which for hyper is a slice of the connection's read buffer (8 KiB to 400 KiB): the store held
+// the whole buffer while weighing the slice. The stored copy is its own allocation.
+#[tokio::test(start_paused = true)]
+async fn a_stored_body_does_not_hold_the_buffer_it_was_read_from() {
+    let freed = support::Freed::default();
+    let buffer = std::sync::Mutex::new(Some(freed.chunk(&[b'x'; 64 << 10])));
+    let c = client_over(
+        FallbackCache::default(),
+        |b| b,
+        move |n| match buffer.lock().unwrap().take() {
+            // A 10-byte body, sliced from a 64 KiB read buffer.
+            Some(buf) => support::chunked_response_of(vec![buf.slice(..10)], BodyEnd::Finish, None),
+            None => {
+                assert!(n > 0);
+                support::response(503, &[], Vec::new())
+            }
+        },
+    );
+    let resp = c.get(URL).send().await.unwrap();
+    assert_eq!(resp.bytes().await.unwrap().len(), 10);
+    let served = c.get(URL).send().await.unwrap();
+    assert!(served.fallback().is_some(), "stored");
+    assert!(
+        freed.is_freed(),
+        "the read buffer is not kept with the stored copy"
+    );
+}
+
+// Issue 9, more of its kind (memory): stored header values were clones of the received ones,
+// which hyper slices from the connection's read buffer: the store held the whole buffer while
+// weighing the values. The stored values are their own allocation.
+#[tokio::test(start_paused = true)]
+async fn stored_headers_do_not_hold_the_buffer_they_were_read_from() {
+    let freed = support::Freed::default();
+    let head = std::sync::Mutex::new(Some(freed.chunk(b"text/plain; charset=utf-8 and more")));
+    let c = client_over(
+        FallbackCache::default(),
+        |b| b,
+        move |_| match head.lock().unwrap().take() {
+            Some(buf) => {
+                let value = http::HeaderValue::from_maybe_shared(buf.slice(..25)).unwrap();
+                let mut resp = support::response(200, &[], b"x".to_vec());
+                resp.headers_mut().insert("content-type", value);
+                resp
+            }
+            None => support::response(503, &[], Vec::new()),
+        },
+    );
+    let resp = c.get(URL).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
+    resp.bytes().await.unwrap();
+    let served = c.get(URL).send().await.unwrap();
+    assert_eq!(
+        served.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    drop(served);
+    assert!(
+        freed.is_freed(),
+        "the read buffer is not kept with the stored headers"
+    );
+}

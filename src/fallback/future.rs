@@ -272,7 +272,7 @@ impl Call {
         };
         let tee = Tee {
             inner: body,
-            copy: Some(Box::new(copy)),
+            copy: Some(copy),
             timer: None,
         };
         with_url(parts, url, Body::wrap(tee))
@@ -369,7 +369,13 @@ impl Copying {
         }
         self.chunks = match std::mem::take(&mut self.chunks) {
             Chunks::None => Chunks::One(data.clone()),
-            Chunks::One(first) => Chunks::Many(vec![first, data.clone()]),
+            Chunks::One(first) => {
+                // A body that comes in two chunks often comes in a few more.
+                let mut all = Vec::with_capacity(4);
+                all.push(first);
+                all.push(data.clone());
+                Chunks::Many(all)
+            }
             Chunks::Many(mut all) => {
                 all.push(data.clone());
                 Chunks::Many(all)
@@ -384,9 +390,12 @@ impl Copying {
         if self.until.is_some_and(|until| now >= until) {
             return;
         }
+        // Always a copy, exactly the body's size: a chunk from hyper is a slice of the
+        // connection's read buffer (8 KiB and up), which keeping would hold the whole buffer
+        // while the store weighs only the slice.
         let body = match self.chunks {
             Chunks::None => Bytes::new(),
-            Chunks::One(b) => b,
+            Chunks::One(b) => Bytes::copy_from_slice(&b),
             Chunks::Many(all) => {
                 let mut joined = BytesMut::with_capacity(self.len as usize);
                 for c in &all {
@@ -416,7 +425,8 @@ pin_project! {
     struct Tee {
         #[pin]
         inner: Body,
-        copy: Option<Box<Copying>>,
+        // Inline: `Body::wrap` boxes the whole tee once.
+        copy: Option<Copying>,
         // Armed the first time the body makes the caller wait: frees the copy at its bound
         // while the caller waits.
         timer: Option<Pin<Box<Sleep>>>,

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{self, HeaderMap, HeaderName};
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
 use super::cache_control::{Age, CacheControl};
@@ -186,23 +187,45 @@ fn is_unstored(name: &HeaderName) -> bool {
 
 /// The headers a stored copy of a response with `headers` keeps: all of them but those
 /// [`is_unstored`] names and those its `Connection` lists.
+///
+/// The values are copied into one buffer of their own: those hyper parses are slices of the
+/// connection's read buffer (8 KiB and up), which an entry would otherwise keep whole while
+/// the store weighs only the slices.
 pub(crate) fn stored_headers(headers: &HeaderMap) -> HeaderMap {
-    if !headers.keys().any(is_unstored) {
-        return headers.clone();
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
+    let hop_by_hop = headers.keys().any(is_unstored);
+    let named: Vec<HeaderName> = if hop_by_hop {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let kept = |name: &HeaderName| !hop_by_hop || !(is_unstored(name) || named.contains(name));
+    let total: usize = headers
         .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
-        .collect();
-    let mut kept = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if !is_unstored(name) && !named.contains(name) {
-            kept.append(name.clone(), value.clone());
-        }
+        .filter(|(n, _)| kept(n))
+        .map(|(_, v)| v.len())
+        .sum();
+    let mut values = BytesMut::with_capacity(total);
+    for (_, v) in headers.iter().filter(|(n, _)| kept(n)) {
+        values.extend_from_slice(v.as_bytes());
     }
-    kept
+    let values = values.freeze();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut at = 0;
+    for (name, v) in headers.iter().filter(|(n, _)| kept(n)) {
+        let end = at + v.len();
+        // The bytes of a valid value are valid.
+        if let Ok(mut copy) = HeaderValue::from_maybe_shared(values.slice(at..end)) {
+            copy.set_sensitive(v.is_sensitive());
+            out.append(name.clone(), copy);
+        }
+        at = end;
+    }
+    out
 }
 
 /// The response's age when it arrived (RFC 9111 §4.2.3 `corrected_initial_age`): the larger of
@@ -225,7 +248,6 @@ pub(crate) fn initial_age(headers: &HeaderMap, response_delay: Duration) -> Dura
 mod tests {
     use super::super::cache_control::tests as cc_tests;
     use super::*;
-    use http::HeaderValue;
 
     fn h(pairs: &[(&'static str, String)]) -> HeaderMap {
         let mut m = HeaderMap::new();
@@ -323,9 +345,14 @@ mod tests {
         let names: Vec<&str> = kept.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["content-type", "set-cookie"]);
         assert_eq!(kept.get_all("set-cookie").iter().count(), 2);
-        // Without any of them: the same map.
-        let plain = h(&[("content-type", "text/plain".into()), ("x-hop", "1".into())]);
-        assert_eq!(stored_headers(&plain), plain);
+        // Without any of them: the same map, sensitive values still marked.
+        let mut plain = h(&[("content-type", "text/plain".into()), ("x-hop", "1".into())]);
+        let mut secret = HeaderValue::from_static("s");
+        secret.set_sensitive(true);
+        plain.insert("x-key", secret);
+        let copy = stored_headers(&plain);
+        assert_eq!(copy, plain);
+        assert!(copy["x-key"].is_sensitive());
     }
 
     #[test]
