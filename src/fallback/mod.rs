@@ -113,7 +113,9 @@
 //!
 //! Entries live in a [moka](https://docs.rs/moka) cache bounded by
 //! [`max_bytes`](FallbackCache::max_bytes), weighed by body, headers, URL and key, least
-//! recently used first out. An entry is dropped when its allowance is over. Besides, a fixed
+//! recently used first out. An entry is dropped when its allowance is over. Its body and header
+//! values are copied into buffers of their own (hyper hands them out as slices of a
+//! connection's read buffer), so what the store weighs is what it holds. Besides, a fixed
 //! 32 KiB array records which URLs unsafe requests voided, so that voiding a URL with nothing
 //! stored takes no room from the responses stored.
 //!
