@@ -1457,3 +1457,32 @@ async fn stored_headers_do_not_hold_the_buffer_they_were_read_from() {
         "the read buffer is not kept with the stored headers"
     );
 }
+
+// Issue 9, defect 10, over a real socket: a chunked feed that sends its head and a first line,
+// then waits. Without the cache reqwest hands it on at once; with it the caller got
+// `Err(Timeout)` at the total timeout.
+#[tokio::test]
+async fn a_chunked_feed_from_a_real_server_is_handed_on_at_once() {
+    let (addr, heads) = support::net::stalling_server(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
+          transfer-encoding: chunked\r\n\r\n8\r\n{\"n\":1}\n\r\n",
+    )
+    .await;
+    let c = Client::builder()
+        .total_timeout(secs(2))
+        .attempt_timeout(secs(1))
+        .no_retry()
+        .no_circuit_breaker()
+        .fallback_cache(FallbackCache::default())
+        .build()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut resp = c
+        .get(format!("http://{addr}/feed"))
+        .send()
+        .await
+        .expect("the head, not the total timeout");
+    assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"{\"n\":1}\n");
+    assert!(start.elapsed() < secs(1), "{:?}", start.elapsed());
+    heads.assert_settles_at(1, "one request").await;
+}
