@@ -1,7 +1,7 @@
 //! What the fallback cache costs a request that succeeds: one whose response it stores (the
-//! body read into memory, then a store insert) and one whose response it may not store
-//! (`Cache-Control: no-store`: passed on untouched), against the same pipeline without the
-//! cache.
+//! body copied aside as the caller reads it, then a store insert) and one whose response it may
+//! not store (`Cache-Control: no-store`: passed on untouched), against the same pipeline without
+//! the cache.
 //!
 //! Every variant sends a GET through `palisade::Client` (the standard pipeline: total and
 //! attempt timeouts, retry, circuit breaker) over an in-memory transport, and reads the whole
@@ -9,7 +9,7 @@
 //! The bodies:
 //!
 //! - `1k`: 1 KiB in one chunk;
-//! - `64k`: 64 KiB in four 16 KiB chunks (what a socket delivers), which the cache copies into
+//! - `64k`: 64 KiB in four 16 KiB chunks (what a socket delivers), which the cache joins into
 //!   one buffer to store.
 //!
 //! Before criterion runs, the bench counts heap allocations per request for each variant with

@@ -7,6 +7,13 @@ use crate::fallback::FallbackInfo;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Attempts(pub(crate) u32);
 
+/// When the attempt that produced a response was sent; kept beside [`Attempts`] by the retry
+/// stage when that was not the first attempt, so that the fallback cache counts a stored
+/// response's age from the request that produced it (RFC 9111 §4.2.3 `request_time`), not
+/// from the first attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FinalAttemptSent(pub(crate) tokio::time::Instant);
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for reqwest::Response {}

@@ -76,7 +76,8 @@ async fn a_served_fallback_is_an_info_event() {
             .fallback_cache(palisade::fallback::FallbackCache::default())
     });
     let url = "http://api.test/x?token=s3cret";
-    client.get(url).send().await.unwrap();
+    // Read to its end: a response is stored once its body has been read.
+    client.get(url).send().await.unwrap().bytes().await.unwrap();
     mock.set(Step::Status(503));
     tokio::time::advance(std::time::Duration::from_secs(7)).await;
     client.get(url).send().await.unwrap();

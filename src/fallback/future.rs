@@ -1,29 +1,31 @@
-//! The fallback stage's future: waits for the stage below, stores a storable success (reading
-//! its body), and answers a failure from the store.
+//! The fallback stage's future: waits for the stage below, hands a storable success on at
+//! once with its body copied aside as it streams (stored when complete), and answers a failure
+//! from the store.
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderValue, AGE};
-use http::Method;
+use http::{Method, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use reqwest::{Body, Request, Response, ResponseBuilderExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use url::Url;
 
 use super::policy::{self, Plan, RequestFacts};
-use super::store::Entry;
+use super::store::{self, Entry};
 use super::{FallbackInfo, FallbackRequest, Shared};
 use crate::classify::{FailureClass, Outcome};
-use crate::error::{Error, TimeoutKind};
+use crate::error::Error;
 use crate::event::Event;
-use crate::ext::{Attempts, ResponseExt};
+use crate::ext::{Attempts, FinalAttemptSent, ResponseExt};
 
 /// The most an `Age` header says (RFC 9111 §1.2.2).
 const MAX_AGE_SECS: u64 = 1 << 31;
@@ -42,6 +44,7 @@ pub(crate) struct Call {
     /// `false` when the key function kept the request out of the store.
     keyed: bool,
     start: Instant,
+    /// The request's deadline: its own timeout, else the client's total timeout, from `start`.
     deadline: Option<Instant>,
     /// Orders this request against unsafe ones that void the store (0 when not cacheable).
     seq: u64,
@@ -50,6 +53,9 @@ pub(crate) struct Call {
 impl Call {
     pub(crate) fn new(shared: Arc<Shared>, req: &Request) -> Box<Call> {
         let mut facts = RequestFacts::of(req.method(), req.headers());
+        // Userinfo in the URL (kept by a request sent with `execute`) is a credential too.
+        let url = req.url();
+        facts.credentials |= !url.username().is_empty() || url.password().is_some();
         let (custom_key, keyed) = match &shared.cfg.key_fn {
             Some(f) => {
                 let k = f(req);
@@ -93,7 +99,10 @@ impl Call {
 
     /// The primary key of this request's resource under `method`.
     fn primary(&self, method: &Method) -> Vec<u8> {
-        let resource = self.custom_key.as_deref().unwrap_or(self.url.as_str());
+        let resource = match &self.custom_key {
+            Some(k) => Cow::Borrowed(k.as_str()),
+            None => store::resource(&self.url),
+        };
         let mut k = Vec::with_capacity(method.as_str().len() + 1 + resource.len());
         k.extend_from_slice(method.as_str().as_bytes());
         k.push(0);
@@ -212,54 +221,61 @@ impl Call {
         });
     }
 
-    /// Reads the body of `resp` and stores it; the failure of reading it is answered like any
-    /// other.
-    async fn store(self: Box<Self>, resp: Response, plan: Plan) -> Result<Response, Error> {
+    /// Hands `resp` on at once, and stores it: now when it has no body, else once the caller
+    /// has read its body to the end, through a [`Tee`] that copies it aside.
+    fn store(self: Box<Self>, resp: Response, plan: Plan) -> Response {
         let arrived = Instant::now();
-        let max = self.shared.cfg.max_entry_bytes;
-        let read = match self.deadline {
-            Some(d) => match tokio::time::timeout_at(d, buffer(resp, max)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let mut e = Error::timeout(TimeoutKind::Total);
-                    e.set_url_if_missing(&self.url);
-                    Err(e)
-                }
-            },
-            None => buffer(resp, max).await,
+        let head = Head {
+            status: resp.status(),
+            version: resp.version(),
+            headers: policy::stored_headers(resp.headers()),
+            url: store::stored_url(resp.url()),
         };
-        match read {
-            Ok(Buffered::Whole { resp, stored }) => {
-                let StoredParts {
-                    status,
-                    version,
-                    headers,
-                    body,
-                    url,
-                } = *stored;
-                let entry = Entry::new(
-                    status,
-                    version,
-                    headers,
-                    body,
-                    url,
-                    arrived,
-                    policy::initial_age(resp.headers(), arrived - self.start),
-                    plan.freshness,
-                    plan.stale_allowance,
-                    self.seq,
-                );
-                if entry.servable_age(arrived).is_some() {
-                    let primary = self.primary(&self.method);
-                    self.shared
-                        .store
-                        .insert(&primary, plan.vary, &self.headers, entry);
-                }
-                Ok(resp)
-            }
-            Ok(Buffered::TooLarge(resp)) => Ok(resp),
-            Err(e) => self.recover(Err(e)),
+        // RFC 9111 §4.2.3: the response delay counts from when the request that produced it
+        // was sent, the last attempt (which the retry stage records after a retry).
+        let sent = resp
+            .extensions()
+            .get::<FinalAttemptSent>()
+            .map_or(self.start, |s| s.0);
+        let initial_age =
+            policy::initial_age(resp.headers(), arrived.saturating_duration_since(sent));
+        let bodiless = self.method == Method::HEAD
+            || resp.status() == StatusCode::NO_CONTENT
+            || resp.content_length() == Some(0);
+        let pending = Pending {
+            call: self,
+            plan,
+            head,
+            arrived,
+            initial_age,
+        };
+        if bodiless {
+            pending.insert(Bytes::new(), arrived);
+            return resp;
         }
+        let url = resp.url().clone();
+        let (parts, body) = http::Response::<Body>::from(resp).into_parts();
+        if body.is_end_stream() {
+            pending.insert(Bytes::new(), arrived);
+            return with_url(parts, url, body);
+        }
+        let until = pending
+            .call
+            .deadline
+            .or_else(|| arrived.checked_add(pending.call.shared.cfg.max_body_time));
+        let copy = Copying {
+            max: pending.call.shared.cfg.max_entry_bytes,
+            pending,
+            until,
+            chunks: Chunks::None,
+            len: 0,
+        };
+        let tee = Tee {
+            inner: body,
+            copy: Some(copy),
+            timer: None,
+        };
+        with_url(parts, url, Body::wrap(tee))
     }
 }
 
@@ -271,65 +287,125 @@ impl fmt::Debug for Call {
     }
 }
 
-/// What the stored copy is made of.
-struct StoredParts {
-    status: http::StatusCode,
+/// What is stored of a response's head.
+struct Head {
+    status: StatusCode,
     version: http::Version,
     headers: HeaderMap,
-    body: Bytes,
     url: Url,
 }
 
-enum Buffered {
-    /// The whole body: the response to hand on (same head, the body in memory) and what to
-    /// store.
-    Whole {
-        resp: Response,
-        stored: Box<StoredParts>,
-    },
-    /// Over the limit: the response with what was read put back before the rest.
-    TooLarge(Response),
+/// A response to be stored once its body is complete.
+struct Pending {
+    call: Box<Call>,
+    plan: Plan,
+    head: Head,
+    /// When its head arrived: the entry's `stored_at`, from which its age grows.
+    arrived: Instant,
+    initial_age: Duration,
 }
 
-/// Reads `resp`'s body up to `max` bytes.
-async fn buffer(mut resp: Response, max: u64) -> Result<Buffered, Error> {
-    let mut chunks: VecDeque<Bytes> = VecDeque::new();
-    let mut len: u64 = 0;
-    while let Some(chunk) = resp.chunk().await.map_err(Error::from)? {
-        len = len.saturating_add(chunk.len() as u64);
-        chunks.push_back(chunk);
-        if len > max {
-            let url = resp.url().clone();
-            let (parts, rest) = http::Response::<Body>::from(resp).into_parts();
-            let body = Body::wrap(Prefixed {
-                prefix: chunks,
-                rest,
-            });
-            return Ok(Buffered::TooLarge(with_url(parts, url, body)));
+impl Pending {
+    /// Stores the response with `body`, if it could still be served at `now`.
+    fn insert(self, body: Bytes, now: Instant) {
+        let Pending {
+            call,
+            plan,
+            head,
+            arrived,
+            initial_age,
+        } = self;
+        let entry = Entry::new(
+            head.status,
+            head.version,
+            head.headers,
+            body,
+            head.url,
+            arrived,
+            initial_age,
+            plan.freshness,
+            plan.stale_allowance,
+            call.seq,
+        );
+        if entry.servable_age(now).is_some() {
+            let primary = call.primary(&call.method);
+            call.shared
+                .store
+                .insert(&primary, plan.vary, &call.headers, entry);
         }
     }
-    let body = match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop_front().unwrap_or_default(),
-        _ => {
-            let mut all = BytesMut::with_capacity(len as usize);
-            for c in &chunks {
-                all.extend_from_slice(c);
-            }
-            all.freeze()
+}
+
+/// The chunks of a body copied so far.
+#[derive(Default)]
+enum Chunks {
+    #[default]
+    None,
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+/// The copy a [`Tee`] makes of a body it passes on.
+struct Copying {
+    pending: Pending,
+    /// The most bytes kept: past it, the copy is dropped.
+    max: u64,
+    /// When the copy is given up if the body has not ended: the request's deadline, else
+    /// `max_body_time` after the head.
+    until: Option<Instant>,
+    chunks: Chunks,
+    len: u64,
+}
+
+impl Copying {
+    /// Keeps `data`; false when that takes the copy past its limit.
+    fn push(&mut self, data: &Bytes) -> bool {
+        self.len = self.len.saturating_add(data.len() as u64);
+        if self.len > self.max {
+            return false;
         }
-    };
-    let url = resp.url().clone();
-    let (parts, _) = http::Response::<Body>::from(resp).into_parts();
-    let stored = Box::new(StoredParts {
-        status: parts.status,
-        version: parts.version,
-        headers: parts.headers.clone(),
-        body: body.clone(),
-        url: url.clone(),
-    });
-    let resp = with_url(parts, url, Body::from(body));
-    Ok(Buffered::Whole { resp, stored })
+        if data.is_empty() {
+            return true;
+        }
+        self.chunks = match std::mem::take(&mut self.chunks) {
+            Chunks::None => Chunks::One(data.clone()),
+            Chunks::One(first) => {
+                // A body that comes in two chunks often comes in a few more.
+                let mut all = Vec::with_capacity(4);
+                all.push(first);
+                all.push(data.clone());
+                Chunks::Many(all)
+            }
+            Chunks::Many(mut all) => {
+                all.push(data.clone());
+                Chunks::Many(all)
+            }
+        };
+        true
+    }
+
+    /// The body has ended: stores the response, unless the copy's time is over.
+    fn complete(self) {
+        let now = Instant::now();
+        if self.until.is_some_and(|until| now >= until) {
+            return;
+        }
+        // Always a copy, exactly the body's size: a chunk from hyper is a slice of the
+        // connection's read buffer (8 KiB and up), which keeping would hold the whole buffer
+        // while the store weighs only the slice.
+        let body = match self.chunks {
+            Chunks::None => Bytes::new(),
+            Chunks::One(b) => Bytes::copy_from_slice(&b),
+            Chunks::Many(all) => {
+                let mut joined = BytesMut::with_capacity(self.len as usize);
+                for c in &all {
+                    joined.extend_from_slice(c);
+                }
+                joined.freeze()
+            }
+        };
+        self.pending.insert(body, now);
+    }
 }
 
 /// A reqwest response from parts and a body, with `url` as its URL (reqwest keeps it in an
@@ -342,15 +418,22 @@ fn with_url(mut parts: http::response::Parts, url: Url, body: Body) -> Response 
 }
 
 pin_project! {
-    /// A body that yields chunks already read, then the rest of the original body.
-    struct Prefixed {
-        prefix: VecDeque<Bytes>,
+    /// The body of a response to be stored: every frame passes on to the caller as it comes,
+    /// and the data is copied aside. When the body ends, the copy is stored; a body that
+    /// fails, grows past `max_entry_bytes`, is dropped before its end or has not ended by the
+    /// copy's bound stores nothing, and its copy is freed at once.
+    struct Tee {
         #[pin]
-        rest: Body,
+        inner: Body,
+        // Inline: `Body::wrap` boxes the whole tee once.
+        copy: Option<Copying>,
+        // Armed the first time the body makes the caller wait: frees the copy at its bound
+        // while the caller waits.
+        timer: Option<Pin<Box<Sleep>>>,
     }
 }
 
-impl HttpBody for Prefixed {
+impl HttpBody for Tee {
     type Data = Bytes;
     type Error = reqwest::Error;
 
@@ -358,61 +441,77 @@ impl HttpBody for Prefixed {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, reqwest::Error>>> {
-        let this = self.project();
-        if let Some(chunk) = this.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let Some(copy) = this.copy.as_mut() else {
+            return polled;
+        };
+        let keep = match &polled {
+            Poll::Pending => {
+                if this.timer.is_none() {
+                    // Outside a tokio runtime there is no timer: the bound is then checked
+                    // when the body ends.
+                    if let (Some(until), Ok(_)) =
+                        (copy.until, tokio::runtime::Handle::try_current())
+                    {
+                        *this.timer = Some(Box::pin(tokio::time::sleep_until(until)));
+                    }
+                }
+                this.timer
+                    .as_mut()
+                    .is_none_or(|t| t.as_mut().poll(cx).is_pending())
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                let kept = frame.data_ref().is_none_or(|data| copy.push(data));
+                if kept && this.inner.is_end_stream() {
+                    if let Some(copy) = this.copy.take() {
+                        copy.complete();
+                    }
+                    *this.timer = None;
+                    return polled;
+                }
+                kept
+            }
+            Poll::Ready(None) => {
+                if let Some(copy) = this.copy.take() {
+                    copy.complete();
+                }
+                *this.timer = None;
+                return polled;
+            }
+            Poll::Ready(Some(Err(_))) => false,
+        };
+        if !keep {
+            *this.copy = None;
+            *this.timer = None;
         }
-        this.rest.poll_frame(cx)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.rest.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        let read: u64 = self.prefix.iter().map(|c| c.len() as u64).sum();
-        let rest = self.rest.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower().saturating_add(read));
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper.saturating_add(read));
-        }
-        hint
+        self.inner.size_hint()
     }
 }
-
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>;
 
 pin_project! {
     /// The future of [`FallbackCacheService`](super::FallbackCacheService).
     #[must_use = "futures do nothing unless polled"]
     pub struct FallbackFuture<F> {
         #[pin]
-        state: State<F>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Called {
-            #[pin]
-            fut: F,
-            call: Option<Box<Call>>,
-        },
-        Storing {
-            fut: BoxFuture,
-        },
+        fut: F,
+        call: Option<Box<Call>>,
     }
 }
 
 impl<F> FallbackFuture<F> {
     pub(crate) fn new(fut: F, call: Box<Call>) -> Self {
         FallbackFuture {
-            state: State::Called {
-                fut,
-                call: Some(call),
-            },
+            fut,
+            call: Some(call),
         }
     }
 }
@@ -430,31 +529,21 @@ where
 {
     type Output = Result<Response, Error>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            let next = match self.as_mut().project().state.project() {
-                StateProj::Called { fut, call } => {
-                    let result = ready!(fut.poll(cx)).map_err(Into::into);
-                    let Some(call) = call.take() else {
-                        return Poll::Ready(Err(Error::from_source(
-                            crate::ErrorKind::Request,
-                            "polled after completion",
-                        )));
-                    };
-                    match result {
-                        Ok(resp) => match call.plan(&resp) {
-                            Some(plan) => Box::pin(call.store(resp, plan)) as BoxFuture,
-                            None => return Poll::Ready(call.finish(Ok(resp))),
-                        },
-                        Err(e) => return Poll::Ready(call.finish(Err(e))),
-                    }
-                }
-                StateProj::Storing { fut } => return fut.as_mut().poll(cx),
-            };
-            self.as_mut()
-                .project()
-                .state
-                .set(State::Storing { fut: next });
-        }
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.fut.poll(cx)).map_err(Into::into);
+        let Some(call) = this.call.take() else {
+            return Poll::Ready(Err(Error::from_source(
+                crate::ErrorKind::Request,
+                "polled after completion",
+            )));
+        };
+        Poll::Ready(match result {
+            Ok(resp) => match call.plan(&resp) {
+                Some(plan) => Ok(call.store(resp, plan)),
+                None => call.finish(Ok(resp)),
+            },
+            Err(e) => call.finish(Err(e)),
+        })
     }
 }

@@ -18,12 +18,17 @@
 //! - the request is a GET or a HEAD without `Range`, and its `Cache-Control` does not say
 //!   `no-store`;
 //! - the status is 2xx (206 excepted) and the [`Classifier`] calls it a success;
+//! - something allows storing it (RFC 9111 §3): explicit freshness (`max-age`, `s-maxage`,
+//!   `Expires`), `public` (or `private` with [`store_private`](FallbackCache::store_private)),
+//!   or else a status RFC 9111 §4.2.2 calls heuristically cacheable (200, 203, 204): a
+//!   `202 Accepted` or a `201 Created` without freshness is not kept;
 //! - its `Cache-Control` says neither `no-store` nor `no-cache` (a response that must be
 //!   revalidated before any use could never be served by a fallback);
 //! - it is not for one user: no `private` and no `Set-Cookie`, unless
 //!   [`store_private`](FallbackCache::store_private);
-//! - the request carried neither `Authorization` nor `Cookie`, unless the response says
-//!   `public` or [`store_with_credentials`](FallbackCache::store_with_credentials);
+//! - the request carried neither `Authorization` nor `Cookie` nor userinfo in its URL (which
+//!   a request sent with `execute` keeps there), unless the response says `public` or
+//!   [`store_with_credentials`](FallbackCache::store_with_credentials);
 //!   palisade sees the request as it was built, not the headers reqwest adds when it sends it:
 //!   a `reqwest::Client` with `default_headers` holding credentials, or a cookie store, makes
 //!   requests that look anonymous here, so give the fallback cache to such a client only if
@@ -32,15 +37,27 @@
 //! - its body is at most [`max_entry_bytes`](FallbackCache::max_entry_bytes);
 //! - it could be served some day: its freshness plus its stale allowance is above zero.
 //!
-//! Only a response that will be stored has its body read here: one announced by
-//! `Content-Length` as too large, or not storable, is passed on untouched and keeps
-//! streaming. A body without a length is read up to `max_entry_bytes`; past that, the caller
-//! gets the part read and the rest as it streams, and nothing is stored. Reading a body to
-//! store it is bounded by the request's total deadline; a failure while reading is a failure of
-//! the request like any other, and may be answered from the cache.
+//! A response is handed on as soon as its head arrives, whether or not it is to be stored: the
+//! caller reads its body as it streams (a chunked feed or a long poll works as it does without
+//! the cache). The body of a response to be stored passes through a copy: each chunk the caller
+//! reads is also kept aside, and the response is stored when the body has ended, whole and
+//! within `max_entry_bytes`. A body that fails, grows past `max_entry_bytes`, is dropped before
+//! its end, or has not ended by the request's deadline (its own timeout, else the client's
+//! total timeout, else [`max_body_time`](FallbackCache::max_body_time) after the head) stores
+//! nothing, and its copy is freed then. A response without a body (to a HEAD, a 204, an empty
+//! one) is stored at once. **Nothing is stored while the caller has not read the body to its
+//! end**: a response dropped unread leaves the store as it was. One announced by
+//! `Content-Length` as too large, or not storable, is passed on untouched.
+//!
+//! Once its head is handed on, a response is the server's answer: a failure while the caller
+//! reads its body reaches the caller as reqwest reports it, and is not answered from the
+//! store. How long the caller may take to read the body is bounded by reqwest's own timeouts,
+//! not by the cache.
 //!
 //! A response to an unsafe request (POST, PUT, PATCH, DELETE…) with a status below 400 voids
-//! what was stored for its URL (RFC 9111 §4.4).
+//! what was stored for its URL (RFC 9111 §4.4), and what requests to it that were in flight
+//! meanwhile would store: a GET that started before the DELETE succeeded is not stored when it
+//! ends after it.
 //!
 //! # The key
 //!
@@ -48,6 +65,12 @@
 //! the request's values of the headers the response's `Vary` names: two users who send
 //! different `Accept-Language` never get each other's entry, and a request without the header
 //! never gets an entry stored for one with it.
+//!
+//! The URL is taken as the resource it names (RFC 9110 §4.2.3, §7.1): without its fragment or
+//! userinfo, and with equivalent percent-encodings written one way (`%7e`, `%7E` and `~` are
+//! one; `%2f` and `%2F` are one, but not `/`). So a POST to `/a` voids what was stored for
+//! `/a#x`. A stored copy replays its response's URL without userinfo or fragment. A key from
+//! [`key_fn`](FallbackCache::key_fn) is used as it is.
 //!
 //! # When it serves
 //!
@@ -71,9 +94,17 @@
 //! `Cache-Control: no-cache` is never answered from the store.
 //!
 //! The served response has the stored status, headers and body, and an `Age` header with its
-//! current age (RFC 9111 §4.2.3: its `Age` and `Date` when it arrived, plus the time since).
+//! current age (RFC 9111 §4.2.3: its `Age` and `Date` when it arrived, plus the time since the
+//! request that produced it was sent). The stored headers are those received but the ones a
+//! cache must not replay: the fields specific to the proxy that forwarded the request
+//! (`Proxy-Authenticate`, `Proxy-Authentication-Info`, `Proxy-Authorization`; RFC 9111 §3.1)
+//! and the hop-by-hop ones (`Connection` and every field it names, `Keep-Alive`,
+//! `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`; RFC 9110 §7.6.1). The response
+//! handed on when it arrived keeps them all.
+//!
 //! [`ResponseExt::fallback`](crate::ResponseExt::fallback) says it is a fallback, how old and
-//! why; [`Event::Fallback`] and an `info` tracing event report it.
+//! why, and [`ResponseExt::attempts`](crate::ResponseExt::attempts) how many attempts the
+//! failed request made; [`Event::Fallback`] and an `info` tracing event report it.
 //!
 //! With nothing stored (or nothing servable), a [`static_fallback`](FallbackCache::static_fallback)
 //! function may build a response: an empty list, a default configuration.
@@ -82,7 +113,16 @@
 //!
 //! Entries live in a [moka](https://docs.rs/moka) cache bounded by
 //! [`max_bytes`](FallbackCache::max_bytes), weighed by body, headers, URL and key, least
-//! recently used first out. An entry is dropped when its allowance is over.
+//! recently used first out. An entry is dropped when its allowance is over. Its body and header
+//! values are copied into buffers of their own (hyper hands them out as slices of a
+//! connection's read buffer), so what the store weighs is what it holds. Besides, a fixed
+//! 32 KiB array records which URLs unsafe requests voided, so that voiding a URL with nothing
+//! stored takes no room from the responses stored.
+//!
+//! A body being copied holds at most `max_entry_bytes` besides, until it ends, fails, grows
+//! past the limit or reaches its bound. The bound frees the copy while the caller waits for
+//! the body; a response the caller keeps without reading it keeps its copy until it is dropped
+//! or read.
 
 mod cache_control;
 mod future;
@@ -137,7 +177,9 @@ pub struct FallbackCache {
     serve_on: ServeOn,
     key_fn: Option<Arc<KeyFn>>,
     static_fallback: Option<Arc<StaticFn>>,
-    /// The client's total timeout, which bounds reading a body to store it.
+    /// How long a body is copied when the request has no deadline.
+    max_body_time: Duration,
+    /// The client's total timeout, which bounds copying a body to store it.
     total_timeout: Option<Duration>,
 }
 
@@ -154,7 +196,8 @@ struct ServeOn {
 impl Default for FallbackCache {
     /// At most 32 MiB in all and 1 MiB per body, stale entries served for up to 5 minutes
     /// (unless the response's `stale-if-error` says otherwise), on every kind of failure;
-    /// nothing `private` or sent with credentials is stored.
+    /// nothing `private` or sent with credentials is stored; a body without a deadline is
+    /// copied for up to 30 s.
     fn default() -> Self {
         FallbackCache {
             max_bytes: 32 << 20,
@@ -172,6 +215,7 @@ impl Default for FallbackCache {
             },
             key_fn: None,
             static_fallback: None,
+            max_body_time: Duration::from_secs(30),
             total_timeout: None,
         }
     }
@@ -196,6 +240,37 @@ impl FallbackCache {
     /// responses still fresh, or stale within their `stale-if-error`.
     pub fn max_staleness(mut self, staleness: Duration) -> Self {
         self.max_staleness = staleness;
+        self
+    }
+
+    /// How long the cache keeps copying the body of a response it means to store, from the
+    /// moment its head arrived, when the request has no deadline: no timeout of its own
+    /// (`RequestBuilder::timeout`) and no total timeout in the client, as for a
+    /// [`FallbackCacheLayer`] used in a stack of your own. A body that has not ended by then is
+    /// still handed on as it streams, but its copy is freed and nothing is stored. Where the
+    /// request has a deadline, the deadline bounds the copy instead. Default 30 s; must be
+    /// above zero.
+    ///
+    /// This bounds only what the cache holds: how long the caller may take to read the body
+    /// is up to reqwest's own timeouts (`timeout`, `read_timeout`, a request's `timeout`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use palisade::fallback::FallbackCache;
+    /// use palisade::layer::{FallbackCacheLayer, TotalTimeoutLayer};
+    ///
+    /// // The fallback cache sits outside the total timeout and cannot see its deadline.
+    /// let svc = tower::ServiceBuilder::new()
+    ///     .layer(FallbackCacheLayer::new(
+    ///         FallbackCache::default().max_body_time(Duration::from_secs(10)),
+    ///     )?)
+    ///     .layer(TotalTimeoutLayer::new(Duration::from_secs(10))?)
+    ///     .service(reqwest::Client::new());
+    /// # let _ = svc;
+    /// # Ok::<(), palisade::ConfigError>(())
+    /// ```
+    pub fn max_body_time(mut self, time: Duration) -> Self {
+        self.max_body_time = time;
         self
     }
 
@@ -232,7 +307,8 @@ impl FallbackCache {
         self
     }
 
-    /// Serves after a network failure: refused, DNS, reset, a body cut short. Default on.
+    /// Serves after a network failure: refused, DNS, reset, a message cut short before its
+    /// head. Default on.
     pub fn serve_on_network_error(mut self, yes: bool) -> Self {
         self.serve_on.network = yes;
         self
@@ -292,7 +368,7 @@ impl FallbackCache {
         self
     }
 
-    /// Bounds reading a body to store it by this total timeout (the client builder passes its
+    /// Bounds copying a body to store it by this total timeout (the client builder passes its
     /// own); a request's own timeout comes first.
     pub(crate) fn with_total_timeout(mut self, t: Option<Duration>) -> Self {
         self.total_timeout = t;
@@ -310,6 +386,12 @@ impl FallbackCache {
             return Err(ConfigError::new(
                 "fallback_cache.max_entry_bytes",
                 format!("must be at most 1 GiB, got {}", self.max_entry_bytes),
+            ));
+        }
+        if self.max_body_time.is_zero() {
+            return Err(ConfigError::new(
+                "fallback_cache.max_body_time",
+                "must be above zero",
             ));
         }
         if self.max_bytes < self.max_entry_bytes {
@@ -331,6 +413,7 @@ impl fmt::Debug for FallbackCache {
             .field("max_bytes", &self.max_bytes)
             .field("max_entry_bytes", &self.max_entry_bytes)
             .field("max_staleness", &self.max_staleness)
+            .field("max_body_time", &self.max_body_time)
             .field("store_private", &self.store_private)
             .field("store_with_credentials", &self.store_with_credentials)
             .field("serve_on", &self.serve_on)
@@ -349,7 +432,7 @@ pub enum FallbackReason {
     ServerError(StatusCode),
     /// A timeout: the attempt's, the total's or the transport's.
     Timeout,
-    /// A network failure: refused, DNS, reset, a body cut short.
+    /// A network failure: refused, DNS, reset, a message cut short before its head.
     Network,
     /// The circuit breaker rejected the call.
     CircuitOpen,
@@ -399,12 +482,25 @@ impl FallbackInfo {
 }
 
 /// The failed request a [static fallback](FallbackCache::static_fallback) is asked to answer.
-#[derive(Debug)]
+///
+/// Its `Debug` shows the URL without userinfo, fragment or query values, and the header names
+/// without their values.
 pub struct FallbackRequest<'a> {
     method: &'a Method,
     url: &'a Url,
     headers: &'a HeaderMap,
     reason: FallbackReason,
+}
+
+impl fmt::Debug for FallbackRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackRequest")
+            .field("method", self.method)
+            .field("url", &crate::redact::DisplayUrl(self.url))
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("reason", &self.reason)
+            .finish()
+    }
 }
 
 impl FallbackRequest<'_> {
@@ -433,7 +529,9 @@ impl FallbackRequest<'_> {
 /// every clone, shares one store.
 ///
 /// Put it outermost: it must see the final outcome, after every retry, and a total timeout
-/// inside it bounds the calls it falls back from.
+/// inside it bounds the calls it falls back from. It cannot see that timeout's deadline: the
+/// copy of a body it stores is bounded by a request's own timeout, else by
+/// [`max_body_time`](FallbackCache::max_body_time).
 #[derive(Clone)]
 pub struct FallbackCacheLayer {
     shared: Arc<Shared>,
@@ -452,8 +550,8 @@ impl FallbackCacheLayer {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the field when `max_entry_bytes` is 0 or above 1 GiB, or
-    /// `max_bytes` is below `max_entry_bytes`.
+    /// A [`ConfigError`] naming the field when `max_entry_bytes` is 0 or above 1 GiB,
+    /// `max_bytes` is below `max_entry_bytes`, or `max_body_time` is zero.
     pub fn new(cfg: FallbackCache) -> Result<Self, ConfigError> {
         cfg.validate()?;
         Ok(Self::from_parts(
@@ -621,6 +719,29 @@ impl Shared {
 mod tests {
     use super::*;
 
+    // Issue 9, more of its kind: the request a static fallback gets printed its header values
+    // (credentials), query values and userinfo in its derived `Debug`.
+    #[test]
+    fn a_fallback_request_prints_no_secret() {
+        let url = Url::parse("https://user:pa55@api.test/a?token=t0ken&page=2#frag").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer s3cret".parse().unwrap());
+        let req = FallbackRequest {
+            method: &Method::GET,
+            url: &url,
+            headers: &headers,
+            reason: FallbackReason::Timeout,
+        };
+        let printed = format!("{req:?}");
+        for secret in ["pa55", "user", "t0ken", "s3cret", "frag"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            printed.contains("authorization") && printed.contains("token"),
+            "{printed}"
+        );
+    }
+
     #[test]
     fn config_errors_name_the_field() {
         let e = FallbackCacheLayer::new(FallbackCache::default().max_entry_bytes(0)).unwrap_err();
@@ -628,6 +749,9 @@ mod tests {
         let e = FallbackCacheLayer::new(FallbackCache::default().max_entry_bytes((1 << 30) + 1))
             .unwrap_err();
         assert_eq!(e.field(), "fallback_cache.max_entry_bytes");
+        let e = FallbackCacheLayer::new(FallbackCache::default().max_body_time(Duration::ZERO))
+            .unwrap_err();
+        assert_eq!(e.field(), "fallback_cache.max_body_time");
         let e = FallbackCacheLayer::new(FallbackCache::default().max_bytes(1000)).unwrap_err();
         assert_eq!(e.field(), "fallback_cache.max_bytes");
         assert!(e.rule().contains("max_entry_bytes"), "{e}");

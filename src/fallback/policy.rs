@@ -4,7 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{self, HeaderMap, HeaderName};
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
 use super::cache_control::{Age, CacheControl};
@@ -80,6 +81,19 @@ pub(crate) fn plan(
     if facts.credentials && !cfg.store_with_credentials && !cc.public {
         return None;
     }
+    // RFC 9111 §3: a response is stored only when something allows it, explicit freshness or
+    // `public` (or `private` where private responses are stored), or else a status a cache may
+    // give a heuristic freshness (§4.2.2): a `202 Accepted` says nothing lasting about the
+    // resource and must not be replayed.
+    let allowed = cc.max_age.is_some()
+        || cc.s_maxage.is_some()
+        || headers.contains_key(header::EXPIRES)
+        || cc.public
+        || (cc.private && cfg.store_private)
+        || heuristically_cacheable(status);
+    if !allowed {
+        return None;
+    }
     let vary = vary_names(headers)?;
     let freshness = freshness(&cc, headers);
     let stale_allowance = if cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() {
@@ -102,6 +116,14 @@ pub(crate) fn plan(
         freshness,
         stale_allowance,
     })
+}
+
+/// The statuses RFC 9110 §15.1 defines as heuristically cacheable (RFC 9111 §4.2.2).
+fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
 }
 
 /// The freshness lifetime (RFC 9111 §4.2.1) for a shared cache: `s-maxage`, else `max-age`,
@@ -140,6 +162,72 @@ fn single_date(headers: &HeaderMap, name: &HeaderName) -> Option<Option<SystemTi
     )
 }
 
+/// The header fields a stored copy leaves out: those specific to the proxy that forwarded the
+/// request, which a shared cache MUST NOT store (RFC 9111 §3.1), and the hop-by-hop ones, which
+/// are removed before a message is forwarded (RFC 9110 §7.6.1) and so never replayed.
+/// `Connection` also names hop-by-hop fields of its own: those go too.
+fn is_unstored(name: &HeaderName) -> bool {
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_AUTHENTICATION_INFO: HeaderName =
+        HeaderName::from_static("proxy-authentication-info");
+    [
+        header::CONNECTION,
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        PROXY_CONNECTION,
+        KEEP_ALIVE,
+        PROXY_AUTHENTICATION_INFO,
+    ]
+    .contains(name)
+}
+
+/// The headers a stored copy of a response with `headers` keeps: all of them but those
+/// [`is_unstored`] names and those its `Connection` lists.
+///
+/// The values are copied into one buffer of their own: those hyper parses are slices of the
+/// connection's read buffer (8 KiB and up), which an entry would otherwise keep whole while
+/// the store weighs only the slices.
+pub(crate) fn stored_headers(headers: &HeaderMap) -> HeaderMap {
+    let hop_by_hop = headers.keys().any(is_unstored);
+    let named: Vec<HeaderName> = if hop_by_hop {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let kept = |name: &HeaderName| !hop_by_hop || !(is_unstored(name) || named.contains(name));
+    let total: usize = headers
+        .iter()
+        .filter(|(n, _)| kept(n))
+        .map(|(_, v)| v.len())
+        .sum();
+    let mut values = BytesMut::with_capacity(total);
+    for (_, v) in headers.iter().filter(|(n, _)| kept(n)) {
+        values.extend_from_slice(v.as_bytes());
+    }
+    let values = values.freeze();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut at = 0;
+    for (name, v) in headers.iter().filter(|(n, _)| kept(n)) {
+        let end = at + v.len();
+        // The bytes of a valid value are valid.
+        if let Ok(mut copy) = HeaderValue::from_maybe_shared(values.slice(at..end)) {
+            copy.set_sensitive(v.is_sensitive());
+            out.append(name.clone(), copy);
+        }
+        at = end;
+    }
+    out
+}
+
 /// The response's age when it arrived (RFC 9111 §4.2.3 `corrected_initial_age`): the larger of
 /// its `Age` plus the time the request took, and its `Date` against this machine's clock.
 pub(crate) fn initial_age(headers: &HeaderMap, response_delay: Duration) -> Duration {
@@ -160,7 +248,6 @@ pub(crate) fn initial_age(headers: &HeaderMap, response_delay: Duration) -> Dura
 mod tests {
     use super::super::cache_control::tests as cc_tests;
     use super::*;
-    use http::HeaderValue;
 
     fn h(pairs: &[(&'static str, String)]) -> HeaderMap {
         let mut m = HeaderMap::new();
@@ -198,14 +285,74 @@ mod tests {
     fn statuses() {
         let cfg = FallbackCache::default();
         let hs = HeaderMap::new();
-        for s in [200, 201, 203, 204] {
+        for s in [200, 203, 204] {
             let s = StatusCode::from_u16(s).unwrap();
             assert!(plan(&cfg, &get(), s, &hs).is_some(), "{s}");
         }
-        for s in [206, 301, 304, 404, 500] {
+        for s in [201, 202, 205, 206, 207, 226, 301, 304, 404, 500] {
             let s = StatusCode::from_u16(s).unwrap();
             assert!(plan(&cfg, &get(), s, &hs).is_none(), "{s}");
         }
+    }
+
+    // Issue 9, defect 12: a 2xx that is not heuristically cacheable is stored only when
+    // something else allows it (RFC 9111 §3).
+    #[test]
+    fn other_2xx_need_explicit_freshness_or_public() {
+        let accepted = StatusCode::ACCEPTED;
+        let cfg = FallbackCache::default();
+        for allows in ["max-age=60", "s-maxage=60", "public", "max-age=x"] {
+            let hs = h(&[("cache-control", allows.into())]);
+            assert!(plan(&cfg, &get(), accepted, &hs).is_some(), "{allows}");
+        }
+        let date = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let expires = h(&[
+            ("date", httpdate::fmt_http_date(date)),
+            (
+                "expires",
+                httpdate::fmt_http_date(date + Duration::from_secs(60)),
+            ),
+        ]);
+        assert!(plan(&cfg, &get(), accepted, &expires).is_some());
+        let private = h(&[("cache-control", "private".into())]);
+        assert!(plan(&cfg, &get(), accepted, &private).is_none());
+        let one_user = FallbackCache::default().store_private(true);
+        assert!(plan(&one_user, &get(), accepted, &private).is_some());
+        let unrelated = h(&[("cache-control", "stale-if-error=60".into())]);
+        assert!(plan(&cfg, &get(), accepted, &unrelated).is_none());
+    }
+
+    #[test]
+    fn stored_headers_drop_proxy_and_hop_by_hop_fields() {
+        let all = h(&[
+            ("connection", "close, X-Hop,, bad name".into()),
+            ("connection", "x-other".into()),
+            ("x-hop", "1".into()),
+            ("x-other", "2".into()),
+            ("keep-alive", "timeout=5".into()),
+            ("proxy-connection", "keep-alive".into()),
+            ("te", "trailers".into()),
+            ("transfer-encoding", "chunked".into()),
+            ("upgrade", "h2c".into()),
+            ("proxy-authenticate", "Basic".into()),
+            ("proxy-authentication-info", "x".into()),
+            ("proxy-authorization", "Basic x".into()),
+            ("content-type", "text/plain".into()),
+            ("set-cookie", "a=1".into()),
+            ("set-cookie", "b=2".into()),
+        ]);
+        let kept = stored_headers(&all);
+        let names: Vec<&str> = kept.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type", "set-cookie"]);
+        assert_eq!(kept.get_all("set-cookie").iter().count(), 2);
+        // Without any of them: the same map, sensitive values still marked.
+        let mut plain = h(&[("content-type", "text/plain".into()), ("x-hop", "1".into())]);
+        let mut secret = HeaderValue::from_static("s");
+        secret.set_sensitive(true);
+        plain.insert("x-key", secret);
+        let copy = stored_headers(&plain);
+        assert_eq!(copy, plain);
+        assert!(copy["x-key"].is_sensitive());
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //!   responses are void (set when an unsafe request to the URL succeeded, RFC 9111 §4.4);
 //! - an *entry* per variant: the primary key plus each `Vary` header's request value.
 //!
+//! A response whose request was still in flight when an unsafe request voided its URL is
+//! refused at insert by a void mark, kept outside moka (see [`Store::invalidate`]).
+//!
 //! A lookup reads the index to learn which request headers pick the variant. An entry records
 //! the values it was stored under and the lookup compares them again, so a variant is never
 //! served to a request with other values. If the index is evicted first, its variants are
@@ -17,8 +20,10 @@
 //! whether an entry may be served is decided here, on tokio's clock, so tests in paused time
 //! are exact.
 
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +32,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use moka::policy::EvictionPolicy;
 use tokio::time::Instant;
-use url::Url;
+use url::{Position, Url};
 
 const INDEX: u8 = b'I';
 const ENTRY: u8 = b'E';
@@ -40,6 +45,9 @@ const ABSENT: u8 = 0x01;
 const SLOT_OVERHEAD: usize = 1024;
 /// What a header costs besides its name and value (the map's entry and index).
 const HEADER_OVERHEAD: usize = 32;
+/// How many void marks a store keeps (8 bytes each, 32 KiB in all), outside moka: see
+/// [`Store::invalidate`].
+const VOID_MARKS: usize = 4096;
 /// moka refuses expirations over 1,000 years; entries never need a year.
 const LONGEST_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -223,6 +231,11 @@ impl moka::Expiry<Box<[u8]>, Slot> for Expiry {
 pub(crate) struct Store {
     cache: moka::sync::Cache<Box<[u8]>, Slot>,
     seq: Arc<AtomicU64>,
+    /// For each hash of a primary key, the sequence number of the last unsafe request that
+    /// voided a key with that hash: a response whose request started before it is not
+    /// stored.
+    voids: Arc<[AtomicU64]>,
+    hasher: RandomState,
 }
 
 impl Store {
@@ -240,7 +253,22 @@ impl Store {
         Store {
             cache,
             seq: Arc::new(AtomicU64::new(0)),
+            voids: (0..VOID_MARKS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
         }
+    }
+
+    /// The void mark of `primary`.
+    fn void_mark(&self, primary: &[u8]) -> &AtomicU64 {
+        let h = self.hasher.hash_one(primary);
+        // The remainder is below VOID_MARKS, so it fits a usize.
+        &self.voids[(h % VOID_MARKS as u64) as usize]
+    }
+
+    /// Whether an unsafe request voided `primary` (or a key with the same mark) after a
+    /// request that took `seq` started.
+    fn voided_since(&self, primary: &[u8], seq: u64) -> bool {
+        seq <= self.void_mark(primary).load(Ordering::SeqCst)
     }
 
     /// A number above every one given before: orders requests that read the store against the
@@ -280,6 +308,12 @@ impl Store {
         req_headers: &HeaderMap,
         mut entry: Entry,
     ) {
+        // An unsafe request to the URL succeeded while this one was in flight: what it got may
+        // be out of date already.
+        if self.voided_since(primary, entry.seq) {
+            return;
+        }
+        let seq = entry.seq;
         let index = self.index(primary);
         let known: &[HeaderName] = index.as_ref().map_or(&[], |i| &i.vary);
         if known != &vary[..] {
@@ -299,11 +333,31 @@ impl Store {
         entry.vary_values = vary.iter().map(|n| combined(req_headers, n)).collect();
         entry.weigh(key.len());
         self.cache.insert(key, Slot::Entry(Arc::new(entry)));
+        // An invalidation that marked the key after the check above and looked for entries
+        // before this insert landed saw nothing to void: look again, and take it back. (It
+        // marks, then looks; this inserts, then looks: one of the two sees the other.)
+        fence(Ordering::SeqCst);
+        if self.voided_since(primary, seq) {
+            self.cache
+                .invalidate(&entry_key(primary, &vary, req_headers)[..]);
+        }
     }
 
     /// Voids every entry under `primary` whose request started before now (RFC 9111 §4.4),
     /// including those still on their way to the store.
+    ///
+    /// Entries already stored are voided through the key's index, which the lookup reads.
+    /// Those on their way are refused when they arrive, through the key's void mark: a fixed
+    /// array outside moka, so that voiding a URL with nothing stored (a POST to a new
+    /// resource, the common case) takes no room from stored responses. Keys share a mark when
+    /// their hashes do: a response whose request was in flight while an unsafe request to
+    /// another URL of the same mark succeeded is not stored either, which costs a store
+    /// missed, never a stale copy served.
     pub(crate) fn invalidate(&self, primary: &[u8]) {
+        let void_through = self.next_seq();
+        self.void_mark(primary)
+            .fetch_max(void_through, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         let index = self.index(primary);
         let plain = entry_key(primary, &[], &HeaderMap::new());
         if index.is_none() && !self.cache.contains_key(&plain[..]) {
@@ -311,7 +365,7 @@ impl Store {
         }
         let i = Index {
             vary: index.map(|i| i.vary.clone()).unwrap_or_default(),
-            void_through: self.next_seq(),
+            void_through,
         };
         self.cache
             .insert(index_key(primary), Slot::Index(Arc::new(i)));
@@ -343,6 +397,78 @@ impl Store {
     pub(crate) fn clear(&self) {
         self.cache.invalidate_all();
     }
+}
+
+/// The resource a URL names, as the key holds it: without its fragment (RFC 9110 §7.1: it is
+/// not sent) or userinfo (which names a user, not a resource; a request sent with `execute`
+/// keeps it in its URL), and with the percent-encodings RFC 3986 §6.2.2 makes equivalent
+/// written one way (hex digits in upper case, unreserved characters decoded). The scheme and
+/// host are lowercase and a default port is dropped by the URL parser already. Allocates only
+/// for a URL with userinfo or a percent sign.
+pub(crate) fn resource(url: &Url) -> Cow<'_, str> {
+    let userinfo = !url.username().is_empty() || url.password().is_some();
+    let base = if userinfo {
+        Cow::Owned(format!(
+            "{}{}",
+            &url[..Position::BeforeUsername],
+            &url[Position::BeforeHost..Position::AfterQuery]
+        ))
+    } else {
+        Cow::Borrowed(&url[..Position::AfterQuery])
+    };
+    if base.contains('%') {
+        Cow::Owned(normalise_percent_encoding(&base))
+    } else {
+        base
+    }
+}
+
+/// `s` with every percent-encoding of an unreserved character decoded and the hex digits of
+/// the others in upper case (RFC 3986 §6.2.2.1, §6.2.2.2); anything else is kept as it is.
+fn normalise_percent_encoding(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let c = hi * 16 + lo;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c);
+                } else {
+                    out.push(b'%');
+                    out.push(bytes[i + 1].to_ascii_uppercase());
+                    out.push(bytes[i + 2].to_ascii_uppercase());
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    // Only ASCII triples were replaced, by ASCII: still UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// The URL a stored copy keeps and replays: the response's, without userinfo (another
+/// request's credentials) or fragment.
+pub(crate) fn stored_url(url: &Url) -> Url {
+    let mut u = url.clone();
+    if !u.username().is_empty() || u.password().is_some() {
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+    }
+    if u.fragment().is_some() {
+        u.set_fragment(None);
+    }
+    u
 }
 
 /// moka's weigher takes the key as stored.
@@ -446,6 +572,35 @@ mod tests {
     }
 
     #[test]
+    fn the_resource_drops_fragment_and_userinfo_and_normalises_percent_encoding() {
+        let r = |s: &str| resource(&Url::parse(s).unwrap()).into_owned();
+        assert_eq!(r("http://h/a?b=c"), "http://h/a?b=c");
+        assert_eq!(r("http://h/a?b#frag"), "http://h/a?b");
+        assert_eq!(r("http://h/a#"), "http://h/a");
+        assert_eq!(r("http://u:p@h:8080/a#x"), "http://h:8080/a");
+        assert_eq!(r("http://u@h/a"), "http://h/a");
+        assert_eq!(r("http://:p@h/a"), "http://h/a");
+        assert_eq!(r("HTTP://H:80/a"), "http://h/a");
+        assert_eq!(
+            r("http://h/%7euser/%41%2f%2F?q=%7E%20"),
+            "http://h/~user/A%2F%2F?q=~%20"
+        );
+        // Not an encoding: kept as it is.
+        assert_eq!(r("http://h/100%25/%zz/%4"), "http://h/100%25/%zz/%4");
+        assert_eq!(r("http://h/a%"), "http://h/a%");
+        assert!(matches!(
+            resource(&Url::parse("http://h/a?b").unwrap()),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn the_stored_url_drops_userinfo_and_fragment() {
+        let u = stored_url(&Url::parse("https://user:pw@h/a?q=1#top").unwrap());
+        assert_eq!(u.as_str(), "https://h/a?q=1");
+    }
+
+    #[test]
     fn vary_names_are_normalised_and_star_refuses() {
         let h = headers(&[("vary", "Accept-Language, accept"), ("vary", "ACCEPT")]);
         let names = vary_names(&h).unwrap();
@@ -511,10 +666,37 @@ mod tests {
         let new = entry_seq(s.next_seq(), b"new", 0, Some(60));
         s.insert(b"GET\0u", Box::new([]), &none, new);
         assert_eq!(&s.lookup(b"GET\0u", &none).unwrap().body[..], b"new");
-        // Nothing stored: nothing to void, and no index is written.
+        // Nothing stored: no slot is written.
         s.invalidate(b"GET\0other");
         s.run_pending_tasks();
         assert_eq!(s.entry_count(), 2);
+    }
+
+    // Issue 9, defect 12: voiding a key with nothing stored returned early, so a request that
+    // started before it and ended after it was stored.
+    #[tokio::test(start_paused = true)]
+    async fn voiding_a_key_with_nothing_stored_refuses_what_was_in_flight() {
+        let s = Store::new(1 << 20);
+        let none = HeaderMap::new();
+        let racing = s.next_seq();
+        s.invalidate(b"GET\0u");
+        s.insert(
+            b"GET\0u",
+            Box::new([]),
+            &none,
+            entry_seq(racing, b"racing", 0, Some(60)),
+        );
+        assert!(s.lookup(b"GET\0u", &none).is_none());
+        // Another key keeps storing what started before.
+        let other = entry_seq(racing, b"other", 0, Some(60));
+        s.insert(b"GET\0v", Box::new([]), &none, other);
+        // A mark may be shared by two keys; this one is not, or the check would be moot.
+        if !std::ptr::eq(s.void_mark(b"GET\0u"), s.void_mark(b"GET\0v")) {
+            assert!(s.lookup(b"GET\0v", &none).is_some());
+        }
+        let later = entry_seq(s.next_seq(), b"later", 0, Some(60));
+        s.insert(b"GET\0u", Box::new([]), &none, later);
+        assert_eq!(&s.lookup(b"GET\0u", &none).unwrap().body[..], b"later");
     }
 
     #[tokio::test(start_paused = true)]

@@ -50,7 +50,7 @@ use crate::classify::{Classifier, FailureClass, Outcome};
 use crate::context;
 use crate::error::{ConfigError, Error, TimeoutKind};
 use crate::event::{Event, GiveUpReason, Hook};
-use crate::ext::Attempts;
+use crate::ext::{Attempts, FinalAttemptSent};
 
 /// The retry policy's configuration.
 ///
@@ -352,6 +352,8 @@ struct Progress {
     /// The retry withdrawn from the budget for the attempt to come, until that attempt starts:
     /// a caller that drops the request during the backoff sleep gives it back (see `Drop`).
     reserved: Option<Withdrawal>,
+    /// When the latest attempt was sent, from the second one on.
+    last_sent: Option<Instant>,
 }
 
 impl Drop for Progress {
@@ -438,6 +440,7 @@ impl Progress {
             attempt: 0,
             last_url: None,
             reserved: None,
+            last_sent: None,
             shared,
         }
     }
@@ -470,8 +473,11 @@ impl Progress {
         } else {
             original
         };
-        if req.is_none() && self.attempt > 1 {
-            self.last_url = Some(Box::new(send.url().clone()));
+        if self.attempt > 1 {
+            self.last_sent = Some(Instant::now());
+            if req.is_none() {
+                self.last_url = Some(Box::new(send.url().clone()));
+            }
         }
         context::record_attempt(self.attempt);
         context::bound_transport_timeout(&mut send, self.deadline);
@@ -515,7 +521,7 @@ impl Progress {
             &mut self.rng,
         );
         match next {
-            Next::Return => Step::Done(finish(result, attempt, url_for_error)),
+            Next::Return => Step::Done(finish(result, attempt, url_for_error, self.last_sent)),
             Next::GiveUp(reason) => {
                 tracing::debug!(attempts = attempt, class = %class, reason = ?reason, "not retrying");
                 if let Some(url) = self.url.as_deref() {
@@ -527,7 +533,7 @@ impl Progress {
                         reason,
                     });
                 }
-                Step::Done(finish(result, attempt, url_for_error))
+                Step::Done(finish(result, attempt, url_for_error, self.last_sent))
             }
             Next::Sleep {
                 delay,
@@ -655,6 +661,7 @@ fn finish(
     result: Result<Response, Error>,
     attempts: u32,
     url: Option<&Url>,
+    last_sent: Option<Instant>,
 ) -> Result<Response, Error> {
     match result {
         Ok(mut r) => {
@@ -662,6 +669,9 @@ fn finish(
             // at the first try inserts nothing.
             if attempts > 1 {
                 r.extensions_mut().insert(Attempts(attempts));
+                if let Some(at) = last_sent {
+                    r.extensions_mut().insert(FinalAttemptSent(at));
+                }
             }
             Ok(r)
         }

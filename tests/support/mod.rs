@@ -239,12 +239,52 @@ impl http_body::Body for ChunkBody {
 
 /// A 200 whose body is `chunks`, ending as `end` says, with `size` announced if given.
 pub fn chunked_response(chunks: Vec<&'static [u8]>, end: BodyEnd, size: Option<u64>) -> Response {
+    chunked_response_of(
+        chunks.into_iter().map(bytes::Bytes::from_static).collect(),
+        end,
+        size,
+    )
+}
+
+/// [`chunked_response`] with chunks of any origin (one whose owner tells when it is freed,
+/// say).
+pub fn chunked_response_of(chunks: Vec<bytes::Bytes>, end: BodyEnd, size: Option<u64>) -> Response {
     let body = reqwest::Body::wrap(ChunkBody {
-        chunks: chunks.into_iter().map(bytes::Bytes::from_static).collect(),
+        chunks: chunks.into(),
         end,
         size,
     });
     Response::from(http::Response::new(body))
+}
+
+/// The bytes of a chunk whose memory reports when it is freed: [`Freed::is_freed`] turns true
+/// once every copy of the [`bytes::Bytes`] made by [`Freed::chunk`] is dropped.
+#[derive(Clone, Default)]
+pub struct Freed(Arc<std::sync::atomic::AtomicBool>);
+
+struct Owner(Vec<u8>, Arc<std::sync::atomic::AtomicBool>);
+
+impl AsRef<[u8]> for Owner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Freed {
+    /// A chunk holding `data`, whose freeing this handle sees.
+    pub fn chunk(&self, data: &[u8]) -> bytes::Bytes {
+        bytes::Bytes::from_owner(Owner(data.to_vec(), self.0.clone()))
+    }
+
+    pub fn is_freed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl tower::Service<Request> for Mock {

@@ -156,3 +156,20 @@ pub async fn resetting_proxy(upstream: SocketAddr) -> (SocketAddr, Counter, Swit
     .await;
     (addr, counter, switch)
 }
+
+/// A server that reads each request's head, writes `bytes` (a response head and the start of
+/// its body, say) and then holds the connection open without writing more. Counts the
+/// request heads it read.
+pub async fn stalling_server(bytes: &'static [u8]) -> (SocketAddr, Counter) {
+    use tokio::io::AsyncWriteExt;
+    serve(move |mut s, heads| async move {
+        if read_head(&mut s).await {
+            heads.add_one();
+            if s.write_all(bytes).await.is_ok() {
+                let _ = s.flush().await;
+                std::future::pending::<()>().await;
+            }
+        }
+    })
+    .await
+}
