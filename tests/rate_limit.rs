@@ -466,11 +466,89 @@ async fn which_responses_push_back_and_how_far() {
         let resp = send(&mut svc, "http://a.test/").await.unwrap();
         assert_eq!(resp.status(), want);
     }
-    // A global limiter: the pause holds every host.
-    let err = send(&mut svc, "http://b.test/").await.unwrap_err();
+    let err = send(&mut svc, "http://a.test/").await.unwrap_err();
     assert_eq!(err.retry_after(), Some(secs(5)));
     assert_eq!(events.count("ServerPushback"), 1);
-    assert_eq!(events.count("pause: 5s"), 1);
+    assert_eq!(
+        events.count(r#"ServerPushback { key: "a.test:80", pause: 5s }"#),
+        1
+    );
+    // A global limiter too pauses the host that pushed back only.
+    send(&mut svc, "http://b.test/").await.unwrap();
+}
+
+// Issue 9, defect 8: with a global limiter, a 429 from any host paused every host.
+#[tokio::test(start_paused = true)]
+async fn a_429_from_one_host_pauses_that_host_only_even_for_a_global_limiter() {
+    let mock = Mock::script([Step::retry_after(429, "60")]);
+    let events = Events::default();
+    let rl = layer(
+        RateLimit::per_second(10).burst(3).max_wait(secs(1)),
+        &events,
+    );
+    let mut svc = service(&rl, &mock);
+    let start = Instant::now();
+    assert_eq!(
+        send(&mut svc, "http://hook.test/").await.unwrap().status(),
+        429
+    );
+    // Other hosts go on at once (this failed before: they waited out the same 60 s).
+    send(&mut svc, "http://api.test/1").await.unwrap();
+    send(&mut svc, "http://other.test/").await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // The paused host waits no more than max_wait: it is rejected with the rest of its pause.
+    let err = send(&mut svc, "http://hook.test/").await.unwrap_err();
+    assert!(err.is_rate_limited());
+    assert_eq!(err.retry_after(), Some(secs(60)));
+    assert_eq!(
+        events.count(r#"Rejected { kind: RateLimited, key: "hook.test:80""#),
+        1
+    );
+    // The bucket is still one for all hosts: the burst of 3 is spent, the next call waits for
+    // a token (and its wait is the global bucket's, key "").
+    send(&mut svc, "http://api.test/2").await.unwrap();
+    assert_eq!(start.elapsed(), ms(100));
+    assert_eq!(events.count(r#"RateLimitWait { key: "", wait: 100ms }"#), 1);
+    assert_eq!(mock.calls(), 4);
+    tokio::time::advance(secs(60)).await;
+    send(&mut svc, "http://hook.test/").await.unwrap();
+}
+
+// Issue 9, defect 8: the pause map is keyed by hosts a remote party chooses; it is bounded by
+// max_hosts, keeping the pauses that end last.
+#[tokio::test(start_paused = true)]
+async fn pauses_are_bounded_by_max_hosts_and_the_one_that_ends_first_goes() {
+    let mock = Mock::script([
+        Step::retry_after(429, "10"),
+        Step::retry_after(429, "30"),
+        Step::retry_after(429, "20"),
+        Step::retry_after(429, "5"),
+    ]);
+    let events = Events::default();
+    let rl = layer(
+        RateLimit::per_second(1_000).max_hosts(2).fail_fast(),
+        &events,
+    );
+    let mut svc = service(&rl, &mock);
+    for host in ["a", "b", "c", "d"] {
+        let resp = send(&mut svc, &format!("http://{host}.test/"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 429);
+    }
+    // c's 20 s took a's 10 s place; d's 5 s, ending before both, was not kept.
+    let hint = |e: Error| e.retry_after();
+    assert_eq!(
+        hint(send(&mut svc, "http://b.test/").await.unwrap_err()),
+        Some(secs(30))
+    );
+    assert_eq!(
+        hint(send(&mut svc, "http://c.test/").await.unwrap_err()),
+        Some(secs(20))
+    );
+    send(&mut svc, "http://a.test/").await.unwrap();
+    send(&mut svc, "http://d.test/").await.unwrap();
+    assert_eq!(events.count("ServerPushback"), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -528,6 +606,10 @@ fn bad_configuration_is_a_config_error_naming_the_field() {
     assert_eq!(
         field(RateLimit::per_second(10).burst(0)),
         "rate_limit.burst"
+    );
+    assert_eq!(
+        field(RateLimit::per_second(10).max_hosts(0)),
+        "rate_limit.max_hosts"
     );
     // A burst that would take thousands of years to refill.
     assert_eq!(

@@ -11,6 +11,7 @@ use reqwest::{Request, Response};
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
 
+use super::key::HostKey;
 use super::Shared;
 use crate::error::Error;
 
@@ -26,7 +27,7 @@ pin_project! {
         #[pin]
         state: State<S>,
         shared: Arc<Shared>,
-        key: String,
+        key: HostKey,
     }
 }
 
@@ -61,7 +62,7 @@ pin_project! {
 
 impl<S: Service<Request>> RateLimitFuture<S> {
     /// A call that took its token at once and was sent.
-    pub(crate) fn calling(fut: S::Future, shared: Arc<Shared>, key: String) -> Self {
+    pub(crate) fn calling(fut: S::Future, shared: Arc<Shared>, key: HostKey) -> Self {
         RateLimitFuture {
             state: State::Calling { fut },
             shared,
@@ -75,7 +76,7 @@ impl<S: Service<Request>> RateLimitFuture<S> {
         req: Request,
         until: Instant,
         shared: Arc<Shared>,
-        key: String,
+        key: HostKey,
         arrived: Instant,
         deadline: Option<Instant>,
     ) -> Self {
@@ -93,7 +94,7 @@ impl<S: Service<Request>> RateLimitFuture<S> {
     }
 
     /// A call refused without a token.
-    pub(crate) fn rejected(err: Error, shared: Arc<Shared>, key: String) -> Self {
+    pub(crate) fn rejected(err: Error, shared: Arc<Shared>, key: HostKey) -> Self {
         RateLimitFuture {
             state: State::Done { err: Some(err) },
             shared,
