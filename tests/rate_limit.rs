@@ -582,20 +582,84 @@ async fn max_pushback_zero_ignores_pushback_and_a_custom_classifier_decides() {
 #[tokio::test(start_paused = true)]
 async fn idle_hosts_are_dropped() {
     let mock = Mock::always(Step::Status(200));
-    let rl =
-        RateLimitLayer::new(RateLimit::per_second(50).burst(10).per_host().fail_fast()).unwrap();
+    let rl = RateLimitLayer::new(
+        RateLimit::per_second(50)
+            .burst(10)
+            .per_host()
+            .max_hosts(100_000)
+            .fail_fast(),
+    )
+    .unwrap();
     let mut svc = service(&rl, &mock);
     for i in 0..100_000 {
         send(&mut svc, &format!("http://h{i}.test/")).await.unwrap();
     }
     assert_eq!(rl.tracked_hosts(), 100_000, "every host is still in use");
-    // Their buckets are full again after (burst + 1) × 20 ms; the next sweep (within 1,024
+    // Their buckets are full again 20 ms after their one call; the next sweep (within 1,024
     // calls, since more than a second has passed) drops them.
     tokio::time::sleep(secs(2)).await;
     for _ in 0..1024 {
         let _ = send(&mut svc, "http://one.test/").await;
     }
     assert_eq!(rl.tracked_hosts(), 1);
+}
+
+// Issue 9, defect 9: nothing bounded the per-host limiter's memory; a host was dropped only
+// once its bucket was full again, years away for this limit (this kept all 100,000).
+#[tokio::test(start_paused = true)]
+async fn per_host_buckets_are_bounded_by_default() {
+    let mock = Mock::always(Step::Status(200));
+    let rl = RateLimitLayer::new(RateLimit::per_minute(1).burst(1_000_000).per_host()).unwrap();
+    let mut svc = service(&rl, &mock);
+    for i in 0..100_000 {
+        send(&mut svc, &format!("http://h{i}.test/")).await.unwrap();
+    }
+    assert!(rl.tracked_hosts() <= 10_000, "{}", rl.tracked_hosts());
+}
+
+// Issue 9, defect 9: `max_hosts` caps the per-host limiter, and below the cap no host's state
+// is lost.
+#[tokio::test(start_paused = true)]
+async fn max_hosts_caps_the_per_host_limiter_and_nothing_is_evicted_below_it() {
+    let mock = Mock::always(Step::Status(200));
+    let rl = RateLimitLayer::new(
+        RateLimit::per_minute(1)
+            .burst(1_000_000)
+            .per_host()
+            .max_hosts(500),
+    )
+    .unwrap();
+    let mut svc = service(&rl, &mock);
+    for i in 0..100_000 {
+        send(&mut svc, &format!("http://h{i}.test/")).await.unwrap();
+        assert!(rl.tracked_hosts() <= 500);
+    }
+    assert_eq!(rl.tracked_hosts(), 500);
+
+    // A host that spent its burst stays limited while up to max_hosts hosts are known.
+    let rl = RateLimitLayer::new(
+        RateLimit::per_minute(1)
+            .burst(2)
+            .per_host()
+            .max_hosts(1_000)
+            .fail_fast(),
+    )
+    .unwrap();
+    let mut svc = service(&rl, &mock);
+    send(&mut svc, "http://busy.test/").await.unwrap();
+    send(&mut svc, "http://busy.test/").await.unwrap();
+    for i in 0..999 {
+        send(&mut svc, &format!("http://h{i}.test/")).await.unwrap();
+        if i % 100 == 0 {
+            let err = send(&mut svc, "http://busy.test/").await.unwrap_err();
+            assert_eq!(err.retry_after(), Some(secs(60)), "after {i} hosts");
+        }
+    }
+    assert_eq!(rl.tracked_hosts(), 1_000);
+    assert!(send(&mut svc, "http://busy.test/")
+        .await
+        .unwrap_err()
+        .is_rate_limited());
 }
 
 #[test]

@@ -1,26 +1,24 @@
-//! The rate limiter's policy core: governor's GCRA, global or keyed by host, with a pause per
-//! host for server pushback in a bounded map, and a sweep of idle keys.
+//! The rate limiter's policy core: governor's GCRA, global or keyed by host in a bounded store,
+//! with a pause per host for server pushback in another, and a sweep of what has ended.
 //! Synchronous; time comes from a governor [`Clock`], so unit tests drive it with governor's
 //! `FakeRelativeClock`.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, Reference};
 use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 use super::clock::nanos;
 use super::key::HostKey;
-use super::store::Ends;
+use super::store::{AtCap, Buckets, Ends};
 
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
-type Keyed<C> =
-    RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Keyed<C> = RateLimiter<HostKey, Buckets, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// A sweep of ended entries is considered every this many calls (per-host limiters only).
 pub(crate) const SWEEP_EVERY: u64 = 1024;
@@ -41,10 +39,12 @@ enum Gcra<C: Clock> {
     Global(Direct<C>),
     PerHost {
         limiter: Keyed<C>,
+        /// The buckets governor's `limiter` keeps, shared with it to count and sweep them.
+        buckets: Arc<Ends>,
         calls: AtomicU64,
         sweep: Mutex<Sweep>,
         /// A time-triggered sweep waits at least this long after the previous one: the time
-        /// after which an untouched key is dropped, and no less than a second.
+        /// after which an untouched bucket is full again, and no less than a second.
         sweep_period: u64,
     },
 }
@@ -54,7 +54,7 @@ struct Sweep {
     at: u64,
     /// The call count at the last sweep.
     calls: u64,
-    /// The keys the last sweep kept.
+    /// The buckets the last sweep kept.
     kept: usize,
 }
 
@@ -66,7 +66,10 @@ pub(crate) struct Limiter<C: Clock> {
     /// running (see `pause_max`).
     pauses: Ends,
     clock: C,
-    /// The origin of `pauses`' instants and of the sweeps' "now".
+    /// The origin of `pauses`' instants and of the sweeps' "now". Taken after governor's
+    /// limiter took its own, so that it is never earlier: a bucket that ends (a theoretical
+    /// arrival time, counted from governor's origin) at or before "now" counted from this one
+    /// is full again.
     start: C::Instant,
     /// The latest pause end set on any host, in nanoseconds since `start`, or 0 once they are
     /// all over and cleared: calls skip the pause map unless it is in the future. Raised
@@ -76,16 +79,17 @@ pub(crate) struct Limiter<C: Clock> {
 
 impl<C: Clock + Clone> Limiter<C> {
     /// A limiter for `quota`, shared by all hosts (`per_host` false) or one per host, that
-    /// keeps at most `max_hosts` pauses.
+    /// keeps at most `max_hosts` buckets and at most `max_hosts` pauses.
     pub(crate) fn new(quota: Quota, per_host: bool, max_hosts: usize, clock: C) -> Self {
         let gcra = if per_host {
-            // A key is dropped once its theoretical arrival time is a token interval in the
-            // past: at most `burst + 1` intervals after its last call.
+            // A bucket is full again at most `burst` intervals after its last call.
             let idle = quota
                 .replenish_interval()
-                .saturating_mul(quota.burst_size().get().saturating_add(1));
+                .saturating_mul(quota.burst_size().get());
+            let buckets = Arc::new(Ends::new(max_hosts, AtCap::StoreNew));
             Gcra::PerHost {
-                limiter: RateLimiter::dashmap_with_clock(quota, clock.clone()),
+                limiter: RateLimiter::new(quota, Buckets(buckets.clone()), clock.clone()),
+                buckets,
                 calls: AtomicU64::new(0),
                 sweep: Mutex::new(Sweep {
                     at: 0,
@@ -100,7 +104,7 @@ impl<C: Clock + Clone> Limiter<C> {
         let start = clock.now();
         Limiter {
             gcra,
-            pauses: Ends::new(max_hosts),
+            pauses: Ends::new(max_hosts, AtCap::KeepLatest),
             clock,
             start,
             pause_max: AtomicU64::new(0),
@@ -137,8 +141,7 @@ impl<C: Clock> Limiter<C> {
         }
         let checked = match &self.gcra {
             Gcra::Global(limiter) => limiter.check(),
-            // governor's keyed store takes its key as it stores it.
-            Gcra::PerHost { limiter, .. } => limiter.check_key(&key.as_str().to_owned()),
+            Gcra::PerHost { limiter, .. } => limiter.check_key(key),
         };
         checked.map_err(|nu| Denied {
             wait: nu.wait_time_from(self.clock.now()),
@@ -183,12 +186,12 @@ impl<C: Clock> Limiter<C> {
         (until > now_n).then(|| Duration::from_nanos(until - now_n))
     }
 
-    /// The keys a per-host limiter holds state for (token buckets; pauses are counted apart);
-    /// 0 for a global limiter.
+    /// The hosts a per-host limiter holds a bucket for (pauses are counted apart); 0 for a
+    /// global limiter.
     pub(crate) fn len(&self) -> usize {
         match &self.gcra {
             Gcra::Global(_) => 0,
-            Gcra::PerHost { limiter, .. } => limiter.len(),
+            Gcra::PerHost { buckets, .. } => buckets.len(),
         }
     }
 
@@ -198,8 +201,8 @@ impl<C: Clock> Limiter<C> {
         self.pauses.len()
     }
 
-    /// Counts a call, and every `SWEEP_EVERY` calls sweeps idle keys when enough calls came
-    /// (as many as the last sweep kept keys) or enough time passed since the last sweep.
+    /// Counts a call, and every `SWEEP_EVERY` calls sweeps ended entries when enough calls came
+    /// (as many as the last sweep kept buckets) or enough time passed since the last sweep.
     fn tick(&self) {
         let Gcra::PerHost {
             calls,
@@ -226,7 +229,7 @@ impl<C: Clock> Limiter<C> {
         }
     }
 
-    /// Drops idle keys and pauses that are over, now.
+    /// Drops full buckets and pauses that are over, now.
     #[cfg(test)]
     pub(crate) fn sweep(&self) {
         if let Gcra::PerHost { calls, sweep, .. } = &self.gcra {
@@ -237,16 +240,13 @@ impl<C: Clock> Limiter<C> {
     }
 
     fn sweep_locked(&self, last: &mut Sweep, calls: u64, now_n: u64) {
-        let Gcra::PerHost { limiter, .. } = &self.gcra else {
+        let Gcra::PerHost { buckets, .. } = &self.gcra else {
             return;
         };
-        let before = limiter.len();
-        // Drops the keys whose bucket is full again: such a key behaves as a new one would.
-        limiter.retain_recent();
-        let kept = limiter.len();
-        if kept < before / 2 {
-            limiter.shrink_to_fit();
-        }
+        // A bucket whose theoretical arrival time has come is full again: its host would
+        // behave as a new host does. (`now_n` is never later than governor's "now": see
+        // `start`.)
+        let (before, kept) = buckets.sweep(now_n);
         self.pauses.sweep(now_n);
         tracing::trace!(before, kept, "rate limiter swept idle hosts");
         *last = Sweep {
@@ -331,6 +331,21 @@ mod tests {
                 paused: false
             }
         );
+        clock.advance(ms(60));
+        assert_eq!(l.acquire(&k).unwrap_err().wait, ms(40));
+        clock.advance(ms(40));
+        assert_eq!(l.acquire(&k), Ok(()));
+        assert_eq!(l.acquire(&k).unwrap_err().wait, ms(100));
+    }
+
+    #[test]
+    fn the_per_host_store_keeps_governors_arithmetic() {
+        let (l, clock) = limiter(10, 3, true);
+        let k = key("a:80");
+        for _ in 0..3 {
+            assert_eq!(l.acquire(&k), Ok(()));
+        }
+        assert_eq!(l.acquire(&k).unwrap_err().wait, ms(100));
         clock.advance(ms(60));
         assert_eq!(l.acquire(&k).unwrap_err().wait, ms(40));
         clock.advance(ms(40));
@@ -479,6 +494,64 @@ mod tests {
         assert_eq!(l.pauses_len(), 2);
     }
 
+    // Issue 9, defect 9: the per-host limiter's memory was unbounded.
+    #[test]
+    fn the_per_host_store_holds_at_most_max_hosts() {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::new(quota(1, true, 1_000_000), true, 1_000, clock.clone());
+        for i in 0..100_000 {
+            assert_eq!(l.acquire(&key(&format!("h{i}:80"))), Ok(()));
+            assert!(l.len() <= 1_000);
+        }
+        assert_eq!(l.len(), 1_000);
+    }
+
+    #[test]
+    fn below_the_cap_no_bucket_is_lost_and_at_it_the_fullest_goes() {
+        let (l, clock) = capped(10, 5, true, 3);
+        let (a, b, c) = (key("a:80"), key("b:80"), key("c:80"));
+        // `a` spends its whole burst; `b` and `c` one token each, `c` later.
+        for _ in 0..5 {
+            l.acquire(&a).unwrap();
+        }
+        l.acquire(&b).unwrap();
+        clock.advance(ms(50));
+        l.acquire(&c).unwrap();
+        assert!(l.acquire(&a).is_err(), "a's state is kept below the cap");
+        assert_eq!(l.len(), 3);
+        // A fourth host: `b`, nearest to full (its bucket ends first), makes room.
+        l.acquire(&key("d:80")).unwrap();
+        assert_eq!(l.len(), 3);
+        assert!(l.acquire(&a).is_err(), "a, the busiest, is kept");
+        for _ in 0..4 {
+            l.acquire(&c).unwrap();
+        }
+        assert!(l.acquire(&c).is_err(), "c is kept: it had 4 tokens left");
+        // `b` was forgotten: it has its whole burst again.
+        for _ in 0..5 {
+            l.acquire(&b).unwrap();
+        }
+    }
+
+    #[test]
+    fn concurrent_calls_to_one_host_take_exactly_its_burst() {
+        let (l, _) = capped(1, 100, true, 10);
+        let l = Arc::new(l);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    (0..1_000)
+                        .filter(|_| l.acquire(&key("a:80")).is_ok())
+                        .count()
+                })
+            })
+            .collect();
+        let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(ok, 100);
+        assert_eq!(l.len(), 1);
+    }
+
     #[test]
     fn idle_keys_are_swept() {
         let (l, clock) = limiter(10, 2, true);
@@ -488,14 +561,30 @@ mod tests {
         // Every key is still in use (its bucket is not full again).
         assert_eq!(l.len(), 5_000);
         l.push_back(&key("h1:80"), ms(10_000));
-        // (burst + 1) intervals and one more nanosecond: every bucket is full again.
-        clock.advance(ms(301));
+        // One interval after the one call of each: every bucket is full again.
+        clock.advance(ms(100));
         l.sweep();
         assert_eq!(l.len(), 0);
         assert_eq!(l.pauses_len(), 1, "a running pause is kept");
         clock.advance(ms(10_000));
         l.sweep();
         assert_eq!(l.pauses_len(), 0);
+    }
+
+    #[test]
+    fn a_bucket_is_kept_until_it_is_full_again() {
+        let (l, clock) = limiter(10, 3, true);
+        let k = key("a:80");
+        for _ in 0..3 {
+            l.acquire(&k).unwrap();
+        }
+        // Three intervals to refill: a nanosecond short of them, it is kept.
+        clock.advance(ms(300) - Duration::from_nanos(1));
+        l.sweep();
+        assert_eq!(l.len(), 1);
+        clock.advance(Duration::from_nanos(1));
+        l.sweep();
+        assert_eq!(l.len(), 0);
     }
 
     #[test]

@@ -55,17 +55,35 @@
 //!
 //! # Per host, and memory
 //!
-//! [`per_host`](RateLimit::per_host) keeps one bucket per `host:port`. A host's bucket is
-//! dropped once it is full again (after `burst + 1` token intervals without a call): it then
-//! behaves as a new host's would. The dropping is done by a sweep, considered every 1,024
-//! calls, that runs when at least as many calls came since the last sweep as that sweep kept
-//! hosts, or when a second (or `burst + 1` intervals, if longer) has passed since it. So the
-//! limiter holds the hosts called within that idle time plus the hosts new since the last
-//! sweep, of which there are at most about `max(1,024, hosts kept) + 1,024`; and sweeping,
-//! which walks every host, costs a constant amount per call, amortized, plus at most one walk
-//! a second. Without calls, nothing is swept (and nothing is added). Pauses are kept apart,
-//! for at most [`max_hosts`](RateLimit::max_hosts) hosts (see
-//! [server pushback](self#server-pushback)).
+//! [`per_host`](RateLimit::per_host) keeps one bucket per `host:port`, at most
+//! [`max_hosts`](RateLimit::max_hosts) of them (10,000 by default), in a store of palisade's
+//! own around governor's GCRA state (governor's keyed store has no bound, and is looked up
+//! with an owned key, a `String` built for every call; this one is looked up with a key built
+//! on the stack, and allocates for a new host only). Nothing is evicted below the cap. Two
+//! rules keep it small:
+//!
+//! - A bucket that is full again (at most `burst` token intervals after its host's last call
+//!   that took a token) behaves exactly as a new host's: a sweep drops it. The sweep is
+//!   considered every 1,024 calls and runs when at least as many calls came since the last
+//!   sweep as that sweep kept hosts, or when a second (or `burst` intervals, if longer) has
+//!   passed since it; so sweeping, which walks every host, costs a constant amount per call,
+//!   amortized, plus at most one walk a second. It drops pauses that are over too. Without
+//!   calls, nothing is swept (and nothing is added).
+//! - At the cap, a new host's bucket takes the place of the one that ends first (is full
+//!   again soonest) among the hosts of its shard of the store (the store is split in up to 64
+//!   shards, a shard per 64 hosts of the cap, so 64 hosts or more on average): full buckets
+//!   first, since they hold nothing, then the one nearest to full, since forgetting it lets
+//!   through the fewest calls beyond the rate. Unlike least recently used, it keeps a host
+//!   that spent a large burst long ago and still has long to wait, rather than hand it the
+//!   whole burst again. An evicted host's state
+//!   is lost: its next call finds it new, with its whole burst again. A new host is always
+//!   stored (one that was not would be new on every call, so not limited at all), except
+//!   when its shard is empty while the store is full, which needs every one of `max_hosts`
+//!   hosts to hash to the other shards.
+//!
+//! [`RateLimitLayer::tracked_hosts`] says how many buckets are held. Pauses are held apart,
+//! as [above](self#server-pushback), under the same cap: a limiter holds at most
+//! `max_hosts` buckets and `max_hosts` pauses.
 //!
 //! # Time
 //!
@@ -112,15 +130,15 @@ const MAX_PUSHBACK: Duration = MAX_REFILL;
 ///
 /// Start from a rate, [`RateLimit::per_second`] or [`RateLimit::per_minute`]; the defaults for
 /// the rest are a burst of one period's worth of tokens (the rate itself), one limiter shared
-/// by all hosts, waits of up to 1 s for a token, and server pushback honoured up to 60 s, for
-/// at most 10,000 hosts at once.
+/// by all hosts, waits of up to 1 s for a token, server pushback honoured up to 60 s, and
+/// state for at most 10,000 hosts.
 ///
 /// ```
 /// use std::time::Duration;
 /// use palisade::rate_limit::{RateLimit, RateLimitLayer};
 ///
 /// // 50 calls per second to each host, bursts of up to 10, waiting at most 250 ms for a token,
-/// // pausing at most 1,000 hosts at once.
+/// // for at most 1,000 hosts at once.
 /// let limit = RateLimit::per_second(50)
 ///     .burst(10)
 ///     .per_host()
@@ -186,18 +204,22 @@ impl RateLimit {
         self
     }
 
-    /// One limiter per host (`host:port`), each with the full rate; idle hosts are dropped
-    /// (see the [module docs](self#per-host-and-memory)). Default: [`global`](Self::global).
+    /// One limiter per host (`host:port`), each with the full rate; at most
+    /// [`max_hosts`](Self::max_hosts) of them are kept, and idle ones are dropped (see the
+    /// [module docs](self#per-host-and-memory)). Default: [`global`](Self::global).
     pub fn per_host(mut self) -> Self {
         self.per_host = true;
         self
     }
 
-    /// The most hosts the limiter keeps server-pushback pauses for (whether global or per
-    /// host). No pause is evicted below it. At the cap, a new pause takes the place of the one
-    /// that ends first, pauses already over first; a new pause that would end before all of
-    /// them is not kept. See the [module docs](self#server-pushback). Default 10,000; must be
-    /// at least 1.
+    /// The most hosts the limiter keeps state for, counted apart for token buckets (per host
+    /// only) and for server-pushback pauses (global or per host): at most `n` of each. No
+    /// host's state is evicted below it. At the cap, a new host's bucket takes the place of
+    /// the one that is full again soonest among a share of the hosts (64 or more on average):
+    /// full ones first, then the one nearest to full, whose host's next call finds it new, with
+    /// its whole burst. A new pause takes the place of the one that ends first, pauses already
+    /// over first; a new pause that would end before all of them is not kept. See the
+    /// [module docs](self#per-host-and-memory). Default 10,000; must be at least 1.
     pub fn max_hosts(mut self, n: usize) -> Self {
         self.max_hosts = n;
         self
@@ -405,8 +427,10 @@ impl RateLimitLayer {
         self.rebuild(|s| s.hook = Hook::new(hook))
     }
 
-    /// How many hosts a per-host limiter holds a bucket for (idle ones are dropped as the
-    /// [module docs](self#per-host-and-memory) say); always 0 for a global limiter.
+    /// How many hosts a per-host limiter holds a bucket for: at most
+    /// [`max_hosts`](RateLimit::max_hosts), idle ones dropped as the
+    /// [module docs](self#per-host-and-memory) say. Always 0 for a global limiter (its one
+    /// bucket is no host's). Pauses are not counted.
     pub fn tracked_hosts(&self) -> usize {
         self.shared.limiter.len()
     }

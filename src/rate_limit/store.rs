@@ -1,33 +1,52 @@
-//! The limiter's bounded map by host of server-pushback pauses: an instant per host at which
-//! its pause ends.
+//! The limiter's bounded maps by host: the per-host token buckets (as a governor state store)
+//! and the server-pushback pauses, both an instant per host at which its entry ends.
+//!
+//! Why not governor's keyed store (a `DashMap`): it has no bound, so a host stays until a
+//! sweep finds its bucket full again, which `per_minute(1).burst(1_000_000)` can put years
+//! away; and it is looked up with the key type it stores, so an owned `String` built on every
+//! call. This map is bounded by `max_hosts`, is looked up with a key built on the stack, and
+//! allocates only to store a new host. governor's GCRA is kept: [`Buckets`] is a
+//! [`StateStore`] that governor's `RateLimiter` reads and updates, the way its own stores do
+//! (a compare-and-swap on the host's theoretical arrival time).
 //!
 //! What an entry holds is one instant, at which it *ends*, in nanoseconds from the limiter's
-//! origin. An entry whose end has passed holds nothing, and a sweep drops it.
+//! origin: for a bucket, when it is full again (its theoretical arrival time: from then on it
+//! is exactly a new host's bucket); for a pause, when the pause is over. An entry whose end
+//! has passed holds nothing, and a sweep drops it.
 //!
 //! The map is split in up to 64 shards, each a `RwLock` around a hash table, with one count of
 //! entries for all of them, as the circuit breaker's host map is (a shard per 64 hosts of the
 //! cap, one under 128): below `max_hosts` nothing is ever evicted, however unevenly the hosts
-//! hash over the shards. A lookup takes its shard's lock for reading only; the write lock is
-//! taken to insert a new host, to evict and to sweep. A key is hashed once per lookup (SipHash
-//! with a random key, as std's `HashMap`, since remote parties choose the hosts): the shard is
-//! chosen by bits of the hash that the table does not use, and the table (hashbrown's
-//! `HashTable`, the table under std's `HashMap`) is given the hash rather than asked to
-//! compute it again; each entry keeps its hash for when the table grows.
+//! hash over the shards. A call to a known host takes its shard's lock for reading only; the
+//! write lock is taken to insert a new host, to evict and to sweep. A key is hashed once per
+//! call (SipHash with a random key, as std's `HashMap`, since remote parties choose the
+//! hosts): the shard is chosen by bits of the hash that the table does not use, and the table
+//! (hashbrown's `HashTable`, the table under std's `HashMap`) is given the hash rather than
+//! asked to compute it again; each entry keeps its hash for when the table grows.
 //!
 //! At `max_hosts`, a new entry takes the place of the one in its shard that ends first (64
 //! entries or more on average, so one of the first to end in the whole map). Entries that have
-//! ended end before any other, so they go first; among the rest, the pause that would have
-//! ended soonest, whose host is called again the least time early. A new pause that would end
-//! before every pause of its shard is not stored (it is the first to end, so it is the one to
-//! lose). A new host whose shard is empty while the map is full (every one of `max_hosts`
-//! hosts hashed to the other shards) is not stored either, until a sweep makes room.
+//! ended end before any other, so they go first; among the rest, the one that ends first is
+//! the one whose loss matters least: the bucket nearest to full, whose host, taken for new,
+//! gets the fewest calls beyond its rate (a bucket that ends `d` from now holds `d / interval`
+//! tokens fewer than a new one), and the pause that would have ended soonest, whose host is
+//! called again the least time early. A new pause that would end before every pause of its
+//! shard is not stored (it is the first to end, so it is the one to lose). A new host's bucket
+//! always is: a host not stored would be taken for new on each call, so not limited at all. A
+//! new host whose shard is empty while the map is full (every one of `max_hosts` hosts hashed
+//! to the other shards) is not stored either, until a sweep makes room.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use governor::nanos::Nanos;
+use governor::state::StateStore;
 use hashbrown::HashTable;
+
+use super::key::HostKey;
 
 const MAX_SHARDS: usize = 64;
 /// The entries of the cap per shard.
@@ -52,24 +71,35 @@ fn find<'m>(map: &'m Map, hash: u64, key: &[u8]) -> Option<&'m Entry> {
     map.find(hash, |e| e.hash == hash && *e.key == *key)
 }
 
+/// What to do at the cap with a new entry that would end before every entry of its shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AtCap {
+    /// Store it anyway, in place of the one that ends first (buckets).
+    StoreNew,
+    /// Keep the entries that end last, the new one among them (pauses).
+    KeepLatest,
+}
+
 /// A bounded map from host to the instant its entry ends.
 pub(crate) struct Ends {
     shards: Box<[RwLock<Map>]>,
     hasher: RandomState,
     max: usize,
+    at_cap: AtCap,
     /// Entries in all shards; changed under the lock of the shard that changes.
     count: AtomicUsize,
 }
 
 impl Ends {
     /// A map of at most `max` entries (at least 1).
-    pub(crate) fn new(max: usize) -> Ends {
+    pub(crate) fn new(max: usize, at_cap: AtCap) -> Ends {
         let max = max.max(1);
         let n = (max / PER_SHARD).clamp(1, MAX_SHARDS);
         Ends {
             shards: (0..n).map(|_| RwLock::new(HashTable::new())).collect(),
             hasher: RandomState::new(),
             max,
+            at_cap,
             count: AtomicUsize::new(0),
         }
     }
@@ -120,7 +150,7 @@ impl Ends {
                 .min_by_key(|e| e.end())
                 .map(|e| (std::ptr::from_ref(e), e.hash, e.end()));
             match first {
-                Some((_, _, first_end)) if end <= first_end => {
+                Some((_, _, first_end)) if self.at_cap == AtCap::KeepLatest && end <= first_end => {
                     return false;
                 }
                 // One goes, one comes: the count stays at the cap.
@@ -173,6 +203,53 @@ impl Ends {
     }
 }
 
+/// The per-host token buckets, as the state store of governor's keyed `RateLimiter`: an
+/// entry's end is its theoretical arrival time, which governor measures and replaces.
+pub(crate) struct Buckets(pub(crate) Arc<Ends>);
+
+impl StateStore for Buckets {
+    type Key = HostKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &HostKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let ends = &self.0;
+        let key = key.as_bytes();
+        let (hash, shard) = ends.locate(key);
+        // The common case: a known host, under the read lock.
+        if let Some(e) = find(&read(shard), hash, key) {
+            return measure_and_replace(&e.end, f);
+        }
+        let mut map = write(shard);
+        if let Some(e) = find(&map, hash, key) {
+            return measure_and_replace(&e.end, f);
+        }
+        // A new host: governor decides on a new bucket; store what it leaves (a new bucket
+        // always has a token, so this is a call that takes one).
+        let (out, tat) = f(None)?;
+        ends.insert(&mut map, hash, key, tat.as_u64());
+        Ok(out)
+    }
+}
+
+/// governor's own update of a state (`InMemoryState::measure_and_replace_one`): decide on the
+/// current value, and write the new one only if nobody changed it meanwhile. Zero is no state.
+fn measure_and_replace<T, F, E>(tat: &AtomicU64, f: F) -> Result<T, E>
+where
+    F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+{
+    let state = |n: u64| NonZeroU64::new(n).map(|n| Nanos::from(n.get()));
+    let mut prev = tat.load(Ordering::Acquire);
+    loop {
+        let (out, next) = f(state(prev))?;
+        match tat.compare_exchange_weak(prev, next.as_u64(), Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return Ok(out),
+            Err(now) => prev = now,
+        }
+    }
+}
+
 // A poisoned lock only means a panic elsewhere while it was held; the map of atomics is still
 // sound.
 fn read(l: &RwLock<Map>) -> RwLockReadGuard<'_, Map> {
@@ -190,7 +267,7 @@ mod tests {
     #[test]
     fn nothing_is_evicted_below_the_cap() {
         // Many shards (10,000 / 64 = 156, held to 64), filled to the cap exactly.
-        let ends = Ends::new(10_000);
+        let ends = Ends::new(10_000, AtCap::StoreNew);
         for i in 0..10_000u64 {
             assert!(ends.raise(format!("h{i}:80").as_bytes(), 1 + i));
         }
@@ -201,8 +278,26 @@ mod tests {
     }
 
     #[test]
+    fn at_the_cap_the_first_to_end_goes() {
+        let ends = Ends::new(3, AtCap::StoreNew);
+        ends.raise(b"a", 50);
+        ends.raise(b"b", 10);
+        ends.raise(b"c", 30);
+        // A new bucket always goes in, even one that ends before every other.
+        assert!(ends.raise(b"d", 5));
+        assert_eq!(ends.get(b"b"), None);
+        assert!(ends.raise(b"e", 40));
+        assert_eq!(ends.get(b"d"), None);
+        assert_eq!(ends.len(), 3);
+        assert_eq!(
+            ["a", "c", "e"].map(|k| ends.get(k.as_bytes())),
+            [Some(50), Some(30), Some(40)]
+        );
+    }
+
+    #[test]
     fn at_the_cap_pauses_that_end_last_are_kept() {
-        let ends = Ends::new(2);
+        let ends = Ends::new(2, AtCap::KeepLatest);
         assert!(ends.raise(b"a", 50));
         assert!(ends.raise(b"b", 10));
         // Ends before both: not stored.
@@ -227,8 +322,8 @@ mod tests {
 
     #[test]
     fn the_cap_holds_under_concurrent_inserts() {
-        {
-            let ends = std::sync::Arc::new(Ends::new(1_000));
+        for at_cap in [AtCap::StoreNew, AtCap::KeepLatest] {
+            let ends = Arc::new(Ends::new(1_000, at_cap));
             let threads: Vec<_> = (0..4u64)
                 .map(|t| {
                     let ends = ends.clone();
@@ -249,7 +344,7 @@ mod tests {
 
     #[test]
     fn a_sweep_drops_what_ended() {
-        let ends = Ends::new(100);
+        let ends = Ends::new(100, AtCap::StoreNew);
         for i in 0..100u64 {
             ends.raise(format!("h{i}").as_bytes(), i);
         }
