@@ -2,7 +2,8 @@
 //! the request allocates nothing.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::OnceLock;
 
 use url::Url;
 
@@ -12,7 +13,18 @@ use crate::host::host_key;
 /// put on the heap, as every key was before.
 const INLINE: usize = 38;
 
-/// A host key (`host:port`, as [`host_key`](crate::host::host_key) makes it), or `""`.
+/// The longest key kept whole: a DNS name has at most 253 bytes, and `:65535` makes 259. A
+/// longer host cannot be resolved, but `url` accepts it and a proxy or a custom transport may
+/// still answer it; its key is cut to [`KEPT`] bytes and a hash, so that the limiter's maps
+/// (`max_hosts` entries each) and its logs hold no more than that per host, whatever the
+/// hosts that remote parties choose.
+const MAX_WHOLE: usize = 259;
+/// What is kept of a longer key, before `#` and the hash of the whole key. No host contains
+/// `#`, so a cut key is never the key of a host kept whole.
+const KEPT: usize = 200;
+
+/// A host key (`host:port`, as [`host_key`] makes it, cut to a
+/// bounded size when longer than any DNS name's), or `""`.
 ///
 /// The rate limiter looks its buckets and pauses up by it, and the response future keeps it
 /// to pause the host when its response says so; both happen on every call, so it lives on the
@@ -29,7 +41,7 @@ pub(crate) enum HostKey {
 
 impl HostKey {
     /// The key of `url`'s host: [`host_key`]'s, written straight into the inline buffer (this
-    /// runs on every call, global limiters included).
+    /// runs on every call, global limiters included), or cut as [`MAX_WHOLE`] says.
     pub(crate) fn of(url: &Url) -> HostKey {
         let Some(host) = url.host_str() else {
             return HostKey::default();
@@ -60,8 +72,15 @@ impl HostKey {
                 }
                 HostKey::Inline { len: n, buf }
             }
-            _ => HostKey::Heap(host_key(url).into_boxed_str()),
+            _ => HostKey::long(url),
         }
+    }
+
+    /// The key of a host too long to keep inline.
+    #[cold]
+    #[inline(never)]
+    fn long(url: &Url) -> HostKey {
+        HostKey::Heap(cut(host_key(url)).into_boxed_str())
     }
 
     /// The key `key`.
@@ -95,6 +114,22 @@ impl HostKey {
             HostKey::Heap(s) => s,
         }
     }
+}
+
+/// `key` itself if it is at most [`MAX_WHOLE`] bytes, else its first [`KEPT`] bytes (or fewer,
+/// to end on a character), `#` and 16 hex digits of a hash of the whole key, keyed at random
+/// per process so that nobody can choose two long hosts that share a key.
+fn cut(key: String) -> String {
+    if key.len() <= MAX_WHOLE {
+        return key;
+    }
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    let hash = KEYS.get_or_init(RandomState::new).hash_one(key.as_str());
+    let mut end = KEPT;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}#{hash:016x}", &key[..end])
 }
 
 impl Default for HostKey {
@@ -159,14 +194,38 @@ mod tests {
             assert_eq!(matches!(key, HostKey::Inline { .. }), inline);
             assert_eq!(key, HostKey::new(&host_key(&url)));
         }
-        let long = format!("http://{}.test/", "a".repeat(300));
-        let url = Url::parse(&long).unwrap();
+        // The longest key a DNS name can have is kept whole.
+        let longest = format!("http://{}.test:65535/", "a".repeat(253 - 5));
+        let url = Url::parse(&longest).unwrap();
         let key = HostKey::of(&url);
         assert!(matches!(key, HostKey::Heap(_)));
+        assert_eq!(key.as_str().len(), 259);
         assert_eq!(key.as_str(), host_key(&url));
         assert_eq!(key, HostKey::new(&host_key(&url)));
         assert_eq!(format!("{:?}", HostKey::new("a:80")), r#""a:80""#);
         assert_eq!(HostKey::default().as_str(), "");
+    }
+
+    // Issue 9 (more of the same kind): a host is chosen by remote parties, and `url` takes one
+    // of any length; the limiter keeps up to `max_hosts` of them, so each is held to a size.
+    #[test]
+    fn a_key_longer_than_any_dns_name_is_cut_to_a_bounded_size() {
+        let of = |host: &str| HostKey::of(&Url::parse(&format!("http://{host}/")).unwrap());
+        let a = of(&format!("{}.test", "a".repeat(100_000)));
+        let b = of(&format!("{}.test", "a".repeat(100_001)));
+        assert_eq!(a.as_str().len(), KEPT + 17);
+        assert!(a.as_str().starts_with(&"a".repeat(KEPT)));
+        assert!(a.as_str()[KEPT..].starts_with('#'));
+        assert_ne!(a, b, "two hosts, two keys");
+        assert_eq!(
+            a,
+            of(&format!("{}.test", "a".repeat(100_000))),
+            "the same host"
+        );
+        // Cut on a character boundary: a host of non-ASCII characters (an opaque host keeps
+        // them percent-encoded, a domain as punycode: both ASCII) still gives valid text.
+        let c = cut(format!("{}:80", "é".repeat(200)));
+        assert!(c.len() <= KEPT + 17 && c.contains('#'));
     }
 
     #[test]

@@ -83,7 +83,10 @@
 //!
 //! [`RateLimitLayer::tracked_hosts`] says how many buckets are held. Pauses are held apart,
 //! as [above](self#server-pushback), under the same cap: a limiter holds at most
-//! `max_hosts` buckets and `max_hosts` pauses.
+//! `max_hosts` buckets and `max_hosts` pauses. Each is held under its host's key, at most
+//! 259 bytes: a longer `host:port` (no DNS name is that long, but a URL may hold one, and a
+//! proxy answer for it) is cut to its first 200 bytes, `#` and a hash of the whole, in the
+//! limiter's maps and in its events and logs alike.
 //!
 //! # Time
 //!
