@@ -15,7 +15,9 @@
 //!     defaults; one breaker, not per host).
 //! - `rate_limit_check`: a limiter whose rate is never reached takes a token.
 //!   - `transport_direct`;
-//!   - `palisade`: `RateLimitLayer` at 10⁹ per second, burst 10⁶ (one limiter for all hosts);
+//!   - `palisade`: `RateLimitLayer` at 10⁹ per second, burst 10⁹ (one limiter for all hosts);
+//!   - `palisade_per_host`: the same limit `per_host()` (a bucket per host, found by the
+//!     request's `host:port`);
 //!   - `governor_direct`: for reference, a raw `governor::RateLimiter::direct` with the same
 //!     quota checked before calling the transport (what palisade's limiter is built on).
 //! - `bulkhead_acquire`: a bulkhead with room takes a permit and gives it back.
@@ -157,6 +159,14 @@ fn rate_limit_check(c: &mut Criterion) {
         .expect("valid");
     let palisade = sender!(url, layer.layer(transport()));
 
+    let layer = RateLimitLayer::new(
+        RateLimit::per_second(1_000_000_000)
+            .burst(1_000_000_000)
+            .per_host(),
+    )
+    .expect("valid");
+    let palisade_per_host = sender!(url, layer.layer(transport()));
+
     let quota = governor::Quota::per_second(NonZeroU32::new(1_000_000_000).expect("non-zero"))
         .allow_burst(NonZeroU32::new(1_000_000_000).expect("non-zero"));
     let limiter = Arc::new(governor::RateLimiter::direct(quota));
@@ -173,6 +183,7 @@ fn rate_limit_check(c: &mut Criterion) {
     bench_group!(c, "rate_limit_check",
         "transport_direct" => direct,
         "palisade" => palisade,
+        "palisade_per_host" => palisade_per_host,
         "governor_direct" => governor_direct,
     );
 }

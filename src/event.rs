@@ -80,7 +80,8 @@ pub enum Event<'a> {
     /// The rate limiter held a call until a token was free.
     #[non_exhaustive]
     RateLimitWait {
-        /// The limiter's key: the host, or `""` for a global limiter.
+        /// The limiter's key: the host, or `""` for a global limiter (whose one bucket is no
+        /// host's), except for a call held by its host's pause: then its host.
         key: &'a str,
         /// How long the call waits.
         wait: Duration,
@@ -88,7 +89,8 @@ pub enum Event<'a> {
     /// A server's 429 (or 503 with `Retry-After`) paused the rate limiter for its host.
     #[non_exhaustive]
     ServerPushback {
-        /// The limiter's key: the host, or `""` for a global limiter.
+        /// The host that is paused (`host:port`): a pause holds its host only, whether the
+        /// limiter is per host or global.
         key: &'a str,
         /// How long the limiter holds every call to that key.
         pause: Duration,
@@ -98,7 +100,8 @@ pub enum Event<'a> {
     Rejected {
         /// Which stage: `CircuitOpen`, `RateLimited` or `BulkheadFull`.
         kind: crate::ErrorKind,
-        /// The stage's key: the host, or `""` for a stage shared by all hosts.
+        /// The stage's key: the host, or `""` for a stage shared by all hosts (but the host
+        /// for a call a global rate limiter holds because its host is paused).
         key: &'a str,
         /// When trying again may succeed, where the stage knows.
         retry_after: Option<Duration>,

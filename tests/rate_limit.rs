@@ -466,11 +466,89 @@ async fn which_responses_push_back_and_how_far() {
         let resp = send(&mut svc, "http://a.test/").await.unwrap();
         assert_eq!(resp.status(), want);
     }
-    // A global limiter: the pause holds every host.
-    let err = send(&mut svc, "http://b.test/").await.unwrap_err();
+    let err = send(&mut svc, "http://a.test/").await.unwrap_err();
     assert_eq!(err.retry_after(), Some(secs(5)));
     assert_eq!(events.count("ServerPushback"), 1);
-    assert_eq!(events.count("pause: 5s"), 1);
+    assert_eq!(
+        events.count(r#"ServerPushback { key: "a.test:80", pause: 5s }"#),
+        1
+    );
+    // A global limiter too pauses the host that pushed back only.
+    send(&mut svc, "http://b.test/").await.unwrap();
+}
+
+// Issue 9, defect 8: with a global limiter, a 429 from any host paused every host.
+#[tokio::test(start_paused = true)]
+async fn a_429_from_one_host_pauses_that_host_only_even_for_a_global_limiter() {
+    let mock = Mock::script([Step::retry_after(429, "60")]);
+    let events = Events::default();
+    let rl = layer(
+        RateLimit::per_second(10).burst(3).max_wait(secs(1)),
+        &events,
+    );
+    let mut svc = service(&rl, &mock);
+    let start = Instant::now();
+    assert_eq!(
+        send(&mut svc, "http://hook.test/").await.unwrap().status(),
+        429
+    );
+    // Other hosts go on at once (this failed before: they waited out the same 60 s).
+    send(&mut svc, "http://api.test/1").await.unwrap();
+    send(&mut svc, "http://other.test/").await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // The paused host waits no more than max_wait: it is rejected with the rest of its pause.
+    let err = send(&mut svc, "http://hook.test/").await.unwrap_err();
+    assert!(err.is_rate_limited());
+    assert_eq!(err.retry_after(), Some(secs(60)));
+    assert_eq!(
+        events.count(r#"Rejected { kind: RateLimited, key: "hook.test:80""#),
+        1
+    );
+    // The bucket is still one for all hosts: the burst of 3 is spent, the next call waits for
+    // a token (and its wait is the global bucket's, key "").
+    send(&mut svc, "http://api.test/2").await.unwrap();
+    assert_eq!(start.elapsed(), ms(100));
+    assert_eq!(events.count(r#"RateLimitWait { key: "", wait: 100ms }"#), 1);
+    assert_eq!(mock.calls(), 4);
+    tokio::time::advance(secs(60)).await;
+    send(&mut svc, "http://hook.test/").await.unwrap();
+}
+
+// Issue 9, defect 8: the pause map is keyed by hosts a remote party chooses; it is bounded by
+// max_hosts, keeping the pauses that end last.
+#[tokio::test(start_paused = true)]
+async fn pauses_are_bounded_by_max_hosts_and_the_one_that_ends_first_goes() {
+    let mock = Mock::script([
+        Step::retry_after(429, "10"),
+        Step::retry_after(429, "30"),
+        Step::retry_after(429, "20"),
+        Step::retry_after(429, "5"),
+    ]);
+    let events = Events::default();
+    let rl = layer(
+        RateLimit::per_second(1_000).max_hosts(2).fail_fast(),
+        &events,
+    );
+    let mut svc = service(&rl, &mock);
+    for host in ["a", "b", "c", "d"] {
+        let resp = send(&mut svc, &format!("http://{host}.test/"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 429);
+    }
+    // c's 20 s took a's 10 s place; d's 5 s, ending before both, was not kept.
+    let hint = |e: Error| e.retry_after();
+    assert_eq!(
+        hint(send(&mut svc, "http://b.test/").await.unwrap_err()),
+        Some(secs(30))
+    );
+    assert_eq!(
+        hint(send(&mut svc, "http://c.test/").await.unwrap_err()),
+        Some(secs(20))
+    );
+    send(&mut svc, "http://a.test/").await.unwrap();
+    send(&mut svc, "http://d.test/").await.unwrap();
+    assert_eq!(events.count("ServerPushback"), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -504,20 +582,84 @@ async fn max_pushback_zero_ignores_pushback_and_a_custom_classifier_decides() {
 #[tokio::test(start_paused = true)]
 async fn idle_hosts_are_dropped() {
     let mock = Mock::always(Step::Status(200));
-    let rl =
-        RateLimitLayer::new(RateLimit::per_second(50).burst(10).per_host().fail_fast()).unwrap();
+    let rl = RateLimitLayer::new(
+        RateLimit::per_second(50)
+            .burst(10)
+            .per_host()
+            .max_hosts(100_000)
+            .fail_fast(),
+    )
+    .unwrap();
     let mut svc = service(&rl, &mock);
     for i in 0..100_000 {
         send(&mut svc, &format!("http://h{i}.test/")).await.unwrap();
     }
     assert_eq!(rl.tracked_hosts(), 100_000, "every host is still in use");
-    // Their buckets are full again after (burst + 1) × 20 ms; the next sweep (within 1,024
+    // Their buckets are full again 20 ms after their one call; the next sweep (within 1,024
     // calls, since more than a second has passed) drops them.
     tokio::time::sleep(secs(2)).await;
     for _ in 0..1024 {
         let _ = send(&mut svc, "http://one.test/").await;
     }
     assert_eq!(rl.tracked_hosts(), 1);
+}
+
+// Issue 9, defect 9: nothing bounded the per-host limiter's memory; a host was dropped only
+// once its bucket was full again, years away for this limit (this kept all 100,000).
+#[tokio::test(start_paused = true)]
+async fn per_host_buckets_are_bounded_by_default() {
+    let mock = Mock::always(Step::Status(200));
+    let rl = RateLimitLayer::new(RateLimit::per_minute(1).burst(1_000_000).per_host()).unwrap();
+    let mut svc = service(&rl, &mock);
+    for i in 0..100_000 {
+        send(&mut svc, &format!("http://h{i}.test/")).await.unwrap();
+    }
+    assert!(rl.tracked_hosts() <= 10_000, "{}", rl.tracked_hosts());
+}
+
+// Issue 9, defect 9: `max_hosts` caps the per-host limiter, and below the cap no host's state
+// is lost.
+#[tokio::test(start_paused = true)]
+async fn max_hosts_caps_the_per_host_limiter_and_nothing_is_evicted_below_it() {
+    let mock = Mock::always(Step::Status(200));
+    let rl = RateLimitLayer::new(
+        RateLimit::per_minute(1)
+            .burst(1_000_000)
+            .per_host()
+            .max_hosts(500),
+    )
+    .unwrap();
+    let mut svc = service(&rl, &mock);
+    for i in 0..100_000 {
+        send(&mut svc, &format!("http://h{i}.test/")).await.unwrap();
+        assert!(rl.tracked_hosts() <= 500);
+    }
+    assert_eq!(rl.tracked_hosts(), 500);
+
+    // A host that spent its burst stays limited while up to max_hosts hosts are known.
+    let rl = RateLimitLayer::new(
+        RateLimit::per_minute(1)
+            .burst(2)
+            .per_host()
+            .max_hosts(1_000)
+            .fail_fast(),
+    )
+    .unwrap();
+    let mut svc = service(&rl, &mock);
+    send(&mut svc, "http://busy.test/").await.unwrap();
+    send(&mut svc, "http://busy.test/").await.unwrap();
+    for i in 0..999 {
+        send(&mut svc, &format!("http://h{i}.test/")).await.unwrap();
+        if i % 100 == 0 {
+            let err = send(&mut svc, "http://busy.test/").await.unwrap_err();
+            assert_eq!(err.retry_after(), Some(secs(60)), "after {i} hosts");
+        }
+    }
+    assert_eq!(rl.tracked_hosts(), 1_000);
+    assert!(send(&mut svc, "http://busy.test/")
+        .await
+        .unwrap_err()
+        .is_rate_limited());
 }
 
 #[test]
@@ -528,6 +670,10 @@ fn bad_configuration_is_a_config_error_naming_the_field() {
     assert_eq!(
         field(RateLimit::per_second(10).burst(0)),
         "rate_limit.burst"
+    );
+    assert_eq!(
+        field(RateLimit::per_second(10).max_hosts(0)),
+        "rate_limit.max_hosts"
     );
     // A burst that would take thousands of years to refill.
     assert_eq!(

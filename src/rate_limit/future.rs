@@ -11,6 +11,7 @@ use reqwest::{Request, Response};
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
 
+use super::key::HostKey;
 use super::Shared;
 use crate::error::Error;
 use crate::ext::LeftLimiterAt;
@@ -27,7 +28,7 @@ pin_project! {
         #[pin]
         state: State<S>,
         shared: Arc<Shared>,
-        key: String,
+        key: HostKey,
     }
 }
 
@@ -64,7 +65,7 @@ pin_project! {
 
 impl<S: Service<Request>> RateLimitFuture<S> {
     /// A call that took its token at once and was sent.
-    pub(crate) fn calling(fut: S::Future, shared: Arc<Shared>, key: String) -> Self {
+    pub(crate) fn calling(fut: S::Future, shared: Arc<Shared>, key: HostKey) -> Self {
         RateLimitFuture {
             state: State::Calling { fut, left: None },
             shared,
@@ -78,7 +79,7 @@ impl<S: Service<Request>> RateLimitFuture<S> {
         req: Request,
         until: Instant,
         shared: Arc<Shared>,
-        key: String,
+        key: HostKey,
         arrived: Instant,
         deadline: Option<Instant>,
     ) -> Self {
@@ -96,7 +97,7 @@ impl<S: Service<Request>> RateLimitFuture<S> {
     }
 
     /// A call refused without a token.
-    pub(crate) fn rejected(err: Error, shared: Arc<Shared>, key: String) -> Self {
+    pub(crate) fn rejected(err: Error, shared: Arc<Shared>, key: HostKey) -> Self {
         RateLimitFuture {
             state: State::Done { err: Some(err) },
             shared,

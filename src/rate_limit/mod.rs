@@ -27,28 +27,66 @@
 //! # Server pushback
 //!
 //! A response the [`Classifier`] calls [`Throttled`](FailureClass::Throttled) (by default a
-//! 429, or a 503 with `Retry-After`) that carries a valid `Retry-After` pauses the limiter of
-//! its host (of every host, for a global limiter) until then, capped by
-//! [`max_pushback`](RateLimit::max_pushback) (60 s by default). The pause holds every call to
-//! that host, not only the one that saw the response: calls that arrive during it wait for its
-//! end within the same bounds as for a token, or fail at once with the rest of the pause as
-//! their `retry_after`. A later response does not cut a pause short, whatever its status; a
-//! later, longer `Retry-After` extends it, a shorter one leaves it as it is. The bucket fills
-//! while paused, so up to `burst` calls may go at the pause's end. Each pause that starts or
-//! grows is reported as [`Event::ServerPushback`] and a `tracing` event at `info`.
+//! 429, or a 503 with `Retry-After`) that carries a valid `Retry-After` pauses its host
+//! (`host:port` of the request) until then, capped by
+//! [`max_pushback`](RateLimit::max_pushback) (60 s by default). That host only, whether the
+//! limiter is per host or global: a global limiter still has one bucket for all hosts, but a
+//! 429 from a webhook target or a user-supplied URL must not stop the calls to every other
+//! host. The pause holds every call to that host, not only the one that saw the response:
+//! calls that arrive during it wait for its end within the same bounds as for a token, or fail
+//! at once with the rest of the pause as their `retry_after`. A later response does not cut a
+//! pause short, whatever its status; a later, longer `Retry-After` extends it, a shorter one
+//! leaves it as it is. A host's bucket fills while it is paused, so up to `burst` calls may go
+//! at the pause's end (for a global limiter, whatever the other hosts left in it). Each pause
+//! that starts or grows is reported as [`Event::ServerPushback`], with the host as its key,
+//! and a `tracing` event at `info`; a call held by a pause is reported with its host as the
+//! key, by a global limiter too.
+//!
+//! Pauses are kept by host apart from the buckets, for both kinds of limiter, and at most
+//! [`max_hosts`](RateLimit::max_hosts) of them (the hosts and the `Retry-After` values are
+//! chosen by remote parties). When the map is full, a new pause takes the place of the one
+//! that ends first: pauses already over first (they hold nothing), then the one nearest to
+//! its end, whose host is thereby called again the least time early of all; a new pause that
+//! would end before every pause held is not kept. A flood of 429s from many hosts can thus
+//! cut short the pauses nearest to their end, but cannot lengthen a pause, hold a host that
+//! did not push back, or grow memory past the cap. When no pause is running, calls do not
+//! look at the pause map (one atomic load tells them), and the first call after the last
+//! pause ends drops them all.
 //!
 //! # Per host, and memory
 //!
-//! [`per_host`](RateLimit::per_host) keeps one bucket per `host:port`. A host's bucket is
-//! dropped once it is full again (after `burst + 1` token intervals without a call): it then
-//! behaves as a new host's would. The dropping is done by a sweep, considered every 1,024
-//! calls, that runs when at least as many calls came since the last sweep as that sweep kept
-//! hosts, or when a second (or `burst + 1` intervals, if longer) has passed since it. So the
-//! limiter holds the hosts called within that idle time plus the hosts new since the last
-//! sweep, of which there are at most about `max(1,024, hosts kept) + 1,024`; and sweeping,
-//! which walks every host, costs a constant amount per call, amortized, plus at most one walk
-//! a second. Without calls, nothing is swept (and nothing is added). Pauses are kept until
-//! they end.
+//! [`per_host`](RateLimit::per_host) keeps one bucket per `host:port`, at most
+//! [`max_hosts`](RateLimit::max_hosts) of them (10,000 by default), in a store of palisade's
+//! own around governor's GCRA state (governor's keyed store has no bound, and is looked up
+//! with an owned key, a `String` built for every call; this one is looked up with a key built
+//! on the stack, and allocates for a new host only). Nothing is evicted below the cap. Two
+//! rules keep it small:
+//!
+//! - A bucket that is full again (at most `burst` token intervals after its host's last call
+//!   that took a token) behaves exactly as a new host's: a sweep drops it. The sweep is
+//!   considered every 1,024 calls and runs when at least as many calls came since the last
+//!   sweep as that sweep kept hosts, or when a second (or `burst` intervals, if longer) has
+//!   passed since it; so sweeping, which walks every host, costs a constant amount per call,
+//!   amortized, plus at most one walk a second. It drops pauses that are over too. Without
+//!   calls, nothing is swept (and nothing is added).
+//! - At the cap, a new host's bucket takes the place of the one that ends first (is full
+//!   again soonest) among the hosts of its shard of the store (the store is split in up to 64
+//!   shards, a shard per 64 hosts of the cap, so 64 hosts or more on average): full buckets
+//!   first, since they hold nothing, then the one nearest to full, since forgetting it lets
+//!   through the fewest calls beyond the rate. Unlike least recently used, it keeps a host
+//!   that spent a large burst long ago and still has long to wait, rather than hand it the
+//!   whole burst again. An evicted host's state
+//!   is lost: its next call finds it new, with its whole burst again. A new host is always
+//!   stored (one that was not would be new on every call, so not limited at all), except
+//!   when its shard is empty while the store is full, which needs every one of `max_hosts`
+//!   hosts to hash to the other shards.
+//!
+//! [`RateLimitLayer::tracked_hosts`] says how many buckets are held. Pauses are held apart,
+//! as [above](self#server-pushback), under the same cap: a limiter holds at most
+//! `max_hosts` buckets and `max_hosts` pauses. Each is held under its host's key, at most
+//! 259 bytes: a longer `host:port` (no DNS name is that long, but a URL may hold one, and a
+//! proxy answer for it) is cut to its first 200 bytes, `#` and a hash of the whole, in the
+//! limiter's maps and in its events and logs alike.
 //!
 //! # Time
 //!
@@ -60,7 +98,9 @@
 
 mod clock;
 mod future;
+mod key;
 mod limiter;
+mod store;
 
 use std::fmt;
 use std::sync::Arc;
@@ -73,12 +113,12 @@ use tower_service::Service;
 
 use self::clock::{nanos, TokioClock};
 pub use self::future::RateLimitFuture;
+use self::key::HostKey;
 use self::limiter::{quota, Denied, Limiter};
 use crate::classify::{Classifier, FailureClass, Outcome};
 use crate::context;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::event::{Event, Hook};
-use crate::host::host_key;
 use crate::retry_after::retry_after;
 
 /// The longest time a burst may take to refill (token interval × burst): past it, governor's
@@ -93,16 +133,19 @@ const MAX_PUSHBACK: Duration = MAX_REFILL;
 ///
 /// Start from a rate, [`RateLimit::per_second`] or [`RateLimit::per_minute`]; the defaults for
 /// the rest are a burst of one period's worth of tokens (the rate itself), one limiter shared
-/// by all hosts, waits of up to 1 s for a token, and server pushback honoured up to 60 s.
+/// by all hosts, waits of up to 1 s for a token, server pushback honoured up to 60 s, and
+/// state for at most 10,000 hosts.
 ///
 /// ```
 /// use std::time::Duration;
 /// use palisade::rate_limit::{RateLimit, RateLimitLayer};
 ///
-/// // 50 calls per second to each host, bursts of up to 10, waiting at most 250 ms for a token.
+/// // 50 calls per second to each host, bursts of up to 10, waiting at most 250 ms for a token,
+/// // for at most 1,000 hosts at once.
 /// let limit = RateLimit::per_second(50)
 ///     .burst(10)
 ///     .per_host()
+///     .max_hosts(1_000)
 ///     .max_wait(Duration::from_millis(250))
 ///     .max_pushback(Duration::from_secs(30));
 /// let layer = RateLimitLayer::new(limit)?;
@@ -111,6 +154,8 @@ const MAX_PUSHBACK: Duration = MAX_REFILL;
 /// // A rate of zero is refused, naming the field.
 /// let err = RateLimitLayer::new(RateLimit::per_minute(0)).unwrap_err();
 /// assert_eq!(err.field(), "rate_limit.rate");
+/// # let err = RateLimitLayer::new(RateLimit::per_second(1).max_hosts(0)).unwrap_err();
+/// # assert_eq!(err.field(), "rate_limit.max_hosts");
 /// # Ok::<(), palisade::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -122,6 +167,7 @@ pub struct RateLimit {
     per_host: bool,
     max_wait: Duration,
     max_pushback: Duration,
+    max_hosts: usize,
 }
 
 impl RateLimit {
@@ -133,6 +179,7 @@ impl RateLimit {
             per_host: false,
             max_wait: Duration::from_secs(1),
             max_pushback: Duration::from_secs(60),
+            max_hosts: 10_000,
         }
     }
 
@@ -160,10 +207,24 @@ impl RateLimit {
         self
     }
 
-    /// One limiter per host (`host:port`), each with the full rate; idle hosts are dropped
-    /// (see the [module docs](self#per-host-and-memory)). Default: [`global`](Self::global).
+    /// One limiter per host (`host:port`), each with the full rate; at most
+    /// [`max_hosts`](Self::max_hosts) of them are kept, and idle ones are dropped (see the
+    /// [module docs](self#per-host-and-memory)). Default: [`global`](Self::global).
     pub fn per_host(mut self) -> Self {
         self.per_host = true;
+        self
+    }
+
+    /// The most hosts the limiter keeps state for, counted apart for token buckets (per host
+    /// only) and for server-pushback pauses (global or per host): at most `n` of each. No
+    /// host's state is evicted below it. At the cap, a new host's bucket takes the place of
+    /// the one that is full again soonest among a share of the hosts (64 or more on average):
+    /// full ones first, then the one nearest to full, whose host's next call finds it new, with
+    /// its whole burst. A new pause takes the place of the one that ends first, pauses already
+    /// over first; a new pause that would end before all of them is not kept. See the
+    /// [module docs](self#per-host-and-memory). Default 10,000; must be at least 1.
+    pub fn max_hosts(mut self, n: usize) -> Self {
+        self.max_hosts = n;
         self
     }
 
@@ -196,6 +257,12 @@ impl RateLimit {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.rate == 0 {
             return Err(ConfigError::new("rate_limit.rate", "must be at least 1"));
+        }
+        if self.max_hosts == 0 {
+            return Err(ConfigError::new(
+                "rate_limit.max_hosts",
+                "must be at least 1",
+            ));
         }
         let burst = self.burst_or_default();
         if burst == 0 {
@@ -232,11 +299,18 @@ impl Shared {
     fn decide(
         &self,
         denied: Denied,
-        key: &str,
+        host: &HostKey,
         arrived: Instant,
         now: Instant,
         deadline: Option<Instant>,
     ) -> Result<Instant, Error> {
+        // The key of the state that holds the call: its host's pause, or its host's bucket,
+        // or the one bucket of a global limiter.
+        let key = if denied.paused || self.cfg.per_host {
+            host.as_str()
+        } else {
+            ""
+        };
         let wait = denied.wait;
         let left = self
             .cfg
@@ -277,8 +351,8 @@ impl Shared {
         }
     }
 
-    /// Pauses the key's limiter when the response is a throttle with a `Retry-After`.
-    fn observe(&self, key: &str, resp: &Response) {
+    /// Pauses the host when the response is a throttle with a `Retry-After`.
+    fn observe(&self, host: &HostKey, resp: &Response) {
         if self.cfg.max_pushback.is_zero()
             || !resp.headers().contains_key(http::header::RETRY_AFTER)
             || self.classifier.classify(Outcome::Response(resp)) != FailureClass::Throttled
@@ -289,7 +363,8 @@ impl Shared {
             return;
         };
         let pause = asked.min(self.cfg.max_pushback).min(MAX_PUSHBACK);
-        if let Some(pause) = self.limiter.push_back(key, pause) {
+        if let Some(pause) = self.limiter.push_back(host, pause) {
+            let key = host.as_str();
             tracing::info!(
                 key,
                 status = resp.status().as_u16(),
@@ -313,8 +388,9 @@ impl RateLimitLayer {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for `rate_limit.rate` when the rate is zero, and for
-    /// `rate_limit.burst` when the burst is zero or takes 100 years or more to refill.
+    /// A [`ConfigError`] for `rate_limit.rate` when the rate is zero, for `rate_limit.burst`
+    /// when the burst is zero or takes 100 years or more to refill, and for
+    /// `rate_limit.max_hosts` when it is zero.
     pub fn new(cfg: RateLimit) -> Result<Self, ConfigError> {
         cfg.validate()?;
         Ok(Self::from_parts(
@@ -328,7 +404,7 @@ impl RateLimitLayer {
     /// zeros read as 1, rather than panicking).
     pub(crate) fn from_parts(cfg: RateLimit, classifier: Classifier, hook: Hook) -> Self {
         let q = quota(cfg.rate, cfg.per_minute, cfg.burst_or_default());
-        let limiter = Arc::new(Limiter::new(q, cfg.per_host, TokioClock));
+        let limiter = Arc::new(Limiter::new(q, cfg.per_host, cfg.max_hosts, TokioClock));
         RateLimitLayer {
             shared: Arc::new(Shared {
                 cfg,
@@ -354,8 +430,10 @@ impl RateLimitLayer {
         self.rebuild(|s| s.hook = Hook::new(hook))
     }
 
-    /// How many hosts a per-host limiter holds a bucket for (idle ones are dropped as the
-    /// [module docs](self#per-host-and-memory) say); always 0 for a global limiter.
+    /// How many hosts a per-host limiter holds a bucket for: at most
+    /// [`max_hosts`](RateLimit::max_hosts), idle ones dropped as the
+    /// [module docs](self#per-host-and-memory) say. Always 0 for a global limiter (its one
+    /// bucket is no host's). Pauses are not counted.
     pub fn tracked_hosts(&self) -> usize {
         self.shared.limiter.len()
     }
@@ -408,10 +486,12 @@ where
 
     fn call(&mut self, req: Request) -> RateLimitFuture<S> {
         let shared = self.shared.clone();
-        let key = if shared.cfg.per_host {
-            host_key(req.url())
+        // The host, on the stack unless it is long: for its bucket, its pause, and its
+        // response's pushback. A global limiter that ignores pushback needs none.
+        let key = if shared.cfg.per_host || !shared.cfg.max_pushback.is_zero() {
+            HostKey::of(req.url())
         } else {
-            String::new()
+            HostKey::default()
         };
         let denied = match shared.limiter.acquire(&key) {
             // The common case: a token was free. Call the service driven to readiness.
