@@ -1,12 +1,44 @@
 //! The key of per-host state.
 
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+
 use url::Url;
+
+/// The longest key kept whole: a DNS name has at most 253 bytes, and `:65535` makes 259. A
+/// longer host cannot be resolved, but `url` accepts it and a proxy or a custom transport may
+/// still answer it; its key is cut to [`KEPT`] bytes and a hash, so that the per-host maps
+/// (`max_hosts` entries each), events and logs hold no more than that per host, whatever the
+/// hosts that remote parties choose.
+pub(crate) const MAX_WHOLE: usize = 259;
+/// What is kept of a longer key, before `#` and the hash of the whole key. No host contains
+/// `#`, so a cut key is never the key of a host kept whole.
+pub(crate) const KEPT: usize = 200;
 
 /// The key of per-host state (breakers, limiters, bulkheads): `host:port`, with the scheme's
 /// default port when the URL gives none, so `https://a` and `https://a:443` share state and
-/// `http://a` does not. Credentials, path and query play no part.
+/// `http://a` does not. Credentials, path and query play no part. A key longer than any DNS
+/// name's is cut to a bounded size ([`MAX_WHOLE`]).
 pub(crate) fn host_key(url: &Url) -> String {
     with_host_key(url, str::to_owned)
+}
+
+/// `key` itself if it is at most [`MAX_WHOLE`] bytes, else its first [`KEPT`] bytes (or fewer,
+/// to end on a character), `#` and 16 hex digits of a hash of the whole key, keyed at random
+/// per process so that nobody can choose two long hosts that share a key.
+pub(crate) fn cut(key: String) -> String {
+    if key.len() <= MAX_WHOLE {
+        return key;
+    }
+    static KEYS: OnceLock<std::hash::RandomState> = OnceLock::new();
+    let hash = KEYS
+        .get_or_init(std::hash::RandomState::new)
+        .hash_one(key.as_str());
+    let mut end = KEPT;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}#{hash:016x}", &key[..end])
 }
 
 /// Calls `f` with the [`host_key`] of `url`, built on the stack when it fits, so that a stage
@@ -16,6 +48,9 @@ pub(crate) fn with_host_key<R>(url: &Url, f: impl FnOnce(&str) -> R) -> R {
         return f("");
     };
     let Some(port) = url.port_or_known_default() else {
+        if host.len() > MAX_WHOLE {
+            return f(&cut(host.to_owned()));
+        }
         return f(host);
     };
     let mut digits = [0u8; 5];
@@ -45,7 +80,7 @@ pub(crate) fn with_host_key<R>(url: &Url, f: impl FnOnce(&str) -> R) -> R {
     key.push_str(host);
     key.push(':');
     key.extend(digits.iter().map(|&d| char::from(d)));
-    f(&key)
+    f(&cut(key))
 }
 
 #[cfg(test)]
@@ -67,5 +102,32 @@ mod tests {
         // A host too long for the stack buffer is built on the heap, the same.
         let long = format!("{}.test", "a".repeat(200));
         assert_eq!(k(&format!("http://{long}:8080/")), format!("{long}:8080"));
+    }
+
+    // Issue 9 (more of the same kind): a host is chosen by remote parties and `url` takes one
+    // of any length; the breaker, the limiter and the bulkhead each keep up to `max_hosts` of
+    // them and log them, so each key is held to a size, the same in every stage.
+    #[test]
+    fn a_key_longer_than_any_dns_name_is_cut_to_a_bounded_size() {
+        let k = |host: &str| host_key(&Url::parse(&format!("http://{host}/")).unwrap());
+        let a = k(&format!("{}.test", "a".repeat(100_000)));
+        let b = k(&format!("{}.test", "a".repeat(100_001)));
+        assert_eq!(a.len(), KEPT + 17);
+        assert!(a.starts_with(&"a".repeat(KEPT)) && a[KEPT..].starts_with('#'));
+        assert_ne!(a, b, "two hosts, two keys");
+        assert_eq!(
+            a,
+            k(&format!("{}.test", "a".repeat(100_000))),
+            "the same host"
+        );
+        // The longest key a DNS name can have is kept whole.
+        let longest = format!("{}.test", "a".repeat(253 - 5));
+        assert_eq!(k(&format!("{longest}:65535")), format!("{longest}:65535"));
+        // Without a port (a scheme with no default), cut all the same.
+        let opaque = Url::parse(&format!("foo://{}/", "b".repeat(1_000))).unwrap();
+        assert_eq!(host_key(&opaque).len(), KEPT + 17);
+        // Cut on a character boundary.
+        let c = cut(format!("{}:80", "é".repeat(200)));
+        assert!(c.len() <= KEPT + 17 && c.contains('#'));
     }
 }

@@ -2,29 +2,20 @@
 //! the request allocates nothing.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
-use std::sync::OnceLock;
+use std::hash::{Hash, Hasher};
 
 use url::Url;
 
 use crate::host::host_key;
+#[cfg(test)]
+use crate::host::{cut, KEPT};
 
 /// The longest key kept inline: `api.example.com:443` and most hosts fit; a longer one is
 /// put on the heap, as every key was before.
 const INLINE: usize = 38;
 
-/// The longest key kept whole: a DNS name has at most 253 bytes, and `:65535` makes 259. A
-/// longer host cannot be resolved, but `url` accepts it and a proxy or a custom transport may
-/// still answer it; its key is cut to [`KEPT`] bytes and a hash, so that the limiter's maps
-/// (`max_hosts` entries each) and its logs hold no more than that per host, whatever the
-/// hosts that remote parties choose.
-const MAX_WHOLE: usize = 259;
-/// What is kept of a longer key, before `#` and the hash of the whole key. No host contains
-/// `#`, so a cut key is never the key of a host kept whole.
-const KEPT: usize = 200;
-
-/// A host key (`host:port`, as [`host_key`] makes it, cut to a
-/// bounded size when longer than any DNS name's), or `""`.
+/// A host key (`host:port`, as [`host_key`] makes it, cut to a bounded size when longer than
+/// any DNS name's), or `""`.
 ///
 /// The rate limiter looks its buckets and pauses up by it, and the response future keeps it
 /// to pause the host when its response says so; both happen on every call, so it lives on the
@@ -41,7 +32,8 @@ pub(crate) enum HostKey {
 
 impl HostKey {
     /// The key of `url`'s host: [`host_key`]'s, written straight into the inline buffer (this
-    /// runs on every call, global limiters included), or cut as [`MAX_WHOLE`] says.
+    /// runs on every call, global limiters included), or cut as
+    /// [`MAX_WHOLE`](crate::host::MAX_WHOLE) says.
     pub(crate) fn of(url: &Url) -> HostKey {
         let Some(host) = url.host_str() else {
             return HostKey::default();
@@ -76,11 +68,12 @@ impl HostKey {
         }
     }
 
-    /// The key of a host too long to keep inline.
+    /// The key of a host too long to keep inline ([`host_key`] cuts it if it is longer than
+    /// any DNS name's).
     #[cold]
     #[inline(never)]
     fn long(url: &Url) -> HostKey {
-        HostKey::Heap(cut(host_key(url)).into_boxed_str())
+        HostKey::Heap(host_key(url).into_boxed_str())
     }
 
     /// The key `key`.
@@ -114,22 +107,6 @@ impl HostKey {
             HostKey::Heap(s) => s,
         }
     }
-}
-
-/// `key` itself if it is at most [`MAX_WHOLE`] bytes, else its first [`KEPT`] bytes (or fewer,
-/// to end on a character), `#` and 16 hex digits of a hash of the whole key, keyed at random
-/// per process so that nobody can choose two long hosts that share a key.
-fn cut(key: String) -> String {
-    if key.len() <= MAX_WHOLE {
-        return key;
-    }
-    static KEYS: OnceLock<RandomState> = OnceLock::new();
-    let hash = KEYS.get_or_init(RandomState::new).hash_one(key.as_str());
-    let mut end = KEPT;
-    while !key.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}#{hash:016x}", &key[..end])
 }
 
 impl Default for HostKey {
