@@ -17,11 +17,9 @@
 //!
 //! Run with `cargo bench --bench fallback` (about 40 s).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,32 +32,8 @@ use palisade::fallback::FallbackCache;
 use palisade::Client;
 use reqwest::{Request, Response, ResponseBuilderExt};
 
-/// The system allocator, counting allocations.
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: common::alloc::Counting = common::alloc::Counting;
 
 static KIB_1: [u8; 1024] = [b'a'; 1024];
 static KIB_16: [u8; 16 * 1024] = [b'b'; 16 * 1024];
@@ -126,6 +100,7 @@ fn variants() -> Vec<Variant> {
 }
 
 fn allocations(rt: &tokio::runtime::Runtime, variants: &[Variant]) {
+    common::alloc::count_this_thread();
     const N: u64 = 2_000;
     println!("allocations per request (mean of {N}):");
     for (name, c) in variants {
@@ -133,11 +108,11 @@ fn allocations(rt: &tokio::runtime::Runtime, variants: &[Variant]) {
             for _ in 0..100 {
                 black_box(send(c).await);
             }
-            let before = ALLOCS.load(Ordering::Relaxed);
+            let before = common::alloc::allocs();
             for _ in 0..N {
                 black_box(send(c).await);
             }
-            let per = (ALLOCS.load(Ordering::Relaxed) - before) as f64 / N as f64;
+            let per = (common::alloc::allocs() - before) as f64 / N as f64;
             println!("  {name:<24} {per:>6.1}");
         });
     }

@@ -30,111 +30,24 @@
 //! rounds, `LOAD_CONCURRENCY` (default `1,64,2000`) the values of N, `LOAD_SCALE` (default 1.0)
 //! multiplies the requests per round (N = 1: 2,000; 64: 20,000; 2,000: 40,000).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+mod common;
+
+use common::alloc;
+use common::server::loopback_server;
 use reqwest::{Method, Request, Url};
 use reqwest_middleware::ClientWithMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
 use reqwest_retry::RetryTransientMiddleware;
 
-// ---------------------------------------------------------------------------------------------
-// Allocation counting, on the client runtime's threads, in the counting pass only
-
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static CLIENT_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count_one() {
-    if COUNTING.load(Ordering::Relaxed) && CLIENT_THREAD.try_with(Cell::get).unwrap_or(false) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_one();
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-// ---------------------------------------------------------------------------------------------
-// The server
-
-const BODY: &[u8] = br#"{"id":1,"name":"palisade"}"#;
-
-fn start_server() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("non-blocking");
-    let addr = listener.local_addr().expect("address");
-    std::thread::Builder::new()
-        .name("load-server".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("server runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(|_req| async {
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from_static(BODY),
-                            )))
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .keep_alive(true)
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            })
-        })
-        .expect("server thread");
-    addr
-}
+static ALLOC: common::alloc::Counting = common::alloc::Counting;
 
 // ---------------------------------------------------------------------------------------------
 // The clients
@@ -278,12 +191,13 @@ fn main() {
         .filter(|&n| n > 0)
         .collect();
 
-    let addr = start_server();
+    alloc::set_counting(false);
+    let addr = loopback_server();
     let url = Url::parse(&format!("http://{addr}/users/1")).expect("valid URL");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .on_thread_start(|| CLIENT_THREAD.with(|c| c.set(true)))
+        .on_thread_start(alloc::count_this_thread)
         .build()
         .expect("client runtime");
 
@@ -312,11 +226,11 @@ fn main() {
             // Allocations, in a pass of their own.
             for (i, c) in clients.iter().enumerate() {
                 let k = (total / 4).max(n);
-                ALLOCS.store(0, Ordering::Relaxed);
-                COUNTING.store(true, Ordering::Relaxed);
+                let before = alloc::allocs();
+                alloc::set_counting(true);
                 run(c, &url, n, k, false).await;
-                COUNTING.store(false, Ordering::Relaxed);
-                allocs[i] = ALLOCS.load(Ordering::Relaxed) as f64 / k as f64;
+                alloc::set_counting(false);
+                allocs[i] = (alloc::allocs() - before) as f64 / k as f64;
             }
             for round in 0..rounds {
                 for i in 0..3 {

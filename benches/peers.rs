@@ -70,9 +70,6 @@
 //! Run with `cargo bench --bench peers` (about 75 s; no plots and 20,000 bootstrap resamples
 //! instead of 100,000, see `criterion_group!` below).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -80,12 +77,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use bytes::Bytes;
+use common::alloc::allocs;
+use common::server::loopback_server;
 use common::{current_thread, transport, two_workers, RetryableRequest, URL};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use palisade::rate_limit::RateLimit;
 use reqwest::{Method, Request, Response, Url};
 use reqwest_middleware::ClientWithMiddleware;
@@ -97,54 +93,8 @@ use tower_resilience::ratelimiter::{RateLimiterLayer, RateLimiterServiceError};
 use tower_resilience::retry::{ExponentialBackoff, RetryLayer};
 use tower_resilience::timelimiter::{TimeLimiterError, TimeLimiterLayer};
 
-// ---------------------------------------------------------------------------------------------
-// Counting allocator
-
-/// The system allocator, counting the allocations of each thread.
-struct Counting;
-
-thread_local! {
-    // `const` and without a destructor: reading it never allocates.
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count_one() {
-    // `try_with`: the allocator is also called while a thread is torn down.
-    let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
-}
-
-/// Allocations made so far by this thread.
-fn allocs() -> u64 {
-    ALLOCS.with(Cell::get)
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_one();
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: common::alloc::Counting = common::alloc::Counting;
 
 // ---------------------------------------------------------------------------------------------
 // Variants
@@ -372,44 +322,6 @@ impl Loopback {
             },
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The loopback server
-
-const BODY: &[u8] = br#"{"id":1,"name":"palisade"}"#;
-
-/// Starts an HTTP/1.1 server (keep-alive) on `127.0.0.1` on a thread and a `current_thread`
-/// runtime of its own, answering every request with `200 OK` and [`BODY`].
-fn start_server() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("non-blocking");
-    let addr = listener.local_addr().expect("address");
-    std::thread::Builder::new()
-        .name("loopback-server".into())
-        .spawn(move || {
-            current_thread().block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let (stream, _) = listener.accept().await.expect("accept");
-                    stream.set_nodelay(true).expect("nodelay");
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(|_req| async {
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from_static(BODY),
-                            )))
-                        });
-                        // A client that closes its connection ends it here; nothing to report.
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .keep_alive(true)
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            })
-        })
-        .expect("server thread");
-    addr
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -678,7 +590,7 @@ fn in_memory_2_threads(c: &mut Criterion) {
 }
 
 fn loopback(c: &mut Criterion) {
-    let addr = start_server();
+    let addr = loopback_server();
     let rt = current_thread();
     // Built inside the runtime: reqwest's connection pool spawns onto it.
     let v = rt.block_on(async { Loopback::new(addr) });
@@ -706,7 +618,7 @@ fn loopback(c: &mut Criterion) {
 }
 
 fn loopback_2_threads(c: &mut Criterion) {
-    let addr = start_server();
+    let addr = loopback_server();
     let rt = two_workers();
     let v = rt.block_on(async { Loopback::new(addr) });
     if tables("loopback_2_threads", &LOOPBACK) {
@@ -748,7 +660,7 @@ fn callgrind(variant: &str) {
             }
         }
         Some(("loopback", name)) => {
-            let addr = start_server();
+            let addr = loopback_server();
             let v = rt.block_on(async { Loopback::new(addr) });
             match name {
                 "reqwest_direct" => send_n(&rt, &v.reqwest, n),
@@ -780,6 +692,8 @@ criterion_group! {
 
 // `criterion_main!`, with the callgrind mode in front.
 fn main() {
+    // Allocations are counted on this thread only: the client's, not the server's.
+    common::alloc::count_this_thread();
     if let Ok(variant) = std::env::var("PEERS_CALLGRIND") {
         callgrind(&variant);
         return;

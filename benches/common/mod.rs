@@ -1,6 +1,9 @@
 //! What the benches share: the in-memory transport, the runtimes, and the two-task driver.
 #![allow(dead_code)] // each bench binary uses part of it
 
+pub mod alloc;
+pub mod server;
+
 use std::future::Future;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
