@@ -53,18 +53,8 @@ pub(crate) fn with_host_key<R>(url: &Url, f: impl FnOnce(&str) -> R) -> R {
         }
         return f(host);
     };
-    let mut digits = [0u8; 5];
-    let mut i = digits.len();
-    let mut n = port;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let digits = &digits[i..];
+    let digits = PortDigits::of(port);
+    let digits = digits.as_bytes();
     let len = host.len() + 1 + digits.len();
     let mut buf = [0u8; 128];
     if len <= buf.len() {
@@ -81,6 +71,33 @@ pub(crate) fn with_host_key<R>(url: &Url, f: impl FnOnce(&str) -> R) -> R {
     key.push(':');
     key.extend(digits.iter().map(|&d| char::from(d)));
     f(&cut(key))
+}
+
+/// A port's decimal digits, written on the stack.
+pub(crate) struct PortDigits {
+    buf: [u8; 5],
+    start: usize,
+}
+
+impl PortDigits {
+    pub(crate) fn of(port: u16) -> PortDigits {
+        let mut buf = [0u8; 5];
+        let mut start = buf.len();
+        let mut n = port;
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        PortDigits { buf, start }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@ use std::hash::{Hash, Hasher};
 
 use url::Url;
 
-use crate::host::host_key;
 #[cfg(test)]
 use crate::host::{cut, KEPT};
+use crate::host::{host_key, PortDigits};
 
 /// The longest key kept inline: `api.example.com:443` and most hosts fit; a longer one is
 /// put on the heap, as every key was before.
@@ -39,19 +39,8 @@ impl HostKey {
             return HostKey::default();
         };
         let host = host.as_bytes();
-        let mut digits = [0u8; 5];
-        let mut d = digits.len();
-        if let Some(mut n) = url.port_or_known_default() {
-            loop {
-                d -= 1;
-                digits[d] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    break;
-                }
-            }
-        }
-        let digits = &digits[d..];
+        let port = url.port_or_known_default().map(PortDigits::of);
+        let digits = port.as_ref().map_or(&[][..], PortDigits::as_bytes);
         let colon = usize::from(!digits.is_empty());
         let len = host.len() + colon + digits.len();
         match u8::try_from(len) {
