@@ -1,6 +1,7 @@
-//! The fallback cache's memory bound, measured by the allocator: 100,000 distinct URLs with
-//! 10 KiB bodies through a client whose store may hold 16 MiB. Its own test binary, with one
-//! test, so that nothing else allocates while the heap is counted.
+//! The fallback cache's memory bounds, measured by the allocator: 100,000 distinct URLs with
+//! 10 KiB bodies through a client whose store may hold 16 MiB, and the copy of a body sent a
+//! byte at a time. Its own test binary, whose tests take turns (`ONE_AT_A_TIME`), so that
+//! nothing else allocates while the heap is counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,8 +68,12 @@ async fn answer(req: Request) -> Result<Response, Error> {
     Ok(Response::from(resp))
 }
 
+/// The tests of this binary measure the whole heap: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_hundred_thousand_urls_stay_within_max_bytes() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -128,5 +133,78 @@ fn a_hundred_thousand_urls_stay_within_max_bytes() {
             peak as u64 <= MAX_BYTES + (2 << 20),
             "heap peaked {peak} bytes over the baseline"
         );
+    });
+}
+
+/// A body of `n` one-byte frames.
+struct Bytewise(usize);
+
+impl http_body::Body for Bytewise {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        if self.0 == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.0 -= 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b"x",
+        )))))
+    }
+}
+
+// Review of issue 9: the copy kept each frame as its own handle (32 bytes, in a doubling
+// list), so a body of 1 MiB sent a byte at a time held about 33 MiB while it was read, the
+// server choosing the chunking. One buffer, within `max_entry_bytes`, whatever the chunking.
+#[test]
+fn a_body_sent_a_byte_at_a_time_is_copied_into_one_bounded_buffer() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const N: usize = (1 << 20) - 1;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = Client::builder()
+            .transport(tower::service_fn(|req: Request| async move {
+                let resp = http::Response::builder()
+                    .url(req.url().clone())
+                    .body(reqwest::Body::wrap(Bytewise(N)))
+                    .expect("a response");
+                Ok::<_, Error>(Response::from(resp))
+            }))
+            .fallback_cache(FallbackCache::default())
+            .build()
+            .expect("client");
+        let store = client.fallback_cache().expect("a store").clone();
+        client.get("http://warm.test/").send().await.expect("ok");
+        store.clear();
+        store.sync();
+        let mut resp = client.get("http://api.test/x").send().await.expect("ok");
+        let base = LIVE.load(Ordering::Relaxed);
+        PEAK.store(base, Ordering::Relaxed);
+        let mut got = 0;
+        while let Some(c) = resp.chunk().await.expect("a chunk") {
+            got += c.len();
+        }
+        assert_eq!(got, N);
+        let peak = PEAK.load(Ordering::Relaxed) - base;
+        println!(
+            "a 1 MiB body in 1-byte frames: {:.2} MiB at peak while read",
+            peak as f64 / MIB
+        );
+        // The copy's one buffer (at most `max_entry_bytes`, 1 MiB), the stored entry's
+        // bookkeeping, and moka's.
+        assert!(
+            peak <= (1 << 20) + (256 << 10),
+            "peak {peak} bytes over the baseline"
+        );
+        store.sync();
+        assert_eq!(store.entry_count(), 1, "stored");
+        assert_eq!(store.copying_bytes(), 0);
     });
 }

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, AGE};
 use http::{Method, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use reqwest::{Body, Request, Response, ResponseBuilderExt};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use url::Url;
 
 use super::policy::{self, Plan, RequestFacts};
@@ -242,10 +242,10 @@ impl Call {
         let bodiless = self.method == Method::HEAD
             || resp.status() == StatusCode::NO_CONTENT
             || resp.content_length() == Some(0);
-        let pending = Pending {
+        let mut pending = Pending {
             call: self,
             plan,
-            head,
+            head: Some(head),
             arrived,
             initial_age,
         };
@@ -263,17 +263,27 @@ impl Call {
             .call
             .deadline
             .or_else(|| arrived.checked_add(pending.call.shared.cfg.max_body_time));
-        let copy = Copying {
-            max: pending.call.shared.cfg.max_entry_bytes,
+        let max = pending.call.shared.cfg.max_entry_bytes;
+        let mut copy = Copying {
+            max,
             pending,
             until,
-            chunks: Chunks::None,
-            len: 0,
+            buf: Vec::new(),
+            taken: 0,
         };
+        // A body that says how long it is gets its buffer at once (within the limit).
+        let hint = body.size_hint();
+        let first = hint.exact().unwrap_or(hint.lower()).min(max);
+        if first > 0 {
+            let first = usize::try_from(first).unwrap_or(0);
+            if copy.pending.call.shared.store.take_copy_budget(first) {
+                copy.taken = first;
+                copy.buf.reserve_exact(first);
+            }
+        }
         let tee = Tee {
             inner: body,
             copy: Some(copy),
-            timer: None,
         };
         with_url(parts, url, Body::wrap(tee))
     }
@@ -299,53 +309,50 @@ struct Head {
 struct Pending {
     call: Box<Call>,
     plan: Plan,
-    head: Head,
+    /// `None` once stored.
+    head: Option<Head>,
     /// When its head arrived: the entry's `stored_at`, from which its age grows.
     arrived: Instant,
     initial_age: Duration,
 }
 
 impl Pending {
-    /// Stores the response with `body`, if it could still be served at `now`.
-    fn insert(self, body: Bytes, now: Instant) {
-        let Pending {
-            call,
-            plan,
-            head,
-            arrived,
-            initial_age,
-        } = self;
+    /// Stores the response with `body`, if it could still be served at `now`. Takes the head
+    /// out: a `Pending` is stored once.
+    fn insert(&mut self, body: Bytes, now: Instant) {
+        let Some(head) = self.head.take() else {
+            return;
+        };
+        let call = &self.call;
         let entry = Entry::new(
             head.status,
             head.version,
             head.headers,
             body,
             head.url,
-            arrived,
-            initial_age,
-            plan.freshness,
-            plan.stale_allowance,
+            self.arrived,
+            self.initial_age,
+            self.plan.freshness,
+            self.plan.stale_allowance,
             call.seq,
         );
         if entry.servable_age(now).is_some() {
             let primary = call.primary(&call.method);
+            let vary = std::mem::take(&mut self.plan.vary);
             call.shared
                 .store
-                .insert(&primary, plan.vary, &call.headers, entry);
+                .insert(&primary, vary, &call.headers, entry);
         }
     }
 }
 
-/// The chunks of a body copied so far.
-#[derive(Default)]
-enum Chunks {
-    #[default]
-    None,
-    One(Bytes),
-    Many(Vec<Bytes>),
-}
-
 /// The copy a [`Tee`] makes of a body it passes on.
+///
+/// One buffer, grown as chunks come (doubling, never past `max`), so that what it holds is
+/// what it copied, whatever the chunking: a server that sends its body a byte at a time costs
+/// one buffer, not a handle per byte on hyper's read buffer. What the buffer takes is counted
+/// in the store's budget for copies in flight, which all the copies of a store share: a copy
+/// that would take the total past it is given up.
 struct Copying {
     pending: Pending,
     /// The most bytes kept: past it, the copy is dropped.
@@ -353,58 +360,61 @@ struct Copying {
     /// When the copy is given up if the body has not ended: the request's deadline, else
     /// `max_body_time` after the head.
     until: Option<Instant>,
-    chunks: Chunks,
-    len: u64,
+    buf: Vec<u8>,
+    /// The bytes taken from the store's budget for copies: the buffer's capacity.
+    taken: usize,
 }
 
 impl Copying {
-    /// Keeps `data`; false when that takes the copy past its limit.
+    /// Keeps `data`; false when that takes the copy past its limit or the budget for copies in
+    /// flight, or when its time is over.
     fn push(&mut self, data: &Bytes) -> bool {
-        self.len = self.len.saturating_add(data.len() as u64);
-        if self.len > self.max {
-            return false;
-        }
         if data.is_empty() {
             return true;
         }
-        self.chunks = match std::mem::take(&mut self.chunks) {
-            Chunks::None => Chunks::One(data.clone()),
-            Chunks::One(first) => {
-                // A body that comes in two chunks often comes in a few more.
-                let mut all = Vec::with_capacity(4);
-                all.push(first);
-                all.push(data.clone());
-                Chunks::Many(all)
+        if self.until.is_some_and(|until| Instant::now() >= until) {
+            return false;
+        }
+        let len = self.buf.len().saturating_add(data.len());
+        if len as u64 > self.max {
+            return false;
+        }
+        if len > self.buf.capacity() {
+            // Doubling, but never past the limit: at most `max` held, and few reallocations.
+            let max = usize::try_from(self.max).unwrap_or(usize::MAX);
+            let cap = len.max(self.buf.capacity().saturating_mul(2)).min(max);
+            let store = &self.pending.call.shared.store;
+            if !store.take_copy_budget(cap.saturating_sub(self.taken)) {
+                return false;
             }
-            Chunks::Many(mut all) => {
-                all.push(data.clone());
-                Chunks::Many(all)
-            }
-        };
+            self.taken = cap.max(self.taken);
+            self.buf.reserve_exact(cap - self.buf.len());
+        }
+        self.buf.extend_from_slice(data);
         true
     }
 
     /// The body has ended: stores the response, unless the copy's time is over.
-    fn complete(self) {
+    fn complete(mut self) {
         let now = Instant::now();
         if self.until.is_some_and(|until| now >= until) {
             return;
         }
-        // Always a copy, exactly the body's size: a chunk from hyper is a slice of the
-        // connection's read buffer (8 KiB and up), which keeping would hold the whole buffer
-        // while the store weighs only the slice.
-        let body = match self.chunks {
-            Chunks::None => Bytes::new(),
-            Chunks::One(b) => Bytes::copy_from_slice(&b),
-            Chunks::Many(all) => {
-                let mut joined = BytesMut::with_capacity(self.len as usize);
-                for c in &all {
-                    joined.extend_from_slice(c);
-                }
-                joined.freeze()
-            }
-        };
-        self.pending.insert(body, now);
+        // A buffer of its own, exactly the body's size: what the store weighs is what it holds.
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.shrink_to_fit();
+        self.pending.insert(Bytes::from(buf), now);
+    }
+}
+
+impl Drop for Copying {
+    /// Gives back what the buffer took of the budget for copies in flight, whether the copy
+    /// was stored, given up or dropped with its body.
+    fn drop(&mut self) {
+        if self.taken > 0 {
+            let taken = std::mem::take(&mut self.taken);
+            self.pending.call.shared.store.give_copy_budget(taken);
+        }
     }
 }
 
@@ -421,15 +431,17 @@ pin_project! {
     /// The body of a response to be stored: every frame passes on to the caller as it comes,
     /// and the data is copied aside. When the body ends, the copy is stored; a body that
     /// fails, grows past `max_entry_bytes`, is dropped before its end or has not ended by the
-    /// copy's bound stores nothing, and its copy is freed at once.
+    /// copy's bound stores nothing, and its copy is freed.
+    ///
+    /// The bound is checked as frames come, not by a timer: a timer would need a runtime with
+    /// timers enabled wherever the body is read, and a body that stalls past its bound costs at
+    /// most its copy (within `max_entry_bytes`, and within the store's budget for copies in
+    /// flight) until its next frame, or until it is dropped.
     struct Tee {
         #[pin]
         inner: Body,
         // Inline: `Body::wrap` boxes the whole tee once.
         copy: Option<Copying>,
-        // Armed the first time the body makes the caller wait: frees the copy at its bound
-        // while the caller waits.
-        timer: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -442,50 +454,33 @@ impl HttpBody for Tee {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, reqwest::Error>>> {
         let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
+        let polled = ready!(this.inner.as_mut().poll_frame(cx));
         let Some(copy) = this.copy.as_mut() else {
-            return polled;
+            return Poll::Ready(polled);
         };
         let keep = match &polled {
-            Poll::Pending => {
-                if this.timer.is_none() {
-                    // Outside a tokio runtime there is no timer: the bound is then checked
-                    // when the body ends.
-                    if let (Some(until), Ok(_)) =
-                        (copy.until, tokio::runtime::Handle::try_current())
-                    {
-                        *this.timer = Some(Box::pin(tokio::time::sleep_until(until)));
-                    }
-                }
-                this.timer
-                    .as_mut()
-                    .is_none_or(|t| t.as_mut().poll(cx).is_pending())
-            }
-            Poll::Ready(Some(Ok(frame))) => {
+            Some(Ok(frame)) => {
                 let kept = frame.data_ref().is_none_or(|data| copy.push(data));
                 if kept && this.inner.is_end_stream() {
                     if let Some(copy) = this.copy.take() {
                         copy.complete();
                     }
-                    *this.timer = None;
-                    return polled;
+                    return Poll::Ready(polled);
                 }
                 kept
             }
-            Poll::Ready(None) => {
+            None => {
                 if let Some(copy) = this.copy.take() {
                     copy.complete();
                 }
-                *this.timer = None;
-                return polled;
+                return Poll::Ready(polled);
             }
-            Poll::Ready(Some(Err(_))) => false,
+            Some(Err(_)) => false,
         };
         if !keep {
             *this.copy = None;
-            *this.timer = None;
         }
-        polled
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -44,7 +44,8 @@
 //! within `max_entry_bytes`. A body that fails, grows past `max_entry_bytes`, is dropped before
 //! its end, or has not ended by the request's deadline (its own timeout, else the client's
 //! total timeout, else [`max_body_time`](FallbackCache::max_body_time) after the head) stores
-//! nothing, and its copy is freed then. A response without a body (to a HEAD, a 204, an empty
+//! nothing; its copy is freed at its next chunk, or when the response is dropped (see
+//! [Memory](#memory)). A response without a body (to a HEAD, a 204, an empty
 //! one) is stored at once. **Nothing is stored while the caller has not read the body to its
 //! end**: a response dropped unread leaves the store as it was. One announced by
 //! `Content-Length` as too large, or not storable, is passed on untouched.
@@ -119,10 +120,14 @@
 //! 32 KiB array records which URLs unsafe requests voided, so that voiding a URL with nothing
 //! stored takes no room from the responses stored.
 //!
-//! A body being copied holds at most `max_entry_bytes` besides, until it ends, fails, grows
-//! past the limit or reaches its bound. The bound frees the copy while the caller waits for
-//! the body; a response the caller keeps without reading it keeps its copy until it is dropped
-//! or read.
+//! A body being copied holds one buffer of at most `max_entry_bytes`, however its server
+//! chunks it, until it ends, fails, grows past the limit, or reaches its bound; and the copies
+//! of all the bodies in flight hold at most [`max_bytes`](FallbackCache::max_bytes) in all
+//! (a copy that would take them past it is given up, and its response not stored), as
+//! [`FallbackCacheHandle::copying_bytes`] tells. The bound is checked as the body's chunks
+//! come, not by a timer: a body that stalls past it keeps its copy until its next chunk, or
+//! until it is dropped, and a response the caller keeps without reading it keeps its copy
+//! until it is dropped or read.
 
 mod cache_control;
 mod future;
@@ -247,7 +252,8 @@ impl FallbackCache {
     /// moment its head arrived, when the request has no deadline: no timeout of its own
     /// (`RequestBuilder::timeout`) and no total timeout in the client, as for a
     /// [`FallbackCacheLayer`] used in a stack of your own. A body that has not ended by then is
-    /// still handed on as it streams, but its copy is freed and nothing is stored. Where the
+    /// still handed on as it streams, but nothing is stored and its copy is freed (at the
+    /// body's next chunk, or when it is dropped). Where the
     /// request has a deadline, the deadline bounds the copy instead. Default 30 s; must be
     /// above zero.
     ///
@@ -628,6 +634,12 @@ impl FallbackCacheHandle {
     /// [`sync`](Self::sync).
     pub fn entry_count(&self) -> u64 {
         self.shared.store.entry_count()
+    }
+
+    /// How many bytes the copies of bodies being read (to be stored once they end) hold now,
+    /// in all: at most [`max_bytes`](FallbackCache::max_bytes), besides the store's own.
+    pub fn copying_bytes(&self) -> u64 {
+        self.shared.store.copying()
     }
 
     /// Applies the evictions and expirations moka has pending.

@@ -230,6 +230,10 @@ impl moka::Expiry<Box<[u8]>, Slot> for Expiry {
 #[derive(Clone)]
 pub(crate) struct Store {
     cache: moka::sync::Cache<Box<[u8]>, Slot>,
+    /// The bytes the copies of bodies in flight (not yet stored) hold, in all; at most
+    /// `copy_budget`.
+    copying: Arc<AtomicU64>,
+    copy_budget: u64,
     seq: Arc<AtomicU64>,
     /// For each hash of a primary key, the sequence number of the last unsafe request that
     /// voided a key with that hash: a response whose request started before it is not
@@ -252,10 +256,38 @@ impl Store {
             .build();
         Store {
             cache,
+            copying: Arc::new(AtomicU64::new(0)),
+            copy_budget: max_bytes,
             seq: Arc::new(AtomicU64::new(0)),
             voids: (0..VOID_MARKS).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
         }
+    }
+
+    /// Takes `bytes` from the budget for copies of bodies in flight; false (and nothing taken)
+    /// when that would take the copies past `max_bytes` in all.
+    pub(crate) fn take_copy_budget(&self, bytes: usize) -> bool {
+        let bytes = bytes as u64;
+        self.copying
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                cur.checked_add(bytes).filter(|&n| n <= self.copy_budget)
+            })
+            .is_ok()
+    }
+
+    /// Gives back what [`take_copy_budget`](Self::take_copy_budget) took.
+    pub(crate) fn give_copy_budget(&self, bytes: usize) {
+        let bytes = bytes as u64;
+        let _ = self
+            .copying
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                Some(cur.saturating_sub(bytes))
+            });
+    }
+
+    /// The bytes the copies of bodies in flight hold now.
+    pub(crate) fn copying(&self) -> u64 {
+        self.copying.load(Ordering::Acquire)
     }
 
     /// The void mark of `primary`.

@@ -257,6 +257,59 @@ pub fn chunked_response_of(chunks: Vec<bytes::Bytes>, end: BodyEnd, size: Option
     Response::from(http::Response::new(body))
 }
 
+/// A body that sends each chunk after its delay (counted from the previous chunk, in tokio
+/// time), then ends as `end` says.
+pub struct Trickle {
+    chunks: VecDeque<(Duration, bytes::Bytes)>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    end: BodyEnd,
+}
+
+impl http_body::Body for Trickle {
+    type Data = bytes::Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
+        let Some((delay, _)) = self.chunks.front() else {
+            return match self.end {
+                BodyEnd::Finish => Poll::Ready(None),
+                BodyEnd::Hang => Poll::Pending,
+                BodyEnd::Fail => {
+                    self.end = BodyEnd::Finish;
+                    Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "body cut short",
+                    ))))
+                }
+            };
+        };
+        let delay = *delay;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+        std::task::ready!(sleep.as_mut().poll(cx));
+        self.sleep = None;
+        let (_, chunk) = self.chunks.pop_front().expect("a chunk");
+        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+/// A 200 whose body is `chunks`, each sent after its delay, ending as `end` says.
+pub fn trickle_response(chunks: Vec<(Duration, &'static [u8])>, end: BodyEnd) -> Response {
+    let body = reqwest::Body::wrap(Trickle {
+        chunks: chunks
+            .into_iter()
+            .map(|(d, c)| (d, bytes::Bytes::from_static(c)))
+            .collect(),
+        sleep: None,
+        end,
+    });
+    Response::from(http::Response::new(body))
+}
+
 /// The bytes of a chunk whose memory reports when it is freed: [`Freed::is_freed`] turns true
 /// once every copy of the [`bytes::Bytes`] made by [`Freed::chunk`] is dropped.
 #[derive(Clone, Default)]
