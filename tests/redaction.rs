@@ -138,3 +138,26 @@ async fn events_and_request_builders_show_no_secret_in_debug() {
     assert!(all.contains("Retry"), "{all}");
     assert_no_secret(&all);
 }
+
+// Review of issue 9: a message that quotes one query value alone, and a bare token that ends in
+// base64 padding, leaked through `Error`'s formatting.
+#[tokio::test(start_paused = true)]
+async fn a_value_quoted_alone_and_a_padded_token_do_not_leak() {
+    let svc = tower::service_fn(|_req: reqwest::Request| async move {
+        Err::<reqwest::Response, _>(Error::from_source(
+            ErrorKind::Transport,
+            std::io::Error::other("upstream rejected token SECRETVALUE"),
+        ))
+    });
+    let client = Client::builder().transport(svc).no_retry().build().unwrap();
+    let err = client
+        .get("http://api.test/cb?token=SECRETVALUE&c2VjcmV0dG9rZW4=")
+        .send()
+        .await
+        .unwrap_err();
+    let shown = every_formatting(&err);
+    for s in ["SECRETVALUE", "c2VjcmV0dG9rZW4"] {
+        assert!(!shown.contains(s), "{s} leaked:\n{shown}");
+    }
+    assert!(shown.contains("upstream rejected token REDACTED"), "{shown}");
+}
