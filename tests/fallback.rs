@@ -1583,3 +1583,51 @@ fn a_runtime_without_timers_reads_a_stored_body() {
         assert_eq!(handle.entry_count(), 1);
     });
 }
+
+// Review of issue 9: a variant voided by a successful DELETE came back. The resource stopped
+// varying for a while (the index went), its plain entry expired, a DELETE then found neither
+// and only marked the key, and a new `Vary` response wrote a new index that had forgotten the
+// void: the old variant was served after the DELETE. The index written keeps the key's mark.
+#[tokio::test(start_paused = true)]
+async fn a_variant_voided_while_unreachable_stays_voided() {
+    let mock = Mock::default();
+    let c = client(&mock, FallbackCache::default());
+    let en = [("accept-language", "en")];
+    // 1. A variant for `en`, servable stale for an hour.
+    mock.set(ok(
+        &[
+            ("vary", "accept-language"),
+            ("cache-control", "max-age=0, stale-if-error=3600"),
+        ],
+        "en-old",
+    ));
+    load(&c, &en).await;
+    // 2. The resource stops varying: the index goes, and a plain entry that moka expires
+    //    (on its own clock, in real time) a millisecond after it is stored: it arrives
+    //    999 ms into its 1 s of freshness.
+    mock.set(Step::after(
+        ms(999),
+        ok(&[("cache-control", "max-age=1, must-revalidate")], "plain"),
+    ));
+    load(&c, &[]).await;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let handle = c.fallback_cache().unwrap();
+    handle.sync();
+    // 3. A DELETE succeeds: it finds no index and no plain entry, and marks the key.
+    mock.set(Step::Status(204));
+    c.delete(URL).send().await.unwrap();
+    // 4. The resource varies again: a new index.
+    mock.set(ok(
+        &[("vary", "accept-language"), ("cache-control", "max-age=60")],
+        "fr-new",
+    ));
+    load(&c, &[("accept-language", "fr")]).await;
+    // 5. The server fails: `en` must not get what was stored before the DELETE.
+    mock.set(Step::Status(503));
+    let resp = get(&c, &en).await;
+    assert_eq!(resp.status(), 503, "served {:?}", resp.fallback());
+    // The variant stored after the DELETE is served.
+    let resp = get(&c, &[("accept-language", "fr")]).await;
+    assert!(served(&resp));
+    assert_eq!(resp.text().await.unwrap(), "fr-new");
+}

@@ -159,5 +159,8 @@ async fn a_value_quoted_alone_and_a_padded_token_do_not_leak() {
     for s in ["SECRETVALUE", "c2VjcmV0dG9rZW4"] {
         assert!(!shown.contains(s), "{s} leaked:\n{shown}");
     }
-    assert!(shown.contains("upstream rejected token REDACTED"), "{shown}");
+    assert!(
+        shown.contains("upstream rejected token REDACTED"),
+        "{shown}"
+    );
 }

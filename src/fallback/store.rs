@@ -349,17 +349,19 @@ impl Store {
         let index = self.index(primary);
         let known: &[HeaderName] = index.as_ref().map_or(&[], |i| &i.vary);
         if known != &vary[..] {
-            let void_through = index.as_ref().map_or(0, |i| i.void_through);
-            if vary.is_empty() && void_through == 0 {
-                self.cache.invalidate(&index_key(primary)[..]);
-            } else {
-                let i = Index {
+            // The index is rewritten: it keeps what it voided, and what the key's mark says was
+            // voided since (an invalidation that found no index to write, while variants of an
+            // earlier `Vary` were still stored, unreachable until an index names their headers
+            // again). The mark may come from another key of the same hash: then older entries
+            // of this key are voided too, a serve missed, never a stale one.
+            let mark = self.void_mark(primary).load(Ordering::SeqCst);
+            self.update_index(primary, |old| {
+                let void_through = old.map_or(0, |i| i.void_through).max(mark);
+                (!vary.is_empty() || void_through > 0).then(|| Index {
                     vary: vary.clone(),
                     void_through,
-                };
-                self.cache
-                    .insert(index_key(primary), Slot::Index(Arc::new(i)));
-            }
+                })
+            });
         }
         let key = entry_key(primary, &vary, req_headers);
         entry.vary_values = vary.iter().map(|n| combined(req_headers, n)).collect();
@@ -395,13 +397,33 @@ impl Store {
         if index.is_none() && !self.cache.contains_key(&plain[..]) {
             return;
         }
-        let i = Index {
-            vary: index.map(|i| i.vary.clone()).unwrap_or_default(),
-            void_through,
-        };
-        self.cache
-            .insert(index_key(primary), Slot::Index(Arc::new(i)));
+        self.update_index(primary, |old| {
+            Some(Index {
+                vary: old.map(|i| i.vary.clone()).unwrap_or_default(),
+                void_through: old.map_or(0, |i| i.void_through).max(void_through),
+            })
+        });
         self.cache.invalidate(&plain[..]);
+    }
+
+    /// Replaces `primary`'s index by what `f` makes of the current one (`None`: no index),
+    /// atomically: concurrent updates of one index run one after the other, so that none
+    /// writes a `void_through` below another's.
+    fn update_index(&self, primary: &[u8], f: impl FnOnce(Option<&Index>) -> Option<Index>) {
+        use moka::ops::compute::Op;
+        self.cache
+            .entry(index_key(primary))
+            .and_compute_with(|cur| {
+                let cur = cur.and_then(|e| match e.into_value() {
+                    Slot::Index(i) => Some(i),
+                    Slot::Entry(_) => None,
+                });
+                match (f(cur.as_deref()), cur.is_some()) {
+                    (Some(i), _) => Op::Put(Slot::Index(Arc::new(i))),
+                    (None, true) => Op::Remove,
+                    (None, false) => Op::Nop,
+                }
+            });
     }
 
     fn index(&self, primary: &[u8]) -> Option<Arc<Index>> {
