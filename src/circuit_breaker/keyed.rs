@@ -19,10 +19,11 @@
 //!   longest break) is removed by a sweep that the first call after every half idle time runs
 //!   over all shards; by then its window is empty and its break over, so nothing is lost but
 //!   the growth of its break;
-//! - at `max_hosts`, a new host's shard first drops its idle hosts, then its least recently
-//!   used one, to make room (the shards hold 64 hosts or more on average, so the host evicted
-//!   is among the least recently used of the map; a new host whose shard has none to give is
-//!   not stored until a sweep or a later call makes room);
+//! - at `max_hosts`, a new host looks at up to 64 hosts of its shard and drops the idle ones
+//!   among them, or else the least recently used of them, to make room (the shards hold 64
+//!   hosts or more on average, so the host evicted is among the least recently used of the
+//!   map, and the cost of making room stays bounded whatever the cap; a new host whose shard
+//!   has none to give is not stored until a sweep or a later call makes room);
 //! - an isolated host is never evicted (and is stored even beyond the cap: isolation is an
 //!   explicit act, bounded by the caller). A call to a new host that finds no room gets a
 //!   breaker that is not stored.
@@ -40,6 +41,9 @@ use super::breaker::{nanos, Breaker, Policy, Transition};
 const MAX_SHARDS: usize = 64;
 /// The hosts of the cap per shard.
 const HOSTS_PER_SHARD: usize = 64;
+/// How many hosts of its shard a new host at the cap looks at to make room: a bounded cost per
+/// insert, whatever the cap.
+const SAMPLE: usize = 64;
 
 type Map = HashMap<Arc<str>, Arc<Breaker>>;
 
@@ -181,24 +185,30 @@ impl HostMap {
         !b.is_isolated() && t.saturating_sub(b.last_used()) > self.idle
     }
 
-    /// Drops the shard's idle hosts, or else its least recently used one; whether any went.
+    /// Drops the idle hosts among up to [`SAMPLE`] hosts of the shard, or else the least
+    /// recently used of them; whether any went.
+    ///
+    /// Only a sample: a walk of the whole shard (15,625 hosts at `max_hosts(1_000_000)`)
+    /// under its write lock, for every new host at the cap, would let a stream of new hosts
+    /// slow every call to the shard. The sweep still walks everything, once per half idle time.
     fn make_room(&self, map: &mut Map, t: u64) -> bool {
-        if self.remove_where(map, |b| self.is_idle(b, t)) > 0 {
-            return true;
-        }
-        let lru = map
-            .iter()
-            .filter(|(_, b)| !b.is_isolated())
-            .min_by_key(|(_, b)| b.last_used())
-            .map(|(k, _)| k.clone());
-        match lru {
-            Some(k) => {
-                map.remove(&k);
-                self.count.fetch_sub(1, Ordering::Relaxed);
-                true
+        let mut idle: Vec<Arc<str>> = Vec::new();
+        let mut lru: Option<(&Arc<str>, u64)> = None;
+        for (k, b) in map.iter().filter(|(_, b)| !b.is_isolated()).take(SAMPLE) {
+            if self.is_idle(b, t) {
+                idle.push(k.clone());
+            } else if lru.is_none_or(|(_, used)| b.last_used() < used) {
+                lru = Some((k, b.last_used()));
             }
-            None => false,
         }
+        if idle.is_empty() {
+            idle.extend(lru.map(|(k, _)| k.clone()));
+        }
+        for k in &idle {
+            map.remove(k);
+        }
+        self.count.fetch_sub(idle.len(), Ordering::Relaxed);
+        !idle.is_empty()
     }
 
     /// Runs a sweep for idle hosts over every shard, at most once per half idle time.
