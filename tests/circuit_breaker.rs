@@ -641,3 +641,31 @@ async fn a_rate_limit_wait_is_not_a_slow_call() {
         assert_eq!(state, want, "host answering in {answer_in:?}");
     }
 }
+
+// Review of issue 9: with the caller's deadline ignored, a host that hangs is never a failure
+// when the callers' timeouts are all shorter than the attempt timeout; `slow_call` makes a call
+// cut short after running that long count.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_cut_after_slow_call_is_a_host_failure() {
+    for (slow_call, opens) in [(ms(50), true), (ms(200), false)] {
+        let mock = Mock::always(Step::Hang);
+        let client = mock.client(|b| {
+            b.no_retry().circuit_breaker(
+                CircuitBreaker::default()
+                    .consecutive_failures(5)
+                    .slow_call(slow_call),
+            )
+        });
+        assert_eq!(concurrent(&client, A, 10, Some(ms(100))).await, 10);
+        let want = if opens {
+            CircuitState::Open
+        } else {
+            CircuitState::Closed
+        };
+        assert_eq!(
+            client.circuit_breaker().unwrap().state(A),
+            want,
+            "slow_call {slow_call:?}"
+        );
+    }
+}

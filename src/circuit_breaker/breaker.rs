@@ -550,6 +550,15 @@ impl Permit {
         self.gen
     }
 
+    /// Whether the call has run for as long as the policy's `slow_call` threshold (if any) by
+    /// `now`: a call the caller's deadline cut short after that long was slow for the host.
+    pub(crate) fn ran_slow(&self, now: Duration) -> bool {
+        self.breaker
+            .policy
+            .slow_call
+            .is_some_and(|t| now.saturating_sub(self.start) >= t)
+    }
+
     /// [`record_left`](Self::record_left) for a call that left for the host when admitted.
     #[cfg(test)]
     pub(crate) fn record(&mut self, class: FailureClass, now: Duration) -> Option<Transition> {

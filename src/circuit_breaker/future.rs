@@ -86,8 +86,13 @@ where
                 if let Some(mut permit) = permit.take() {
                     let class = if callers_deadline(&result) {
                         // Not the host's failure: the caller ran out of time, as if it had
-                        // dropped the call.
-                        FailureClass::Cancelled
+                        // dropped the call. Unless the call had run past `slow_call` by then:
+                        // a host that slow is failing, whoever's deadline came first.
+                        if permit.ran_slow(rec.now()) {
+                            FailureClass::Timeout
+                        } else {
+                            FailureClass::Cancelled
+                        }
                     } else {
                         rec.classifier.classify(Outcome::of(&result))
                     };
