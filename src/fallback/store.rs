@@ -346,6 +346,9 @@ impl Store {
             return;
         }
         let seq = entry.seq;
+        // The key's mark as the index is written: an invalidation that marks the key after this
+        // may find no index yet, so this insert makes up for it below.
+        let mark = self.void_mark(primary).load(Ordering::SeqCst);
         let index = self.index(primary);
         let known: &[HeaderName] = index.as_ref().map_or(&[], |i| &i.vary);
         if known != &vary[..] {
@@ -354,7 +357,6 @@ impl Store {
             // earlier `Vary` were still stored, unreachable until an index names their headers
             // again). The mark may come from another key of the same hash: then older entries
             // of this key are voided too, a serve missed, never a stale one.
-            let mark = self.void_mark(primary).load(Ordering::SeqCst);
             self.update_index(primary, |old| {
                 let void_through = old.map_or(0, |i| i.void_through).max(mark);
                 (!vary.is_empty() || void_through > 0).then(|| Index {
@@ -374,6 +376,19 @@ impl Store {
         if self.voided_since(primary, seq) {
             self.cache
                 .invalidate(&entry_key(primary, &vary, req_headers)[..]);
+        }
+        // The same for the index: an invalidation that marked the key after the index above was
+        // written, and found no index to void when it looked (it had been evicted, and this
+        // insert had not written it yet), left the index with a `void_through` below it, and
+        // older variants reachable. Whatever its sequence number against this insert's.
+        let now = self.void_mark(primary).load(Ordering::SeqCst);
+        if now > mark {
+            self.update_index(primary, |old| {
+                old.map(|i| Index {
+                    vary: i.vary.clone(),
+                    void_through: i.void_through.max(now),
+                })
+            });
         }
     }
 
@@ -771,5 +786,59 @@ mod tests {
         assert_eq!(e.time_to_live(), Duration::from_secs(40));
         let huge = entry(b"x", u64::MAX / 4, Some(u64::MAX / 4));
         assert_eq!(huge.time_to_live(), LONGEST_TTL);
+    }
+    // Review of issue 9: an insert that writes the index races an invalidation that finds no
+    // index (moka evicted it while a variant survived): the index must not be left with a
+    // `void_through` below the invalidation.
+    #[test]
+    fn an_insert_racing_an_invalidation_leaves_no_voided_variant_reachable() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let p: &[u8] = b"GET\0u";
+        let vary: Box<[HeaderName]> = Box::new([HeaderName::from_static("accept-language")]);
+        let mut en = HeaderMap::new();
+        en.insert("accept-language", HeaderValue::from_static("en"));
+        let mut fr = HeaderMap::new();
+        fr.insert("accept-language", HeaderValue::from_static("fr"));
+        let entry = |seq: u64, body: &'static [u8]| {
+            Entry::new(
+                StatusCode::OK,
+                Version::HTTP_11,
+                HeaderMap::new(),
+                Bytes::from_static(body),
+                Url::parse("http://h/x").unwrap(),
+                Instant::now(),
+                Duration::ZERO,
+                Duration::ZERO,
+                Some(Duration::from_secs(3600)),
+                seq,
+            )
+        };
+        let mut stale = 0;
+        for _ in 0..2_000 {
+            let s = Store::new(1 << 20);
+            s.insert(p, vary.clone(), &en, entry(s.next_seq(), b"en-old"));
+            // The index goes first under memory pressure: it is read just before its variant.
+            s.cache.invalidate(&index_key(p)[..]);
+            let seq = s.next_seq();
+            let barrier = std::sync::Barrier::new(2);
+            std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    barrier.wait();
+                    s.insert(p, vary.clone(), &fr, entry(seq, b"fr"));
+                });
+                sc.spawn(|| {
+                    barrier.wait();
+                    s.invalidate(p);
+                });
+            });
+            if s.lookup(p, &en).is_some() {
+                stale += 1;
+            }
+        }
+        assert_eq!(stale, 0, "a voided variant was reachable");
     }
 }
