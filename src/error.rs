@@ -44,6 +44,9 @@ struct Inner {
     url: Option<Url>,
     attempts: u32,
     retry_after: Option<Duration>,
+    /// When the call left a rate limiter that made it wait, for the circuit breaker's timing
+    /// (as `ext::LeftLimiterAt` on a response).
+    left_limiter: Option<tokio::time::Instant>,
 }
 
 /// What kind of failure an [`Error`] is.
@@ -114,6 +117,7 @@ impl Error {
                 url: None,
                 attempts: 1,
                 retry_after: None,
+                left_limiter: None,
             }),
         }
     }
@@ -218,6 +222,14 @@ impl Error {
     /// The URL of the request, where known.
     pub fn url(&self) -> Option<&Url> {
         self.inner.url.as_ref()
+    }
+
+    pub(crate) fn set_left_limiter(&mut self, at: tokio::time::Instant) {
+        self.inner.left_limiter = Some(at);
+    }
+
+    pub(crate) fn left_limiter(&self) -> Option<tokio::time::Instant> {
+        self.inner.left_limiter
     }
 
     pub(crate) fn set_attempts(&mut self, attempts: u32) {

@@ -669,3 +669,37 @@ async fn a_deadline_cut_after_slow_call_is_a_host_failure() {
         );
     }
 }
+
+// Review of issue 9 (second pass): a call that waited for a token in the limiter below, then
+// was cut by the caller's deadline after a short time at the host, was timed from its
+// admission, limiter wait included, and counted as a slow failure.
+#[tokio::test(start_paused = true)]
+async fn a_limiter_wait_then_a_deadline_cut_is_not_a_slow_call() {
+    use palisade::rate_limit::RateLimit;
+    let mock = Mock::always(Step::after(ms(150), Step::Status(200)));
+    let client = mock.client(|b| {
+        b.no_retry()
+            .circuit_breaker(
+                CircuitBreaker::default()
+                    .consecutive_failures(3)
+                    .slow_call(ms(200)),
+            )
+            .rate_limit(RateLimit::per_second(1).burst(1).max_wait(secs(5)))
+    });
+    let mut cut = 0;
+    for _ in 0..5 {
+        if client.get(A).timeout(ms(900)).send().await.is_err() {
+            cut += 1;
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+    assert!(
+        cut >= 3,
+        "calls cut by their deadline after a token wait: {cut}"
+    );
+    assert_eq!(
+        client.circuit_breaker().unwrap().state(A),
+        CircuitState::Closed,
+        "the host answers in 150 ms, below slow_call"
+    );
+}

@@ -551,12 +551,14 @@ impl Permit {
     }
 
     /// Whether the call has run for as long as the policy's `slow_call` threshold (if any) by
-    /// `now`: a call the caller's deadline cut short after that long was slow for the host.
-    pub(crate) fn ran_slow(&self, now: Duration) -> bool {
+    /// `now`, timed as [`record_left`](Self::record_left) times it: a call the caller's deadline
+    /// cut short after that long was slow for the host.
+    pub(crate) fn ran_slow(&self, now: Duration, left: Option<Duration>) -> bool {
+        let sent = left.map_or(self.start, |l| l.max(self.start));
         self.breaker
             .policy
             .slow_call
-            .is_some_and(|t| now.saturating_sub(self.start) >= t)
+            .is_some_and(|t| now.saturating_sub(sent) >= t)
     }
 
     /// [`record_left`](Self::record_left) for a call that left for the host when admitted.

@@ -84,11 +84,19 @@ where
             StateProj::Called { fut, permit, rec } => {
                 let result = ready!(fut.poll(cx)).map_err(Into::into);
                 if let Some(mut permit) = permit.take() {
+                    // A call that waited below for the rate limiter is timed from when it left
+                    // for the host.
+                    let left = match &result {
+                        Ok(r) => r.extensions().get::<LeftLimiterAt>().map(|l| l.0),
+                        Err(e) => e.left_limiter(),
+                    }
+                    .map(|at| rec.since_epoch(at));
+                    let now = rec.now();
                     let class = if callers_deadline(&result) {
                         // Not the host's failure: the caller ran out of time, as if it had
                         // dropped the call. Unless the call had run past `slow_call` by then:
                         // a host that slow is failing, whoever's deadline came first.
-                        if permit.ran_slow(rec.now()) {
+                        if permit.ran_slow(now, left) {
                             FailureClass::Timeout
                         } else {
                             FailureClass::Cancelled
@@ -96,16 +104,7 @@ where
                     } else {
                         rec.classifier.classify(Outcome::of(&result))
                     };
-                    // A call that waited below for the rate limiter is timed from when it left
-                    // for the host.
-                    let left = match &result {
-                        Ok(r) => r
-                            .extensions()
-                            .get::<LeftLimiterAt>()
-                            .map(|l| rec.since_epoch(l.0)),
-                        Err(_) => None,
-                    };
-                    if let Some(t) = permit.record_left(class, rec.now(), left) {
+                    if let Some(t) = permit.record_left(class, now, left) {
                         rec.report(permit.breaker().key(), t);
                     }
                 }

@@ -16,10 +16,13 @@
 //!   [`timeout`](crate::RequestBuilder::timeout)) before the host answered: the caller ran
 //!   out of time, which says nothing of the host. The attempt timeout and the transport's own
 //!   timeouts that fire before the deadline are the host's failures. So a host that hangs is
-//!   seen failing only through a timeout shorter than the callers' deadlines: with
-//!   `no_attempt_timeout`, or with callers whose per-request timeouts are all shorter than the
-//!   attempt timeout, it never is, unless [`slow_call`](CircuitBreaker::slow_call) is set: a
-//!   call the deadline cuts short after running that long counts as a failure.
+//!   seen failing through a timeout shorter than the callers' deadlines, or through
+//!   [`slow_call`](CircuitBreaker::slow_call): a call the deadline cuts short below the breaker
+//!   (the attempt timeout fires at the deadline when that comes first, and so does reqwest's
+//!   per-request timeout) after running that long counts as a failure. With
+//!   `no_attempt_timeout` nothing below the breaker fires at the deadline: the total timeout
+//!   above drops the call, which counts as cancelled, and a host that hangs is never seen
+//!   failing. Keep an attempt timeout when the breaker is on.
 //!   Optionally a success slower than [`CircuitBreaker::slow_call`] counts as a failure.
 //! - **When it opens**: by default when failures reach [`failure_ratio`](CircuitBreaker::failure_ratio)
 //!   (0.5) of the calls over the last [`window`](CircuitBreaker::window) (30 s, kept in ten

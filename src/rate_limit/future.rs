@@ -133,10 +133,17 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { fut, left } => {
                     let mut result = ready!(fut.poll(cx)).map_err(Into::into);
-                    if let Ok(resp) = &mut result {
-                        this.shared.observe(this.key, resp);
-                        if let Some(at) = *left {
-                            resp.extensions_mut().insert(LeftLimiterAt(at));
+                    match &mut result {
+                        Ok(resp) => {
+                            this.shared.observe(this.key, resp);
+                            if let Some(at) = *left {
+                                resp.extensions_mut().insert(LeftLimiterAt(at));
+                            }
+                        }
+                        Err(e) => {
+                            if let Some(at) = *left {
+                                e.set_left_limiter(at);
+                            }
                         }
                     }
                     this.state.set(State::Done { err: None });
