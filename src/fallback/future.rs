@@ -264,23 +264,18 @@ impl Call {
             .deadline
             .or_else(|| arrived.checked_add(pending.call.shared.cfg.max_body_time));
         let max = pending.call.shared.cfg.max_entry_bytes;
-        let mut copy = Copying {
+        // A body that says how long it is gets its whole buffer with its first chunk (within the
+        // limit); nothing is taken before data comes, so that a head announcing a length, and
+        // a body that never follows, hold nothing.
+        let hint = body.size_hint();
+        let copy = Copying {
             max,
+            hint: hint.exact().unwrap_or(hint.lower()).min(max),
             pending,
             until,
             buf: Vec::new(),
             taken: 0,
         };
-        // A body that says how long it is gets its buffer at once (within the limit).
-        let hint = body.size_hint();
-        let first = hint.exact().unwrap_or(hint.lower()).min(max);
-        if first > 0 {
-            let first = usize::try_from(first).unwrap_or(0);
-            if copy.pending.call.shared.store.take_copy_budget(first) {
-                copy.taken = first;
-                copy.buf.reserve_exact(first);
-            }
-        }
         let tee = Tee {
             inner: body,
             copy: Some(copy),
@@ -360,6 +355,9 @@ struct Copying {
     /// When the copy is given up if the body has not ended: the request's deadline, else
     /// `max_body_time` after the head.
     until: Option<Instant>,
+    /// The size the body announced (its `Content-Length`), within `max`: the buffer's size at
+    /// its first chunk.
+    hint: u64,
     buf: Vec<u8>,
     /// The bytes taken from the store's budget for copies: the buffer's capacity.
     taken: usize,
@@ -379,19 +377,41 @@ impl Copying {
         if len as u64 > self.max {
             return false;
         }
-        if len > self.buf.capacity() {
-            // Doubling, but never past the limit: at most `max` held, and few reallocations.
-            let max = usize::try_from(self.max).unwrap_or(usize::MAX);
-            let cap = len.max(self.buf.capacity().saturating_mul(2)).min(max);
-            let store = &self.pending.call.shared.store;
-            if !store.take_copy_budget(cap.saturating_sub(self.taken)) {
-                return false;
-            }
-            self.taken = cap.max(self.taken);
-            self.buf.reserve_exact(cap - self.buf.len());
+        if len > self.buf.capacity() && !self.grow(len) {
+            return false;
         }
         self.buf.extend_from_slice(data);
         true
+    }
+
+    /// Grows the buffer to hold `len` bytes (`len` is within `max`), taking what it adds from
+    /// the budget for copies: to the announced size, else to twice its size, within `max` (at
+    /// most `max` held, and few reallocations); else, if the budget has no room for that, to
+    /// `len` exactly. False when the budget has no room even for `len`.
+    fn grow(&mut self, len: usize) -> bool {
+        let max = usize::try_from(self.max).unwrap_or(usize::MAX);
+        let hint = usize::try_from(self.hint).unwrap_or(0);
+        let roomy = len
+            .max(self.buf.capacity().saturating_mul(2).min(max))
+            .max(hint.min(max));
+        for want in [roomy, len] {
+            let store = &self.pending.call.shared.store;
+            if !store.take_copy_budget(want.saturating_sub(self.taken)) {
+                continue;
+            }
+            self.taken = want.max(self.taken);
+            self.buf.reserve_exact(want - self.buf.len());
+            // The allocator may give more than asked: count what the buffer holds.
+            let extra = self.buf.capacity().saturating_sub(self.taken);
+            if extra > 0 {
+                if !store.take_copy_budget(extra) {
+                    return false;
+                }
+                self.taken += extra;
+            }
+            return true;
+        }
+        false
     }
 
     /// The body has ended: stores the response, unless the copy's time is over.
