@@ -262,8 +262,9 @@ impl Error {
         let inner = &mut *self.inner;
         if let (Some(src), Some(url)) = (&inner.source, &inner.url) {
             let src: &(dyn StdError + 'static) = src.as_ref();
-            if redact::Scrubbed::needed(src, url) {
-                inner.source = Some(Box::new(redact::Scrubbed::chain(src, url)));
+            let secrets = redact::Secrets::of(url);
+            if redact::Scrubbed::needed(src, &secrets) {
+                inner.source = Some(Box::new(redact::Scrubbed::chain(src, &secrets)));
             }
         }
     }

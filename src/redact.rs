@@ -12,10 +12,12 @@
 //!   shows as `?page=REDACTED&token=REDACTED`.
 //! - text written by another library (a transport's error message) is scrubbed of the parts of
 //!   the request's URL that the rules above hide: the URL itself, the raw query string, the
-//!   userinfo, and each query value, password and username quoted alone (raw or
-//!   percent-decoded). A part shorter than 8 bytes is replaced only where it stands as a word
-//!   of its own, so that it does not garble the words that contain it, and a query value or
-//!   username shorter than 4 bytes is not looked for (`page=2` is no secret).
+//!   userinfo, and each query value (the first 64), password and username quoted alone: raw,
+//!   percent-decoded, form-decoded, and as `Debug` escapes them inside a string. A part
+//!   shorter than 8 bytes is replaced only where it stands as a word of its own, so that it
+//!   does not garble the words that contain it, and a query value or username shorter than 4
+//!   bytes is not looked for (`page=2` is no secret). A URL of more than 64 parameters has the
+//!   rest found only where the URL or its query string is quoted whole.
 //! - header values are never shown at all; header names are.
 
 use std::borrow::Cow;
@@ -94,130 +96,192 @@ const ANYWHERE: usize = 8;
 /// is no secret, and a `2` is in many messages.
 const MIN_VALUE: usize = 4;
 
+/// At most this many query values are looked for one by one in a text (the raw query string
+/// and the URL always are): a URL of many thousand parameters must not make scrubbing an error
+/// cost seconds.
+const MAX_VALUES: usize = 64;
+
 /// A part of a URL that the rules hide, as a library's text may show it, and what stands in
 /// for it there.
-struct Secret<'a> {
-    text: Cow<'a, str>,
+struct Secret {
+    text: String,
     with: Cow<'static, str>,
 }
 
-/// The parts of `url` that [`url`] hides: the raw query string, the userinfo, each query value
-/// (and bare parameter) raw and percent-decoded, the password and the username. The longest
-/// first, so that a part is replaced before the parts it holds.
-fn secrets(url: &Url) -> Vec<Secret<'_>> {
-    let mut out = Vec::new();
-    if let Some(q) = url.query().filter(|q| q.len() >= MIN_VALUE) {
-        let mut shown = String::new();
-        let _ = write_query(&mut shown, q);
-        // Without the `?`: the text shows the query after its own.
-        let shown = shown.split_off(shown.len().min(1));
-        out.push(Secret {
-            text: Cow::Borrowed(q),
-            with: Cow::Owned(shown),
-        });
-        for part in q.split('&') {
-            let value = match part.split_once('=') {
-                Some((key, v)) if v.bytes().all(|b| b == b'=') => key,
-                Some((_, v)) => v,
-                None => part,
-            };
-            if value.len() >= MIN_VALUE {
-                out.push(Secret {
-                    text: Cow::Borrowed(value),
-                    with: Cow::Borrowed(REDACTED),
-                });
+/// The parts of a URL that [`url`] hides, in every form a library's text may show them, built
+/// once for a whole error chain.
+///
+/// - the URL itself, then the raw query string, the userinfo;
+/// - each query value (and bare parameter), raw, percent-decoded and form-decoded (`+` as a
+///   space); the password and the username, raw and percent-decoded;
+/// - each of these also as `Debug` writes it inside a string (`\` for `\`, `\"` for `"`).
+///
+/// The longest first, so that a part is replaced before the parts it holds.
+pub(crate) struct Secrets {
+    list: Vec<Secret>,
+}
+
+impl Secrets {
+    pub(crate) fn of(url: &Url) -> Secrets {
+        let mut list: Vec<Secret> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut add = |text: &str, with: Cow<'static, str>, min: usize| {
+            if text.len() < min.max(1) {
+                return;
+            }
+            // As `Debug` of a string writes it, too.
+            let escaped: String = text.escape_debug().collect();
+            for t in [text.to_owned(), escaped] {
+                if seen.insert(t.clone()) {
+                    list.push(Secret {
+                        text: t,
+                        with: with.clone(),
+                    });
+                }
+            }
+        };
+        let shown = self::url(url);
+        if shown != url.as_str() {
+            add(url.as_str(), Cow::Owned(shown), 1);
+        }
+        if let Some(q) = url.query() {
+            let mut shown = String::new();
+            let _ = write_query(&mut shown, q);
+            // Without the `?`: the text shows the query after its own.
+            let shown = shown.split_off(shown.len().min(1));
+            add(q, Cow::Owned(shown), MIN_VALUE);
+            for part in q.split('&').filter(|p| !p.is_empty()).take(MAX_VALUES) {
+                let value = match part.split_once('=') {
+                    Some((key, v)) if v.bytes().all(|b| b == b'=') => key,
+                    Some((_, v)) => v,
+                    None => part,
+                };
+                add(value, Cow::Borrowed(REDACTED), MIN_VALUE);
+                add(&percent_decoded(value), Cow::Borrowed(REDACTED), MIN_VALUE);
+                add(
+                    &percent_decoded(&value.replace('+', " ")),
+                    Cow::Borrowed(REDACTED),
+                    MIN_VALUE,
+                );
             }
         }
-        // The same values percent-decoded, as a message may quote them.
-        for (key, v) in url.query_pairs() {
-            let value = if v.bytes().all(|b| b == b'=') { key } else { v };
-            if value.len() >= MIN_VALUE && !out.iter().any(|s| s.text == value) {
-                out.push(Secret {
-                    text: Cow::Owned(value.into_owned()),
-                    with: Cow::Borrowed(REDACTED),
-                });
+        let (user, password) = (url.username(), url.password());
+        if !user.is_empty() || password.is_some() {
+            let mut info = String::from(user);
+            if let Some(p) = password {
+                info.push(':');
+                info.push_str(p);
             }
+            info.push('@');
+            add(&info, Cow::Borrowed(""), 1);
         }
-    }
-    let (user, password) = (url.username(), url.password());
-    if !user.is_empty() || password.is_some() {
-        let mut info = String::from(user);
         if let Some(p) = password {
-            info.push(':');
-            info.push_str(p);
+            add(p, Cow::Borrowed(REDACTED), 1);
+            add(&percent_decoded(p), Cow::Borrowed(REDACTED), 1);
         }
-        info.push('@');
-        out.push(Secret {
-            text: Cow::Owned(info),
-            with: Cow::Borrowed(""),
-        });
+        add(user, Cow::Borrowed(REDACTED), MIN_VALUE);
+        add(&percent_decoded(user), Cow::Borrowed(REDACTED), MIN_VALUE);
+        list.sort_by_key(|s| std::cmp::Reverse(s.text.len()));
+        Secrets { list }
     }
-    if let Some(p) = password.filter(|p| !p.is_empty()) {
-        out.push(Secret {
-            text: Cow::Borrowed(p),
-            with: Cow::Borrowed(REDACTED),
-        });
+
+    /// Whether `text` shows one of the secrets.
+    pub(crate) fn leak_in(&self, text: &str) -> bool {
+        self.list
+            .iter()
+            .any(|s| occurrences(text, &s.text).next().is_some())
     }
-    if user.len() >= MIN_VALUE {
-        out.push(Secret {
-            text: Cow::Borrowed(user),
-            with: Cow::Borrowed(REDACTED),
-        });
+
+    /// `text` with every secret replaced by what stands in for it.
+    pub(crate) fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        if !self.leak_in(text) {
+            return Cow::Borrowed(text);
+        }
+        let mut out = text.to_owned();
+        for s in &self.list {
+            let at: Vec<usize> = occurrences(&out, &s.text).collect();
+            if at.is_empty() {
+                continue;
+            }
+            let mut next = String::with_capacity(out.len());
+            let mut from = 0;
+            for i in at {
+                // Occurrences may overlap: skip one that starts inside the last replaced.
+                if i < from {
+                    continue;
+                }
+                next.push_str(&out[from..i]);
+                next.push_str(&s.with);
+                from = i + s.text.len();
+            }
+            next.push_str(&out[from..]);
+            out = next;
+        }
+        Cow::Owned(out)
     }
-    out.sort_by_key(|s| std::cmp::Reverse(s.text.len()));
-    out
+}
+
+/// `s` with its percent-encodings decoded (invalid UTF-8 replaced); `s` itself when it has none.
+fn percent_decoded(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_owned();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where `secret` stands in `text`, as [`ANYWHERE`] says: anywhere when it is long, else only
-/// between characters that are not letters or digits.
+/// between characters that are not letters or digits. Overlapping places are all found: a
+/// place refused for its neighbours does not hide one that starts inside it.
 fn occurrences<'t>(text: &'t str, secret: &'t str) -> impl Iterator<Item = usize> + 't {
     let anywhere = secret.len() >= ANYWHERE;
-    text.match_indices(secret).filter_map(move |(at, _)| {
-        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-        let before = text[..at].chars().next_back();
-        let after = text[at + secret.len()..].chars().next();
-        (anywhere || !(word(before) || word(after))).then_some(at)
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        while from <= text.len() {
+            let at = from + text.get(from..)?.find(secret)?;
+            // The next search starts one character in, so that overlaps are seen.
+            from = at + text[at..].chars().next().map_or(1, char::len_utf8);
+            let before = text[..at].chars().next_back();
+            let after = text[at + secret.len()..].chars().next();
+            if anywhere || !(word(before) || word(after)) {
+                return Some(at);
+            }
+        }
+        None
     })
 }
 
 /// Whether `text` shows a part of `url` that the rules hide.
+#[cfg(test)]
 pub(crate) fn leaks(text: &str, url: &Url) -> bool {
-    secrets(url)
-        .iter()
-        .any(|s| occurrences(text, &s.text).next().is_some())
+    Secrets::of(url).leak_in(text)
 }
 
 /// `text` with the parts of `url` that the rules hide replaced: the whole URL by its shown
 /// form, then any query string, userinfo, query value, password or username left.
+#[cfg(test)]
 pub(crate) fn scrub<'t>(text: &'t str, url: &Url) -> Cow<'t, str> {
-    let secrets = secrets(url);
-    if !secrets
-        .iter()
-        .any(|s| occurrences(text, &s.text).next().is_some())
-    {
-        return Cow::Borrowed(text);
-    }
-    let mut out = text.replace(url.as_str(), &self::url(url));
-    for s in &secrets {
-        let at: Vec<usize> = occurrences(&out, &s.text).collect();
-        if at.is_empty() {
-            continue;
-        }
-        let mut next = String::with_capacity(out.len());
-        let mut from = 0;
-        for i in at {
-            // Occurrences may overlap: skip one that starts inside the last replaced.
-            if i < from {
-                continue;
-            }
-            next.push_str(&out[from..i]);
-            next.push_str(&s.with);
-            from = i + s.text.len();
-        }
-        next.push_str(&out[from..]);
-        out = next;
-    }
-    Cow::Owned(out)
+    Secrets::of(url).scrub(text)
 }
 
 /// An error chain whose text was scrubbed of a URL's secrets: each link keeps its `Display`
@@ -231,20 +295,20 @@ pub(crate) struct Scrubbed {
 
 impl Scrubbed {
     /// The scrubbed copy of `err` and every error below it.
-    pub(crate) fn chain(err: &(dyn StdError + 'static), url: &Url) -> Scrubbed {
+    pub(crate) fn chain(err: &(dyn StdError + 'static), secrets: &Secrets) -> Scrubbed {
         Scrubbed {
-            display: scrub(&err.to_string(), url).into_owned(),
-            debug: scrub(&format!("{err:?}"), url).into_owned(),
-            source: err.source().map(|s| Box::new(Scrubbed::chain(s, url))),
+            display: secrets.scrub(&err.to_string()).into_owned(),
+            debug: secrets.scrub(&format!("{err:?}")).into_owned(),
+            source: err.source().map(|s| Box::new(Scrubbed::chain(s, secrets))),
         }
     }
 
-    /// Whether any error of the chain from `err` shows a secret of `url` in its `Display` or
-    /// `Debug`, plain or alternate.
-    pub(crate) fn needed(err: &(dyn StdError + 'static), url: &Url) -> bool {
+    /// Whether any error of the chain from `err` shows a secret in its `Display` or `Debug`,
+    /// plain or alternate.
+    pub(crate) fn needed(err: &(dyn StdError + 'static), secrets: &Secrets) -> bool {
         let mut cur = Some(err);
         while let Some(e) = cur {
-            if leaks(&format!("{e} {e:#} {e:?} {e:#?}"), url) {
+            if secrets.leak_in(&format!("{e} {e:#} {e:?} {e:#?}")) {
                 return true;
             }
             cur = e.source();
@@ -343,6 +407,51 @@ mod tests {
         assert_eq!(scrub("xxabcdefghijklxx", &url), "xxREDACTEDxx");
     }
 
+    // Review of issue 9 (second pass): `Debug` escapes `\` and `"` in the strings it writes;
+    // a plain percent-decode keeps `+`; userinfo is percent-encoded in the URL; a place refused
+    // for its neighbours hid one that overlaps it.
+    #[test]
+    fn every_form_of_a_secret_is_found() {
+        let url = u("http://h/p?path=C:\\Users\\TopSecretDir&q=%22abc%22defghijkl");
+        let debug = format!("{:?}", format!("GET {url} failed"));
+        assert!(leaks(&debug, &url), "{debug}");
+        let s = scrub(&debug, &url);
+        assert!(
+            !s.contains("TopSecretDir") && !s.contains("defghijkl"),
+            "{s}"
+        );
+        let url = u("http://h/p?token=s3cr3t+t0k3n%21");
+        assert!(leaks("bad query token=s3cr3t+t0k3n!", &url));
+        assert!(leaks("bad query token=s3cr3t t0k3n!", &url));
+        let url = u("http://alice%40corp.example:p%40ss%3Aw0rd@h/");
+        assert!(leaks("login alice@corp.example failed", &url));
+        assert!(leaks("password p@ss:w0rd refused", &url));
+        let url = u("http://h/p?k=x.x.");
+        assert!(leaks("Ax.x.x. end", &url));
+        // A URL with nothing hidden is no secret.
+        assert!(!leaks("GET http://h/p failed", &u("http://h/p")));
+    }
+
+    // Review of issue 9 (second pass): scrubbing cost grew with the square of the parameters.
+    #[test]
+    fn a_url_of_many_parameters_is_scrubbed_in_bounded_work() {
+        let q: Vec<String> = (0..40_000).map(|i| format!("k{i}=value{i}")).collect();
+        let url = u(&format!("http://h/p?{}", q.join("&")));
+        let secrets = Secrets::of(&url);
+        assert!(
+            secrets.list.len() <= 2 * (3 * MAX_VALUES + 8),
+            "{}",
+            secrets.list.len()
+        );
+        let text = format!("GET {url} failed with value7");
+        let s = secrets.scrub(&text);
+        assert!(
+            !s.contains("value7") && !s.contains("value39999"),
+            "{}",
+            &s[..200]
+        );
+    }
+
     #[test]
     fn text_is_scrubbed_of_the_url_and_its_parts() {
         let url = u("https://bob:hunter22@h.test/x?token=SECRET#f");
@@ -382,8 +491,9 @@ mod tests {
         }
         let url = u("http://h/?k=SECRET");
         let err = Outer(std::io::Error::other("GET http://h/?k=SECRET failed"));
-        assert!(Scrubbed::needed(&err, &url));
-        let s = Scrubbed::chain(&err, &url);
+        let secrets = Secrets::of(&url);
+        assert!(Scrubbed::needed(&err, &secrets));
+        let s = Scrubbed::chain(&err, &secrets);
         assert_eq!(s.to_string(), "outer");
         let inner = s.source().unwrap();
         assert_eq!(inner.to_string(), "GET http://h/?k=REDACTED failed");

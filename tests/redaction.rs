@@ -164,3 +164,26 @@ async fn a_value_quoted_alone_and_a_padded_token_do_not_leak() {
         "{shown}"
     );
 }
+
+// Review of issue 9 (second pass): `Debug` writes `\` as `\\` inside a string, so a value that
+// holds one escaped the scrubbing of a source chain's `Debug`.
+#[tokio::test(start_paused = true)]
+async fn a_value_that_debug_escapes_does_not_leak() {
+    let svc = tower::service_fn(|req: reqwest::Request| async move {
+        let msg = format!("GET {} failed", req.url());
+        Err::<reqwest::Response, _>(Error::from_source(
+            ErrorKind::Transport,
+            std::io::Error::other(msg),
+        ))
+    });
+    let client = Client::builder().transport(svc).no_retry().build().unwrap();
+    let err = client
+        .get("http://api.test/p?path=C:\\Users\\TopSecretDir&j=%7B%22k%22:%22SECRETVALUE%22%7D")
+        .send()
+        .await
+        .unwrap_err();
+    let shown = every_formatting(&err);
+    for s in ["TopSecretDir", "SECRETVALUE"] {
+        assert!(!shown.contains(s), "{s} leaked:\n{shown}");
+    }
+}
