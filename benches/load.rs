@@ -29,6 +29,8 @@
 //! Run with `cargo bench --bench load` (about two minutes). `LOAD_ROUNDS` (default 9) sets the
 //! rounds, `LOAD_CONCURRENCY` (default `1,64,2000`) the values of N, `LOAD_SCALE` (default 1.0)
 //! multiplies the requests per round (N = 1: 2,000; 64: 20,000; 2,000: 40,000).
+//! `LOAD_PROFILE=<client>` (`reqwest`, `palisade`, `middleware`) runs that client alone at the
+//! first concurrency of `LOAD_CONCURRENCY` for `LOAD_PROFILE_SECS` (default 10), for a profiler.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -201,6 +203,15 @@ fn main() {
         .build()
         .expect("client runtime");
 
+    if let Ok(name) = std::env::var("LOAD_PROFILE") {
+        profile(
+            &rt,
+            &url,
+            &name,
+            concurrency.first().copied().unwrap_or(2_000),
+        );
+        return;
+    }
     println!(
         "load: {rounds} interleaved rounds per concurrency, server hyper HTTP/1.1 on {addr}, \
          clients on 2 tokio workers"
@@ -286,6 +297,30 @@ fn main() {
     if let Err(e) = write_results(&rows) {
         eprintln!("could not write docs/load: {e}");
     }
+}
+
+/// `LOAD_PROFILE=<client>`: only that client, at the first concurrency given, for
+/// `LOAD_PROFILE_SECS` (default 10) after a warm-up, for a profiler to watch (`perf record`).
+fn profile(rt: &tokio::runtime::Runtime, url: &Url, name: &str, n: usize) {
+    let Some(i) = Client::NAMES.iter().position(|c| *c == name) else {
+        eprintln!("LOAD_PROFILE: one of {:?}", Client::NAMES);
+        return;
+    };
+    let Some(client) = Client::all().into_iter().nth(i) else {
+        return;
+    };
+    let secs: f64 = env("LOAD_PROFILE_SECS", 10.0);
+    rt.block_on(async {
+        run(&client, url, n, n.max(2_000), false).await;
+        let start = Instant::now();
+        let mut sent = 0;
+        while start.elapsed().as_secs_f64() < secs {
+            run(&client, url, n, 20_000, false).await;
+            sent += 20_000;
+        }
+        let rate = sent as f64 / start.elapsed().as_secs_f64();
+        println!("{name}: {sent} requests from {n} tasks, {rate:.0} per second");
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
