@@ -31,6 +31,8 @@
 //! multiplies the requests per round (N = 1: 2,000; 64: 20,000; 2,000: 40,000).
 //! `LOAD_PROFILE=<client>` (`reqwest`, `palisade`, `middleware`) runs that client alone at the
 //! first concurrency of `LOAD_CONCURRENCY` for `LOAD_PROFILE_SECS` (default 10), for a profiler.
+//! `LOAD_PALISADE_OFF=total_timeout,attempt_timeout,retry,circuit_breaker` (any of them) switches
+//! those stages off in palisade's client.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -76,7 +78,7 @@ impl Client {
         let policy = ExponentialBackoff::builder().build_with_max_retries(2);
         [
             Client::Reqwest(http()),
-            Client::Palisade(palisade::Client::builder().build().expect("palisade")),
+            Client::Palisade(palisade_client()),
             Client::Middleware(
                 reqwest_middleware::ClientBuilder::new(http())
                     .with(RetryTransientMiddleware::new_with_policy(policy))
@@ -104,6 +106,23 @@ impl Client {
             }),
         }
     }
+}
+
+/// palisade's standard pipeline, less the stages `LOAD_PALISADE_OFF` names (a comma list of
+/// `total_timeout`, `attempt_timeout`, `retry`, `circuit_breaker`), to see what each costs.
+fn palisade_client() -> palisade::Client {
+    let off = std::env::var("LOAD_PALISADE_OFF").unwrap_or_default();
+    let mut b = palisade::Client::builder();
+    for stage in off.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        b = match stage {
+            "total_timeout" => b.no_total_timeout(),
+            "attempt_timeout" => b.no_attempt_timeout(),
+            "retry" => b.no_retry(),
+            "circuit_breaker" => b.no_circuit_breaker(),
+            other => panic!("LOAD_PALISADE_OFF: no stage {other}"),
+        };
+    }
+    b.build().expect("palisade")
 }
 
 // ---------------------------------------------------------------------------------------------
