@@ -5,7 +5,9 @@
 //! - The server: hyper 1, HTTP/1.1 with keep-alive, on `127.0.0.1`, on a thread and a
 //!   `current_thread` runtime of its own, answering every request with `200 OK` and a 26-byte
 //!   JSON body.
-//! - The clients, on one tokio `multi_thread` runtime with 2 workers (the machine's cores), each
+//! - The clients, on one tokio `multi_thread` runtime with 2 workers (the machine's cores; a
+//!   `current_thread` runtime for N = 1, where a second worker only adds noise: the latency of
+//!   every client swings by 2× with which worker a response wakes), each
 //!   with a `reqwest::Client` configured as palisade configures its own (a default builder with
 //!   `.retry(reqwest::retry::never())`), each reading the whole body:
 //!   - `reqwest`: `reqwest::Client::execute`;
@@ -18,9 +20,10 @@
 //!   requests one after the other until the round's count is reached. Every client first warms
 //!   up with N concurrent requests, so that each has its N connections open before it is timed.
 //! - Rounds run each client in turn, the order rotating each round, so a change of the machine's
-//!   load falls on all of them alike; the ratio of palisade's throughput to each peer's is taken
-//!   within each round. The bench prints, per N and client, the median throughput over rounds,
-//!   p50 and p99 latency over all requests, and the median ratio with its quartiles; and heap
+//!   load falls on all of them alike; the ratio of each client's throughput to the first's
+//!   (reqwest's) is taken within each round. The bench prints, per N and client, the median
+//!   throughput over rounds, p50 and p99 latency over all requests, and the median ratio with
+//!   its quartiles; and heap
 //!   allocations per request, counted (in a pass of their own, not timed) on the client
 //!   runtime's threads only.
 //! - It writes `docs/load/load.csv` and the plot `docs/load/throughput.svg` (throughput against
@@ -31,8 +34,10 @@
 //! multiplies the requests per round (N = 1: 2,000; 64: 20,000; 2,000: 40,000).
 //! `LOAD_PROFILE=<client>` (`reqwest`, `palisade`, `middleware`) runs that client alone at the
 //! first concurrency of `LOAD_CONCURRENCY` for `LOAD_PROFILE_SECS` (default 10), for a profiler.
-//! `LOAD_PALISADE_OFF=total_timeout,attempt_timeout,retry,circuit_breaker` (any of them) switches
-//! those stages off in palisade's client.
+//! `LOAD_CLIENTS` (default `reqwest,palisade,middleware`) lists the clients to compare, the
+//! first being the one the others' throughput is divided by; `palisade-<stage>+<stage>` is
+//! palisade without those stages (`total_timeout`, `attempt_timeout`, `retry`,
+//! `circuit_breaker`), to see what each costs.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -66,25 +71,32 @@ enum Client {
 }
 
 impl Client {
-    const NAMES: [&'static str; 3] = ["reqwest", "palisade", "middleware"];
-
-    fn all() -> [Client; 3] {
+    /// The client a variant name names: `reqwest`, `middleware`, `palisade`, or
+    /// `palisade-<stage>+<stage>…` for palisade without those stages (`total_timeout`,
+    /// `attempt_timeout`, `retry`, `circuit_breaker`).
+    fn named(name: &str) -> Client {
         let http = || {
             reqwest::Client::builder()
                 .retry(reqwest::retry::never())
                 .build()
                 .expect("reqwest client")
         };
-        let policy = ExponentialBackoff::builder().build_with_max_retries(2);
-        [
-            Client::Reqwest(http()),
-            Client::Palisade(palisade_client()),
-            Client::Middleware(
-                reqwest_middleware::ClientBuilder::new(http())
-                    .with(RetryTransientMiddleware::new_with_policy(policy))
-                    .build(),
-            ),
-        ]
+        match name {
+            "reqwest" => Client::Reqwest(http()),
+            "middleware" => {
+                let policy = ExponentialBackoff::builder().build_with_max_retries(2);
+                Client::Middleware(
+                    reqwest_middleware::ClientBuilder::new(http())
+                        .with(RetryTransientMiddleware::new_with_policy(policy))
+                        .build(),
+                )
+            }
+            "palisade" => Client::Palisade(palisade_client("")),
+            other => match other.strip_prefix("palisade-") {
+                Some(off) => Client::Palisade(palisade_client(off)),
+                None => panic!("LOAD_CLIENTS: no client {other}"),
+            },
+        }
     }
 
     /// One GET, its body read whole. The future is boxed in every variant alike, so that the
@@ -108,18 +120,16 @@ impl Client {
     }
 }
 
-/// palisade's standard pipeline, less the stages `LOAD_PALISADE_OFF` names (a comma list of
-/// `total_timeout`, `attempt_timeout`, `retry`, `circuit_breaker`), to see what each costs.
-fn palisade_client() -> palisade::Client {
-    let off = std::env::var("LOAD_PALISADE_OFF").unwrap_or_default();
+/// palisade's standard pipeline, less the stages `off` names (joined with `+`).
+fn palisade_client(off: &str) -> palisade::Client {
     let mut b = palisade::Client::builder();
-    for stage in off.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for stage in off.split('+').map(str::trim).filter(|s| !s.is_empty()) {
         b = match stage {
             "total_timeout" => b.no_total_timeout(),
             "attempt_timeout" => b.no_attempt_timeout(),
             "retry" => b.no_retry(),
             "circuit_breaker" => b.no_circuit_breaker(),
-            other => panic!("LOAD_PALISADE_OFF: no stage {other}"),
+            other => panic!("LOAD_CLIENTS: palisade has no stage {other}"),
         };
     }
     b.build().expect("palisade")
@@ -192,10 +202,28 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
 struct Row {
     n: usize,
     /// Per client: median throughput (requests per second), p50 and p99 latency (µs),
-    /// allocations per request.
-    clients: [(f64, f64, f64, f64); 3],
-    /// palisade's throughput over each peer's, per round: quartiles (reqwest, middleware).
-    ratios: [[f64; 3]; 2],
+    /// allocations per request, and the quartiles of its throughput over the first client's
+    /// (reqwest's, by default) round by round.
+    clients: Vec<(f64, f64, f64, f64, [f64; 3])>,
+}
+
+fn runtime(n: usize) -> tokio::runtime::Runtime {
+    if n == 1 {
+        // One request at a time gains nothing from a second worker, and on two the latency of
+        // every client swings by 2× with which worker the response wakes.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_start(alloc::count_this_thread)
+            .build()
+            .expect("client runtime")
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(alloc::count_this_thread)
+            .build()
+            .expect("client runtime")
+    }
 }
 
 fn main() {
@@ -211,29 +239,25 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .filter(|&n| n > 0)
         .collect();
+    let names: Vec<String> = std::env::var("LOAD_CLIENTS")
+        .unwrap_or_else(|_| "reqwest,palisade,middleware".into())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
 
     alloc::set_counting(false);
     let addr = loopback_server();
     let url = Url::parse(&format!("http://{addr}/users/1")).expect("valid URL");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .on_thread_start(alloc::count_this_thread)
-        .build()
-        .expect("client runtime");
 
     if let Ok(name) = std::env::var("LOAD_PROFILE") {
-        profile(
-            &rt,
-            &url,
-            &name,
-            concurrency.first().copied().unwrap_or(2_000),
-        );
+        let n = concurrency.first().copied().unwrap_or(2_000);
+        profile(&runtime(n), &url, &name, n);
         return;
     }
     println!(
         "load: {rounds} interleaved rounds per concurrency, server hyper HTTP/1.1 on {addr}, \
-         clients on 2 tokio workers"
+         clients on 2 tokio workers (1 for N = 1)"
     );
     let mut rows = Vec::new();
     for &n in &concurrency {
@@ -243,11 +267,13 @@ fn main() {
             _ => 40_000,
         };
         let total = ((base as f64 * scale) as usize).max(n);
+        let rt = runtime(n);
         // Fresh clients per concurrency, so that pools and state do not carry over.
-        let clients = Client::all();
-        let mut tput: [Vec<f64>; 3] = Default::default();
-        let mut lats: [Vec<u32>; 3] = Default::default();
-        let mut allocs = [0.0; 3];
+        let clients: Vec<Client> = names.iter().map(|c| Client::named(c)).collect();
+        let k = clients.len();
+        let mut tput: Vec<Vec<f64>> = vec![Vec::new(); k];
+        let mut lats: Vec<Vec<u32>> = vec![Vec::new(); k];
+        let mut allocs = vec![0.0; k];
         rt.block_on(async {
             for c in &clients {
                 run(c, &url, n, n, false).await;
@@ -255,79 +281,59 @@ fn main() {
             }
             // Allocations, in a pass of their own.
             for (i, c) in clients.iter().enumerate() {
-                let k = (total / 4).max(n);
+                let m = (total / 4).max(n);
                 let before = alloc::allocs();
                 alloc::set_counting(true);
-                run(c, &url, n, k, false).await;
+                run(c, &url, n, m, false).await;
                 alloc::set_counting(false);
-                allocs[i] = (alloc::allocs() - before) as f64 / k as f64;
+                allocs[i] = (alloc::allocs() - before) as f64 / m as f64;
             }
             for round in 0..rounds {
-                for i in 0..3 {
-                    let j = (round + i) % 3;
+                for i in 0..k {
+                    let j = (round + i) % k;
                     let r = run(&clients[j], &url, n, total, true).await;
                     tput[j].push(total as f64 / r.elapsed.as_secs_f64());
                     lats[j].extend(r.latencies);
                 }
             }
         });
-        let ratio = |peer: usize| {
-            quartiles(
-                tput[1]
-                    .iter()
-                    .zip(&tput[peer])
-                    .map(|(p, x)| p / x)
-                    .collect(),
-            )
-        };
-        let mut row = Row {
-            n,
-            clients: [(0.0, 0.0, 0.0, 0.0); 3],
-            ratios: [ratio(0), ratio(2)],
-        };
         println!("\nN = {n}: {total} requests per round");
         println!(
-            "  {:<12} {:>12} {:>10} {:>10} {:>12}",
-            "client", "req/s", "p50 µs", "p99 µs", "allocs/req"
+            "  {:<28} {:>10} {:>9} {:>9} {:>11}   {} (median [p25–p75] of rounds)",
+            "client",
+            "req/s",
+            "p50 µs",
+            "p99 µs",
+            "allocs/req",
+            format_args!("throughput / {}'s", names[0])
         );
-        for j in 0..3 {
+        let mut row = Row {
+            n,
+            clients: Vec::new(),
+        };
+        for j in 0..k {
             lats[j].sort_unstable();
             let t = quartiles(tput[j].clone())[1];
             let (p50, p99) = (percentile(&lats[j], 0.5), percentile(&lats[j], 0.99));
-            row.clients[j] = (t, p50, p99, allocs[j]);
+            let ratio = quartiles(tput[j].iter().zip(&tput[0]).map(|(p, x)| p / x).collect());
+            row.clients.push((t, p50, p99, allocs[j], ratio));
             println!(
-                "  {:<12} {:>12.0} {:>10.0} {:>10.0} {:>12.1}",
-                Client::NAMES[j],
-                t,
-                p50,
-                p99,
-                allocs[j]
-            );
-        }
-        for (k, peer) in [(0, "reqwest"), (1, "middleware")] {
-            let r = row.ratios[k];
-            println!(
-                "  palisade / {peer}: throughput {:.3} [{:.3}–{:.3}] (median [p25–p75] of rounds)",
-                r[1], r[0], r[2]
+                "  {:<28} {:>10.0} {:>9.0} {:>9.0} {:>11.1}   {:.3} [{:.3}–{:.3}]",
+                names[j], t, p50, p99, allocs[j], ratio[1], ratio[0], ratio[2]
             );
         }
         rows.push(row);
     }
-    if let Err(e) = write_results(&rows) {
+    if let Err(e) = write_results(&names, &rows) {
         eprintln!("could not write docs/load: {e}");
     }
 }
 
-/// `LOAD_PROFILE=<client>`: only that client, at the first concurrency given, for
-/// `LOAD_PROFILE_SECS` (default 10) after a warm-up, for a profiler to watch (`perf record`).
+/// `LOAD_PROFILE=<client>`: only that client (a name as `LOAD_CLIENTS` takes), at the first
+/// concurrency given, for `LOAD_PROFILE_SECS` (default 10) after a warm-up, for a profiler to
+/// watch (`perf record`).
 fn profile(rt: &tokio::runtime::Runtime, url: &Url, name: &str, n: usize) {
-    let Some(i) = Client::NAMES.iter().position(|c| *c == name) else {
-        eprintln!("LOAD_PROFILE: one of {:?}", Client::NAMES);
-        return;
-    };
-    let Some(client) = Client::all().into_iter().nth(i) else {
-        return;
-    };
+    let client = Client::named(name);
     let secs: f64 = env("LOAD_PROFILE_SECS", 10.0);
     rt.block_on(async {
         run(&client, url, n, n.max(2_000), false).await;
@@ -345,22 +351,18 @@ fn profile(rt: &tokio::runtime::Runtime, url: &Url, name: &str, n: usize) {
 // ---------------------------------------------------------------------------------------------
 // CSV and plot
 
-fn write_results(rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
+fn write_results(names: &[String], rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/load");
     std::fs::create_dir_all(&dir)?;
-    let mut csv = String::from(
+    let mut csv = format!(
         "concurrency,client,throughput_rps,p50_us,p99_us,allocs_per_request,\
-         palisade_ratio_p25,palisade_ratio_median,palisade_ratio_p75\n",
+         ratio_to_{0}_p25,ratio_to_{0}_median,ratio_to_{0}_p75\n",
+        names[0]
     );
     for r in rows {
-        for (j, name) in Client::NAMES.iter().enumerate() {
-            let (t, p50, p99, a) = r.clients[j];
-            let ratio = match j {
-                0 => r.ratios[0],
-                2 => r.ratios[1],
-                _ => [1.0; 3],
-            };
+        for (j, name) in names.iter().enumerate() {
+            let (t, p50, p99, a, ratio) = r.clients[j];
             csv.push_str(&format!(
                 "{},{name},{t:.0},{p50:.0},{p99:.0},{a:.1},{:.3},{:.3},{:.3}\n",
                 r.n, ratio[0], ratio[1], ratio[2]
@@ -401,13 +403,15 @@ fn write_results(rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
         RGBColor(90, 90, 90),
         RGBColor(200, 60, 30),
         RGBColor(40, 90, 190),
+        RGBColor(40, 150, 60),
+        RGBColor(150, 60, 160),
     ];
-    for (j, name) in Client::NAMES.iter().enumerate() {
+    for (j, name) in names.iter().enumerate() {
         let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.n as f64, r.clients[j].0)).collect();
-        let c = colors[j];
+        let c = colors[j % colors.len()];
         chart
             .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
-            .label(*name)
+            .label(name.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
     }
