@@ -19,6 +19,10 @@ use tokio::time::Instant;
 pub(crate) struct RequestContext {
     pub(crate) deadline: Option<Instant>,
     pub(crate) attempts: Cell<u32>,
+    /// The earliest instant by which a stage below promised, as it went pending, to wake the
+    /// request's task (its own timer is armed for it): the total timeout need not arm a timer
+    /// of its own while one is promised before the deadline. Cleared before each poll.
+    pub(crate) wake_by: Cell<Option<Instant>>,
 }
 
 impl RequestContext {
@@ -28,6 +32,7 @@ impl RequestContext {
         RequestContext {
             deadline,
             attempts: Cell::new(1),
+            wake_by: Cell::new(None),
         }
     }
 
@@ -51,6 +56,30 @@ pub(crate) fn record_attempt(n: u32) {
     let _ = CONTEXT.try_with(|c| c.attempts.set(n));
 }
 
+/// The attempts made so far (0 outside a request's context).
+pub(crate) fn attempts() -> u32 {
+    CONTEXT.try_with(|c| c.attempts.get()).unwrap_or(0)
+}
+
+/// Promises that the request's task is woken by `at` at the latest: a stage calls it as it goes
+/// pending with its own timer armed for `at` (the attempt timeout, a backoff sleep, a wait for a
+/// rate-limit token), so that the total timeout arms no timer of its own while `at` comes before
+/// the deadline. Only a promise kept by a timer may be made, and the future that made it must
+/// still be polled when the poll returns: the total timeout relies on it to be polled again. (A
+/// stage that races futures and drops one within a poll, as hedging will, must not let the
+/// dropped one's promise stand.)
+pub(crate) fn promise_wake(at: Instant) {
+    let _ = CONTEXT.try_with(|c| {
+        let by = c.wake_by.get().map_or(at, |t| t.min(at));
+        c.wake_by.set(Some(by));
+    });
+}
+
+/// Takes the promise made since the last call (see [`promise_wake`]).
+pub(crate) fn take_wake_by() -> Option<Instant> {
+    CONTEXT.try_with(|c| c.wake_by.take()).ok().flatten()
+}
+
 /// Narrows a per-request transport timeout (reqwest's `Request::timeout`, which covers reading
 /// the body too) to what is left of the deadline, so that a retry's copy cannot outlive it.
 ///
@@ -67,6 +96,39 @@ pub(crate) fn bound_transport_timeout(req: &mut reqwest::Request, deadline: Opti
             // At least 1 ms (reqwest's zero would fail at once), never above the caller's own.
             *cur = left.max(Duration::from_millis(1)).min(*cur);
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A sleep that promises, each time it goes pending, to wake the task when it ends (see
+    /// [`promise_wake`]).
+    pub(crate) struct PromisedSleep {
+        #[pin]
+        sleep: tokio::time::Sleep,
+    }
+}
+
+impl PromisedSleep {
+    pub(crate) fn until(at: Instant) -> Self {
+        PromisedSleep {
+            sleep: tokio::time::sleep_until(at),
+        }
+    }
+}
+
+impl std::future::Future for PromisedSleep {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let mut sleep = self.project().sleep;
+        let polled = sleep.as_mut().poll(cx);
+        if polled.is_pending() {
+            promise_wake(sleep.deadline());
+        }
+        polled
     }
 }
 

@@ -156,7 +156,12 @@ where
                     arrived,
                     deadline,
                 } => {
-                    ready!(sleep.as_mut().poll(cx));
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        // Its end comes before the deadline (or the call would have been
+                        // refused): the total timeout need not arm a timer meanwhile.
+                        crate::context::promise_wake(sleep.deadline());
+                        return Poll::Pending;
+                    }
                     match this.shared.limiter.acquire(this.key) {
                         Ok(()) => match (inner.take(), req.take()) {
                             (Some(mut svc), Some(req)) => {

@@ -409,15 +409,22 @@ where
             };
             match step {
                 Step::Done(r) => return r,
+                // Sleeps that promise to wake the task: the total timeout above need not arm a
+                // timer of its own while one runs (both end before the deadline, or at it).
                 Step::Sleep(delay) => {
                     if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
+                        let now = Instant::now();
+                        // As `tokio::time::sleep` does with a delay too long to add.
+                        let at = now
+                            .checked_add(delay)
+                            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
+                        context::PromisedSleep::until(at).await;
                     }
                 }
                 Step::SleepToDeadline(deadline, err) => {
                     // The total timeout stage above fires at the deadline and drops this future;
                     // the error is for a retry stage used under a deadline but without that stage.
-                    tokio::time::sleep_until(deadline).await;
+                    context::PromisedSleep::until(deadline).await;
                     return Err(err);
                 }
             }

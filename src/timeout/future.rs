@@ -11,7 +11,7 @@ use reqwest::Response;
 use tokio::task::futures::TaskLocalFuture;
 use tokio::time::{sleep_until, Instant, Sleep};
 
-use crate::context::RequestContext;
+use crate::context::{self, RequestContext};
 use crate::error::{Error, TimeoutKind};
 use crate::event::{Event, Hook};
 
@@ -63,11 +63,16 @@ where
     type Output = Result<Response, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(r) = this.inner.poll(cx) {
             return Poll::Ready(r.map_err(Into::into));
         }
-        ready!(this.sleep.poll(cx));
+        if this.sleep.as_mut().poll(cx).is_pending() {
+            // This timer wakes the task by `at` at the latest: the total timeout need not arm
+            // its own meanwhile.
+            context::promise_wake(this.sleep.deadline());
+            return Poll::Pending;
+        }
         if *this.kind == TimeoutKind::Attempt {
             tracing::debug!(
                 timeout_ms = this.after.as_millis() as u64,
@@ -87,10 +92,7 @@ pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct TotalTimeoutFuture<F> {
         #[pin]
-        inner: TaskLocalFuture<RequestContext, F>,
-        // Polled only when there is a deadline.
-        #[pin]
-        sleep: Sleep,
+        inner: TaskLocalFuture<RequestContext, Deadline<F>>,
         deadline: Option<Instant>,
         after: Duration,
         hook: Hook,
@@ -99,16 +101,13 @@ pin_project! {
 
 impl<F> TotalTimeoutFuture<F> {
     pub(crate) fn new(
-        inner: TaskLocalFuture<RequestContext, F>,
+        inner: TaskLocalFuture<RequestContext, Deadline<F>>,
         deadline: Option<Instant>,
         after: Duration,
         hook: Hook,
     ) -> Self {
-        // A `Sleep` registers with the timer on its first poll only, so an unarmed one is free.
-        let at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         TotalTimeoutFuture {
             inner,
-            sleep: sleep_until(at),
             deadline,
             after,
             hook,
@@ -132,29 +131,105 @@ where
     type Output = Result<Response, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let r = ready!(this.inner.poll(cx));
+        let Some(deadline) = *this.deadline else {
+            return Poll::Ready(r);
+        };
+        Poll::Ready(match r {
+            Ok(resp) => Ok(resp),
+            // A timeout that fired at the deadline (this stage's own, the attempt timeout capped
+            // by it, the transport's, or the retry stage's check) is the total timeout. It keeps
+            // its source, URL and attempt count.
+            Err(mut e) if e.is_timeout() && Instant::now() >= deadline => {
+                e.set_timeout_kind(TimeoutKind::Total);
+                report(this.after, this.hook, e.attempts());
+                Err(e)
+            }
+            Err(e) => Err(e),
+        })
+    }
+}
+
+pin_project! {
+    #[project = ArmProj]
+    enum Arm {
+        Unarmed,
+        Armed {
+            #[pin]
+            sleep: Sleep,
+        },
+    }
+}
+
+pin_project! {
+    /// The total timeout's own watch over the deadline, polled inside the request's context
+    /// (so that it reads what the stages below promise).
+    ///
+    /// Its timer is armed only when it must be: when the stages below go pending without a
+    /// promise to wake the task before the deadline ([`context::promise_wake`]). While an attempt
+    /// is in flight, the attempt timeout's timer (capped by the deadline) is such a promise,
+    /// and so are a backoff sleep and a wait for a rate-limit token: so a request that succeeds
+    /// registers one timer with tokio (its attempt's), not two. The timer wheel takes a lock
+    /// for every registration and every cancellation, which all the runtime's workers share.
+    pub struct Deadline<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        arm: Arm,
+        deadline: Option<Instant>,
+    }
+}
+
+impl<F> Deadline<F> {
+    pub(crate) fn new(inner: F, deadline: Option<Instant>) -> Self {
+        Deadline {
+            inner,
+            arm: Arm::Unarmed,
+            deadline,
+        }
+    }
+}
+
+impl<F> fmt::Debug for Deadline<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deadline")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, E> Future for Deadline<F>
+where
+    F: Future<Output = Result<Response, E>>,
+    E: Into<Error>,
+{
+    type Output = Result<Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let Some(deadline) = *this.deadline else {
             return this.inner.poll(cx).map_err(Into::into);
         };
-        if let Poll::Ready(r) = this.inner.as_mut().poll(cx) {
-            return Poll::Ready(match r.map_err(Into::into) {
-                Ok(resp) => Ok(resp),
-                // A timeout below that fired at the deadline (the attempt timeout capped by it,
-                // the transport's own, or the retry stage's check) is the total timeout. It
-                // keeps its source, URL and attempt count.
-                Err(mut e) if e.is_timeout() && Instant::now() >= deadline => {
-                    e.set_timeout_kind(TimeoutKind::Total);
-                    report(this.after, this.hook, e.attempts());
-                    Err(e)
-                }
-                Err(e) => Err(e),
+        // A promise counts for the poll it was made in only.
+        let _ = context::take_wake_by();
+        if let Poll::Ready(r) = this.inner.poll(cx) {
+            return Poll::Ready(r.map_err(Into::into));
+        }
+        if let ArmProj::Unarmed = this.arm.as_mut().project() {
+            if context::take_wake_by().is_some_and(|by| by <= deadline) {
+                // A stage below will be woken before the deadline, and this poll runs again.
+                return Poll::Pending;
+            }
+            this.arm.set(Arm::Armed {
+                sleep: sleep_until(deadline),
             });
         }
-        ready!(this.sleep.poll(cx));
-        let attempts = this.inner.take_value().map_or(0, |c| c.attempts.get());
-        report(this.after, this.hook, attempts);
+        if let ArmProj::Armed { sleep } = this.arm.project() {
+            ready!(sleep.poll(cx));
+        }
         Poll::Ready(Err(
-            Error::timeout(TimeoutKind::Total).with_attempts(attempts)
+            Error::timeout(TimeoutKind::Total).with_attempts(context::attempts())
         ))
     }
 }

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use self::future::Deadline;
 pub use self::future::{AttemptTimeoutFuture, TotalTimeoutFuture};
 use crate::context::{self, RequestContext, CONTEXT};
 use crate::error::{ConfigError, Error, TimeoutKind};
@@ -243,7 +244,7 @@ where
         let inner = &mut self.inner;
         let fut = CONTEXT.sync_scope(RequestContext::new(deadline), || inner.call(req));
         TotalTimeoutFuture::new(
-            CONTEXT.scope(RequestContext::new(deadline), fut),
+            CONTEXT.scope(RequestContext::new(deadline), Deadline::new(fut, deadline)),
             deadline,
             timeout.unwrap_or_default(),
             self.hook.clone(),
