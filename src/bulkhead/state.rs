@@ -7,7 +7,7 @@
 //! it only when it has no lease, so a caller never holds a slot that is no longer in the map
 //! and a host never has two slots (which would let through twice its limit).
 
-use std::collections::hash_map::{HashMap, RandomState};
+use std::collections::hash_map::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -69,11 +69,14 @@ enum Slots {
 }
 
 /// One shard of the per-host map.
-type Shard = HashMap<Box<str>, Arc<Slot>>;
+/// foldhash, seeded at random: hosts are chosen by remote parties.
+type Hasher = foldhash::quality::RandomState;
+
+type Shard = HashMap<Box<str>, Arc<Slot>, Hasher>;
 
 struct HostMap {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    hasher: Hasher,
     keys: AtomicUsize,
     max_keys: usize,
 }
@@ -109,7 +112,7 @@ impl State {
         let slots = if per_host {
             Slots::PerHost(HostMap {
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-                hasher: RandomState::new(),
+                hasher: Hasher::default(),
                 keys: AtomicUsize::new(0),
                 max_keys,
             })

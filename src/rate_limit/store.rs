@@ -38,7 +38,6 @@
 //! new host whose shard is empty while the map is full (every one of `max_hosts` hosts hashed
 //! to the other shards) is not stored either, until a sweep makes room.
 
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -88,7 +87,8 @@ pub(crate) enum AtCap {
 /// A bounded map from host to the instant its entry ends.
 pub(crate) struct Ends {
     shards: Box<[RwLock<Map>]>,
-    hasher: RandomState,
+    /// foldhash, seeded at random: hosts are chosen by remote parties.
+    hasher: foldhash::quality::RandomState,
     max: usize,
     at_cap: AtCap,
     /// Entries in all shards; changed under the lock of the shard that changes.
@@ -102,7 +102,7 @@ impl Ends {
         let n = (max / PER_SHARD).clamp(1, MAX_SHARDS);
         Ends {
             shards: (0..n).map(|_| RwLock::new(HashTable::new())).collect(),
-            hasher: RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
             max,
             at_cap,
             count: AtomicUsize::new(0),
