@@ -146,3 +146,48 @@ async fn a_client_is_a_tower_service() {
     let resp = client.oneshot(req).await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// A transport that is not ready at first: the request waits for it, then goes through.
+#[derive(Clone, Default)]
+struct Slow {
+    polls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tower::Service<reqwest::Request> for Slow {
+    type Response = reqwest::Response;
+    type Error = palisade::Error;
+    type Future = std::future::Ready<Result<reqwest::Response, palisade::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), palisade::Error>> {
+        use std::sync::atomic::Ordering;
+        // Not ready on the first two polls (the client's own look, then the first poll of the
+        // request's future); each wakes the task to try again.
+        if self.polls.fetch_add(1, Ordering::SeqCst) < 2 {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: reqwest::Request) -> Self::Future {
+        std::future::ready(Ok(reqwest::Response::from(http::Response::new(
+            reqwest::Body::from("ok"),
+        ))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transport_that_is_not_ready_at_once_is_waited_for() {
+    let slow = Slow::default();
+    let client = Client::builder()
+        .transport(slow.clone())
+        .no_retry()
+        .build()
+        .unwrap();
+    let resp = client.get("http://api.test/").send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "ok");
+    assert!(slow.polls.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+}
