@@ -18,7 +18,7 @@ use crate::fallback::{FallbackCache, FallbackCacheLayer};
 use crate::rate_limit::{RateLimit, RateLimitLayer};
 use crate::retry::{Retry, RetryLayer};
 use crate::timeout::{AttemptTimeoutLayer, TotalTimeoutLayer};
-use crate::transport::Transport;
+use crate::transport::{Boxed, Transport};
 
 enum Http {
     Default,
@@ -348,7 +348,7 @@ impl ClientBuilder {
         };
         let stage = match retry {
             Some(l) => Either::Left(l.layer(stage)),
-            None => Either::Right(stage),
+            None => Either::Right(Boxed(stage)),
         };
         let stage = match bulkhead {
             Some(l) => Either::Left(l.layer(stage)),

@@ -26,13 +26,16 @@ use crate::rate_limit::RateLimitService;
 use crate::redact;
 use crate::retry::RetryService;
 use crate::timeout::{AttemptTimeout, TotalTimeout};
-use crate::transport::Transport;
+use crate::transport::{Boxed, Transport};
 
 // The standard order, innermost first; a stage switched off is the `Right` of its `Either`.
 pub(crate) type AttemptStage = Either<AttemptTimeout<Transport>, Transport>;
 pub(crate) type LimitStage = Either<RateLimitService<AttemptStage>, AttemptStage>;
 pub(crate) type BreakerStage = Either<CircuitBreakerService<LimitStage>, LimitStage>;
-pub(crate) type RetryStage = Either<RetryService<BreakerStage>, BreakerStage>;
+// Without a retry stage, the stage below is boxed as the retry stage's loop is: the two sides
+// of an `Either` make a future as large as the larger, and the future of the stages below
+// (some 600 bytes) would make every request's future, retry on or off, that much larger.
+pub(crate) type RetryStage = Either<RetryService<BreakerStage>, Boxed<BreakerStage>>;
 pub(crate) type BulkheadStage = Either<BulkheadService<RetryStage>, RetryStage>;
 pub(crate) type TimedStage = TotalTimeout<BulkheadStage>;
 pub(crate) type Pipeline = Either<FallbackCacheService<TimedStage>, TimedStage>;
@@ -401,5 +404,36 @@ impl fmt::Debug for RequestBuilder {
             None => {}
         }
         d.finish_non_exhaustive()
+    }
+}
+#[cfg(test)]
+mod zz_sizes {
+    #[test]
+    fn zz_sizes() {
+        use crate::client::*;
+        type F<S> = <S as tower_service::Service<reqwest::Request>>::Future;
+        eprintln!(
+            "AttemptStage fut {}",
+            std::mem::size_of::<F<AttemptStage>>()
+        );
+        eprintln!("LimitStage fut {}", std::mem::size_of::<F<LimitStage>>());
+        eprintln!(
+            "BreakerStage fut {}",
+            std::mem::size_of::<F<BreakerStage>>()
+        );
+        eprintln!("RetryStage fut {}", std::mem::size_of::<F<RetryStage>>());
+        eprintln!(
+            "BulkheadStage fut {}",
+            std::mem::size_of::<F<BulkheadStage>>()
+        );
+        eprintln!("TimedStage fut {}", std::mem::size_of::<F<TimedStage>>());
+        eprintln!("Pipeline fut {}", std::mem::size_of::<F<Pipeline>>());
+        eprintln!("Request {}", std::mem::size_of::<reqwest::Request>());
+        eprintln!("Sleep {}", std::mem::size_of::<tokio::time::Sleep>());
+        eprintln!("Pending {}", std::mem::size_of::<Pending>());
+        eprintln!(
+            "Transport fut {}",
+            std::mem::size_of::<F<crate::transport::Transport>>()
+        );
     }
 }

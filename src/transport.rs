@@ -80,6 +80,31 @@ impl Service<Request> for Transport {
     }
 }
 
+/// A stage whose future is boxed: for the place of a stage switched off whose future would
+/// otherwise be much larger than the stage's own (see `client::RetryStage`).
+#[derive(Clone, Debug)]
+pub(crate) struct Boxed<S>(pub(crate) S);
+
+impl<S> Service<Request> for Boxed<S>
+where
+    S: Service<Request, Response = Response>,
+    S::Error: Into<Error>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let fut = self.0.call(req);
+        Box::pin(async move { fut.await.map_err(Into::into) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

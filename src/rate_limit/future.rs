@@ -33,21 +33,31 @@ pin_project! {
 }
 
 pin_project! {
+    /// What a call waiting for a token holds.
+    #[project = WaitProj]
+    struct Wait<S> {
+        #[pin]
+        sleep: Sleep,
+        // The inner service that was driven to readiness, and the request.
+        inner: Option<S>,
+        req: Option<Request>,
+        // When the call came, from which `max_wait` counts.
+        arrived: Instant,
+        deadline: Option<Instant>,
+    }
+}
+
+pin_project! {
     #[project = StateProj]
     enum State<S>
     where
         S: Service<Request>,
     {
-        // No token yet: sleeping until one may be free (or the key's pause is over). Holds the
-        // inner service that was driven to readiness and the request.
+        // No token yet: sleeping until one may be free (or the key's pause is over). Boxed:
+        // the rare state, and by far the largest (a timer, the service and the request), which
+        // would otherwise make the future of every call, and of every stage above, that large.
         Waiting {
-            #[pin]
-            sleep: Sleep,
-            inner: Option<S>,
-            req: Option<Request>,
-            // When the call came, from which `max_wait` counts.
-            arrived: Instant,
-            deadline: Option<Instant>,
+            wait: Pin<Box<Wait<S>>>,
         },
         // A token was taken and the inner service called; `left` is when, if the call had to
         // wait for it.
@@ -85,11 +95,13 @@ impl<S: Service<Request>> RateLimitFuture<S> {
     ) -> Self {
         RateLimitFuture {
             state: State::Waiting {
-                sleep: sleep_until(until),
-                inner: Some(inner),
-                req: Some(req),
-                arrived,
-                deadline,
+                wait: Box::pin(Wait {
+                    sleep: sleep_until(until),
+                    inner: Some(inner),
+                    req: Some(req),
+                    arrived,
+                    deadline,
+                }),
             },
             shared,
             key,
@@ -149,13 +161,14 @@ where
                     this.state.set(State::Done { err: None });
                     return Poll::Ready(result);
                 }
-                StateProj::Waiting {
-                    mut sleep,
-                    inner,
-                    req,
-                    arrived,
-                    deadline,
-                } => {
+                StateProj::Waiting { wait } => {
+                    let WaitProj {
+                        mut sleep,
+                        inner,
+                        req,
+                        arrived,
+                        deadline,
+                    } = wait.as_mut().project();
                     if sleep.as_mut().poll(cx).is_pending() {
                         // Its end comes before the deadline (or the call would have been
                         // refused): the total timeout need not arm a timer meanwhile.
