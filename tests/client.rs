@@ -191,3 +191,20 @@ async fn a_transport_that_is_not_ready_at_once_is_waited_for() {
     assert_eq!(resp.text().await.unwrap(), "ok");
     assert!(slow.polls.load(std::sync::atomic::Ordering::SeqCst) >= 3);
 }
+
+// `execute` calls the pipeline at once (as reqwest's starts its request at once); it must not
+// need a runtime for that: a future made outside one is run by one later.
+#[test]
+fn a_request_made_outside_a_runtime_runs_in_one() {
+    for retry in [true, false] {
+        let mock = Mock::always(Step::Status(200));
+        let client = mock.client(|b| if retry { b } else { b.no_retry() });
+        let fut = client.get("http://api.test/").send();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let resp = rt.block_on(fut).unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+}

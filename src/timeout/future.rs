@@ -21,8 +21,12 @@ pin_project! {
     pub struct AttemptTimeoutFuture<F> {
         #[pin]
         inner: F,
+        // The timer is made when the attempt first waits: an answer that is there at once
+        // (an in-memory transport, a fallback) costs no timer, and making the future needs no
+        // runtime.
         #[pin]
-        sleep: Sleep,
+        arm: Arm,
+        at: Instant,
         kind: TimeoutKind,
         after: Duration,
         hook: Hook,
@@ -39,7 +43,8 @@ impl<F> AttemptTimeoutFuture<F> {
     ) -> Self {
         AttemptTimeoutFuture {
             inner,
-            sleep: sleep_until(at),
+            arm: Arm::Unarmed,
+            at,
             kind,
             after,
             hook,
@@ -67,11 +72,18 @@ where
         if let Poll::Ready(r) = this.inner.poll(cx) {
             return Poll::Ready(r.map_err(Into::into));
         }
-        if this.sleep.as_mut().poll(cx).is_pending() {
-            // This timer wakes the task by `at` at the latest: the total timeout need not arm
-            // its own meanwhile.
-            context::promise_wake(this.sleep.deadline());
-            return Poll::Pending;
+        if let ArmProj::Unarmed = this.arm.as_mut().project() {
+            this.arm.set(Arm::Armed {
+                sleep: sleep_until(*this.at),
+            });
+        }
+        if let ArmProj::Armed { sleep } = this.arm.project() {
+            if sleep.poll(cx).is_pending() {
+                // This timer wakes the task by `at` at the latest: the total timeout need not
+                // arm its own meanwhile.
+                context::promise_wake(*this.at);
+                return Poll::Pending;
+            }
         }
         if *this.kind == TimeoutKind::Attempt {
             tracing::debug!(
