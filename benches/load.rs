@@ -10,12 +10,15 @@
 //!   every client swings by 2× with which worker a response wakes), each
 //!   with a `reqwest::Client` configured as palisade configures its own (a default builder with
 //!   `.retry(reqwest::retry::never())`), each reading the whole body:
-//!   - `reqwest`: `reqwest::Client::execute`;
+//!   - `reqwest`: `reqwest::Client`;
 //!   - `palisade`: `palisade::Client::builder().build()`, the standard pipeline (total timeout
 //!     30 s, retry with 3 attempts and the budget, a circuit breaker per host, attempt timeout
-//!     10 s), via `Client::execute`;
+//!     10 s);
 //!   - `middleware`: reqwest-middleware's `ClientWithMiddleware` with reqwest-retry's
-//!     `RetryTransientMiddleware` (exponential backoff, 2 retries), via `execute`.
+//!     `RetryTransientMiddleware` (exponential backoff, 2 retries);
+//!
+//!   each sending `client.get(url).send()`, as applications do, through its own request
+//!   builder.
 //! - For each concurrency N (1, 64 and 2,000 by default): N tasks share one client and send
 //!   requests one after the other until the round's count is reached. Every client first warms
 //!   up with N concurrent requests, so that each has its N connections open before it is timed.
@@ -50,7 +53,7 @@ mod common;
 
 use common::alloc;
 use common::server::loopback_server;
-use reqwest::{Method, Request, Url};
+use reqwest::Url;
 use reqwest_middleware::ClientWithMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
 use reqwest_retry::RetryTransientMiddleware;
@@ -102,20 +105,30 @@ impl Client {
     /// One GET, its body read whole. The future is boxed in every variant alike, so that the
     /// driver is the same code for all.
     fn send(&self, url: &Url) -> SendFuture {
-        let req = Request::new(Method::GET, url.clone());
-        match self.clone() {
-            Client::Reqwest(c) => Box::pin(async move {
-                let resp = c.execute(req).await.expect("200");
-                black_box(resp.bytes().await.expect("body"));
-            }),
-            Client::Palisade(c) => Box::pin(async move {
-                let resp = c.execute(req).await.expect("200");
-                black_box(resp.bytes().await.expect("body"));
-            }),
-            Client::Middleware(c) => Box::pin(async move {
-                let resp = c.execute(req).await.expect("200");
-                black_box(resp.bytes().await.expect("body"));
-            }),
+        let url = url.clone();
+        // As applications send: `get(url).send()`, each client's own request builder.
+        match self {
+            Client::Reqwest(c) => {
+                let fut = c.get(url).send();
+                Box::pin(async move {
+                    let resp = fut.await.expect("200");
+                    black_box(resp.bytes().await.expect("body"));
+                })
+            }
+            Client::Palisade(c) => {
+                let fut = c.get(url).send();
+                Box::pin(async move {
+                    let resp = fut.await.expect("200");
+                    black_box(resp.bytes().await.expect("body"));
+                })
+            }
+            Client::Middleware(c) => {
+                let fut = c.get(url).send();
+                Box::pin(async move {
+                    let resp = fut.await.expect("200");
+                    black_box(resp.bytes().await.expect("body"));
+                })
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ use url::Url;
 use crate::builder::ClientBuilder;
 use crate::bulkhead::BulkheadService;
 use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerService};
+use crate::context;
 use crate::error::Error;
 use crate::fallback::{FallbackCacheHandle, FallbackCacheService};
 use crate::rate_limit::RateLimitService;
@@ -151,7 +152,9 @@ impl Client {
         let mut noop = Context::from_waker(std::task::Waker::noop());
         let state = match svc.poll_ready(&mut noop) {
             Poll::Ready(Ok(())) => {
-                let fut = span.in_scope(|| svc.call(req)).instrument(span);
+                let fut = span
+                    .in_scope(|| context::calling(|| svc.call(req)))
+                    .instrument(span);
                 State::Running { fut, url }
             }
             Poll::Ready(Err(err)) => State::Failed { err: Some(err) },
@@ -402,7 +405,7 @@ impl RequestBuilder {
     /// Sends the request through the pipeline.
     pub fn send(self) -> Pending {
         match self.inner.build() {
-            Ok(req) => self.client.execute(req),
+            Ok(req) => crate::context::built(|| self.client.execute(req)),
             Err(e) => Pending::failed(Error::from(e)),
         }
     }

@@ -46,6 +46,42 @@ tokio::task_local! {
     pub(crate) static CONTEXT: RequestContext;
 }
 
+std::thread_local! {
+    /// Set by `RequestBuilder::send` for the request it hands `Client::execute`.
+    static BUILT: Cell<bool> = const { Cell::new(false) };
+    /// Set by `Client::execute` while it calls the pipeline with a request `BUILT` marked.
+    static CALLING_BUILT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (`Client::execute`) for a request palisade's `RequestBuilder` built: see
+/// [`calling_built`].
+pub(crate) fn built<R>(f: impl FnOnce() -> R) -> R {
+    BUILT.with(|b| b.set(true));
+    let r = f();
+    BUILT.with(|b| b.set(false));
+    r
+}
+
+/// Calls the pipeline (`f`), letting the retry stage know whether the request is one
+/// palisade's `RequestBuilder` built (as [`built`] marked it).
+pub(crate) fn calling<R>(f: impl FnOnce() -> R) -> R {
+    let built = BUILT.with(|b| b.replace(false));
+    CALLING_BUILT.with(|c| c.set(built));
+    let r = f();
+    CALLING_BUILT.with(|c| c.set(false));
+    r
+}
+
+/// Whether the request the retry stage is called with now is one palisade's `RequestBuilder`
+/// built: reqwest's builder gives a request no extension but its timeout, so a copy of it may
+/// be made without reqwest's `try_clone`, which builds an extension map to throw away (three
+/// allocations). Only the first stage to ask gets `true`, and only while `Client::execute`
+/// calls the pipeline for such a request; anything else (a request given to `execute`, from
+/// an `http::Request` with extensions of its own, say) is copied with `try_clone`.
+pub(crate) fn take_built() -> bool {
+    CALLING_BUILT.with(|c| c.replace(false))
+}
+
 /// The deadline of the request being processed, if a total timeout set one.
 pub(crate) fn deadline() -> Option<Instant> {
     CONTEXT.try_with(|c| c.deadline).ok().flatten()

@@ -529,3 +529,70 @@ async fn services_made_before_and_after_on_event_share_one_budget() {
         "the budget is spent for both services"
     );
 }
+
+// A request built by palisade's `RequestBuilder` is copied for its retries without reqwest's
+// `try_clone` (which builds an extension map only to throw it away): each copy carries the
+// method, URL, headers, version and timeout of the original, and a body is shared.
+#[tokio::test(start_paused = true)]
+async fn every_retry_of_a_built_request_carries_all_of_it() {
+    for body in [None, Some("payload")] {
+        let mock = Mock::script([Step::Status(503), Step::Status(503)]);
+        let client = mock.client(|b| b.retry(exact(ms(10), ms(10))));
+        let mut rb = client
+            .put("http://api.test/items/1?x=1")
+            .header("x-trace", "abc")
+            .bearer_auth("token")
+            .version(reqwest::Version::HTTP_11)
+            .timeout(Duration::from_secs(20));
+        if let Some(b) = body {
+            rb = rb.body(b);
+        }
+        let resp = rb.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen = mock.seen();
+        assert_eq!(seen.len(), 3);
+        for s in &seen {
+            assert_eq!(s.method, reqwest::Method::PUT);
+            assert_eq!(s.url, "http://api.test/items/1?x=1");
+            assert_eq!(s.headers["x-trace"], "abc");
+            assert_eq!(s.headers["authorization"], "Bearer token");
+            assert!(s.headers["authorization"].is_sensitive());
+            assert!(
+                s.timeout.is_some_and(|t| t <= Duration::from_secs(20)),
+                "{s:?}"
+            );
+        }
+    }
+}
+
+// A request given to `execute` may carry extensions of its own (from an `http::Request`): its
+// retries are copied with `try_clone`, which keeps them.
+#[tokio::test(start_paused = true)]
+async fn a_retry_of_an_executed_request_keeps_its_extensions() {
+    #[derive(Clone, Debug, PartialEq)]
+    struct Mark(u32);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let svc = tower::service_fn(move |req: reqwest::Request| {
+        let s = s.clone();
+        async move {
+            let http: http::Request<reqwest::Body> = req.try_into().unwrap();
+            let mut seen = s.lock().unwrap();
+            seen.push(http.extensions().get::<Mark>().cloned());
+            let status = if seen.len() < 2 { 503 } else { 200 };
+            Ok::<_, palisade::Error>(support::response(status, &[], Vec::new()))
+        }
+    });
+    let client = palisade::Client::builder()
+        .transport(svc)
+        .retry(exact(ms(10), ms(10)))
+        .build()
+        .unwrap();
+    let mut http = http::Request::new(reqwest::Body::from(""));
+    *http.uri_mut() = "http://api.test/x".parse().unwrap();
+    http.extensions_mut().insert(Mark(7));
+    let req = reqwest::Request::try_from(http).unwrap();
+    let resp = client.execute(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(*seen.lock().unwrap(), vec![Some(Mark(7)), Some(Mark(7))]);
+}

@@ -308,8 +308,9 @@ where
         // Take the service that was driven to readiness; leave a clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        let built = context::take_built();
         RetryFuture {
-            inner: Box::pin(run(inner, self.shared.clone(), req)),
+            inner: Box::pin(run(inner, self.shared.clone(), req, built)),
         }
     }
 }
@@ -354,6 +355,8 @@ struct Progress {
     reserved: Option<Withdrawal>,
     /// When the latest attempt was sent, from the second one on.
     last_sent: Option<Instant>,
+    /// The request was built by palisade's `RequestBuilder`: see [`copy_built`].
+    built: bool,
 }
 
 impl Drop for Progress {
@@ -374,6 +377,7 @@ fn run<S>(
     inner: S,
     shared: Arc<Shared>,
     req: Request,
+    built: bool,
 ) -> impl Future<Output = Result<Response, Error>> + Send
 where
     S: Service<Request, Response = Response> + Send,
@@ -381,6 +385,7 @@ where
     S::Future: Send,
 {
     let mut st = Progress::new(shared, &req);
+    st.built = built;
     // The original, kept while another attempt may follow.
     let mut req = Some(req);
     let mut inner = inner;
@@ -448,6 +453,7 @@ impl Progress {
             last_url: None,
             reserved: None,
             last_sent: None,
+            built: false,
             shared,
         }
     }
@@ -470,7 +476,12 @@ impl Progress {
         // The retry is being made: what it took from the budget is spent.
         self.reserved = None;
         let mut send = if self.attempt < self.shared.cfg.max_attempts {
-            match original.try_clone() {
+            let copy = if self.built {
+                copy_built(&original)
+            } else {
+                original.try_clone()
+            };
+            match copy {
                 Some(copy) => {
                     *req = Some(original);
                     copy
@@ -692,6 +703,24 @@ fn finish(
     }
 }
 
+/// A copy of a request palisade's `RequestBuilder` built (reqwest's builder gives a request no
+/// extension but its timeout), made as reqwest's `try_clone` makes one but without the
+/// extension map it builds only to replace it: three allocations fewer per request that may be
+/// retried. A request with a body is copied with `try_clone`, the only way to share its bytes
+/// (reqwest's `Body::try_clone` is its own).
+fn copy_built(req: &Request) -> Option<Request> {
+    if req.body().is_some() {
+        return req.try_clone();
+    }
+    let mut copy = Request::new(req.method().clone(), req.url().clone());
+    *copy.headers_mut() = req.headers().clone();
+    *copy.version_mut() = req.version();
+    if let Some(t) = req.timeout() {
+        *copy.timeout_mut() = Some(*t);
+    }
+    Some(copy)
+}
+
 /// The `Idempotency-Key` header name, for callers that set it by hand.
 pub const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 #[cfg(test)]
@@ -708,7 +737,7 @@ mod tests {
         let layer = RetryLayer::new(Retry::default()).unwrap();
         let svc: S = tower::util::Either::Right(Transport::Reqwest(reqwest::Client::new()));
         let req = Request::new(Method::GET, "http://a.test/".parse().unwrap());
-        let fut = run(svc, layer.shared.clone(), req);
+        let fut = run(svc, layer.shared.clone(), req, false);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1_024, "the retry loop's future is {size} bytes");
     }
