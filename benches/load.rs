@@ -223,7 +223,9 @@ struct Row {
 fn runtime(n: usize) -> tokio::runtime::Runtime {
     if n == 1 {
         // One request at a time gains nothing from a second worker, and on two the latency of
-        // every client swings by 2× with which worker the response wakes.
+        // every client swings by 2× with which worker the response wakes. It runs on this
+        // thread (`block_on`), which counts its allocations then.
+        alloc::count_this_thread();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .on_thread_start(alloc::count_this_thread)
