@@ -803,20 +803,7 @@ mod tests {
         en.insert("accept-language", HeaderValue::from_static("en"));
         let mut fr = HeaderMap::new();
         fr.insert("accept-language", HeaderValue::from_static("fr"));
-        let entry = |seq: u64, body: &'static [u8]| {
-            Entry::new(
-                StatusCode::OK,
-                Version::HTTP_11,
-                HeaderMap::new(),
-                Bytes::from_static(body),
-                Url::parse("http://h/x").unwrap(),
-                Instant::now(),
-                Duration::ZERO,
-                Duration::ZERO,
-                Some(Duration::from_secs(3600)),
-                seq,
-            )
-        };
+        let entry = |seq: u64, body: &'static [u8]| entry_seq(seq, body, 0, Some(3600));
         let mut stale = 0;
         for _ in 0..2_000 {
             let s = Store::new(1 << 20);

@@ -197,6 +197,24 @@ pub enum BodyEnd {
     Fail,
 }
 
+impl BodyEnd {
+    /// The frame a body gives once its chunks are sent: none (it ended), none yet (it hangs),
+    /// or an error, once (the connection was cut), after which it has ended.
+    fn frame(&mut self) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
+        match self {
+            BodyEnd::Finish => Poll::Ready(None),
+            BodyEnd::Hang => Poll::Pending,
+            BodyEnd::Fail => {
+                *self = BodyEnd::Finish;
+                Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "body cut short",
+                ))))
+            }
+        }
+    }
+}
+
 /// A body sent in chunks, with no length known in advance unless `size` announces one (as a
 /// `Content-Length` does), ending as `end` says.
 pub struct ChunkBody {
@@ -215,17 +233,7 @@ impl http_body::Body for ChunkBody {
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
         match self.chunks.pop_front() {
             Some(c) => Poll::Ready(Some(Ok(http_body::Frame::data(c)))),
-            None => match self.end {
-                BodyEnd::Finish => Poll::Ready(None),
-                BodyEnd::Hang => Poll::Pending,
-                BodyEnd::Fail => {
-                    self.end = BodyEnd::Finish;
-                    Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "body cut short",
-                    ))))
-                }
-            },
+            None => self.end.frame(),
         }
     }
 
@@ -274,17 +282,7 @@ impl http_body::Body for Trickle {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
         let Some((delay, _)) = self.chunks.front() else {
-            return match self.end {
-                BodyEnd::Finish => Poll::Ready(None),
-                BodyEnd::Hang => Poll::Pending,
-                BodyEnd::Fail => {
-                    self.end = BodyEnd::Finish;
-                    Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "body cut short",
-                    ))))
-                }
-            };
+            return self.end.frame();
         };
         let delay = *delay;
         let sleep = self
