@@ -68,22 +68,15 @@ where
     type Output = Result<Response, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(r) = this.inner.poll(cx) {
             return Poll::Ready(r.map_err(Into::into));
         }
-        if let ArmProj::Unarmed = this.arm.as_mut().project() {
-            this.arm.set(Arm::Armed {
-                sleep: sleep_until(*this.at),
-            });
-        }
-        if let ArmProj::Armed { sleep } = this.arm.project() {
-            if sleep.poll(cx).is_pending() {
-                // This timer wakes the task by `at` at the latest: the total timeout need not
-                // arm its own meanwhile.
-                context::promise_wake(*this.at);
-                return Poll::Pending;
-            }
+        if this.arm.poll_at(*this.at, cx).is_pending() {
+            // This timer wakes the task by `at` at the latest: the total timeout need not arm
+            // its own meanwhile.
+            context::promise_wake(*this.at);
+            return Poll::Pending;
         }
         if *this.kind == TimeoutKind::Attempt {
             tracing::debug!(
@@ -164,6 +157,8 @@ where
 }
 
 pin_project! {
+    /// A timer made when first needed: a `Sleep` costs a lookup of the runtime's handle to make,
+    /// and a registration with the timer wheel (under its lock) when first polled.
     #[project = ArmProj]
     enum Arm {
         Unarmed,
@@ -171,6 +166,26 @@ pin_project! {
             #[pin]
             sleep: Sleep,
         },
+    }
+}
+
+impl Arm {
+    fn is_armed(&self) -> bool {
+        matches!(self, Arm::Armed { .. })
+    }
+
+    /// Polls the timer for `at`, made now if it was not yet (the first `at` given stays).
+    fn poll_at(mut self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.is_armed() {
+            self.set(Arm::Armed {
+                sleep: sleep_until(at),
+            });
+        }
+        match self.project() {
+            ArmProj::Armed { sleep } => sleep.poll(cx),
+            // Armed just above.
+            ArmProj::Unarmed => Poll::Pending,
+        }
     }
 }
 
@@ -219,7 +234,7 @@ where
     type Output = Result<Response, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         let Some(deadline) = *this.deadline else {
             return this.inner.poll(cx).map_err(Into::into);
         };
@@ -228,18 +243,11 @@ where
         if let Poll::Ready(r) = this.inner.poll(cx) {
             return Poll::Ready(r.map_err(Into::into));
         }
-        if let ArmProj::Unarmed = this.arm.as_mut().project() {
-            if context::take_wake_by().is_some_and(|by| by <= deadline) {
-                // A stage below will be woken before the deadline, and this poll runs again.
-                return Poll::Pending;
-            }
-            this.arm.set(Arm::Armed {
-                sleep: sleep_until(deadline),
-            });
+        if !this.arm.is_armed() && context::take_wake_by().is_some_and(|by| by <= deadline) {
+            // A stage below will be woken before the deadline, and this poll runs again.
+            return Poll::Pending;
         }
-        if let ArmProj::Armed { sleep } = this.arm.project() {
-            ready!(sleep.poll(cx));
-        }
+        ready!(this.arm.poll_at(deadline, cx));
         Poll::Ready(Err(
             Error::timeout(TimeoutKind::Total).with_attempts(context::attempts())
         ))
