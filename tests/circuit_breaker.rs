@@ -610,23 +610,30 @@ async fn a_transport_timeout_at_the_callers_deadline_is_not_a_host_failure() {
     );
 }
 
+/// A client whose breaker opens on 3 slow calls in a row (`slow_call` 200 ms), above a rate
+/// limiter of 1 call a second that makes calls wait up to 5 s, to a host answering in
+/// `answer_in`.
+fn slow_call_behind_a_limiter(answer_in: Duration) -> palisade::Client {
+    use palisade::rate_limit::RateLimit;
+    let mock = Mock::always(Step::after(answer_in, Step::Status(200)));
+    mock.client(|b| {
+        b.no_retry()
+            .circuit_breaker(
+                CircuitBreaker::default()
+                    .consecutive_failures(3)
+                    .slow_call(ms(200)),
+            )
+            .rate_limit(RateLimit::per_second(1).burst(1).max_wait(secs(5)))
+    })
+}
+
 // Regression: `slow_call` timed the call from when the breaker admitted it, so a call that
 // waited for a token in the local rate limiter below looked slow, and a busy limiter opened
 // the breaker of a host that was never slow.
 #[tokio::test(start_paused = true)]
 async fn a_rate_limit_wait_is_not_a_slow_call() {
-    use palisade::rate_limit::RateLimit;
     for (answer_in, opens) in [(ms(0), false), (ms(300), true)] {
-        let mock = Mock::always(Step::after(answer_in, Step::Status(200)));
-        let client = mock.client(|b| {
-            b.no_retry()
-                .circuit_breaker(
-                    CircuitBreaker::default()
-                        .consecutive_failures(3)
-                        .slow_call(ms(200)),
-                )
-                .rate_limit(RateLimit::per_second(1).burst(1).max_wait(secs(5)))
-        });
+        let client = slow_call_behind_a_limiter(answer_in);
         let start = tokio::time::Instant::now();
         for _ in 0..5 {
             let _ = client.get(A).send().await;
@@ -675,17 +682,7 @@ async fn a_deadline_cut_after_slow_call_is_a_host_failure() {
 // admission, limiter wait included, and counted as a slow failure.
 #[tokio::test(start_paused = true)]
 async fn a_limiter_wait_then_a_deadline_cut_is_not_a_slow_call() {
-    use palisade::rate_limit::RateLimit;
-    let mock = Mock::always(Step::after(ms(150), Step::Status(200)));
-    let client = mock.client(|b| {
-        b.no_retry()
-            .circuit_breaker(
-                CircuitBreaker::default()
-                    .consecutive_failures(3)
-                    .slow_call(ms(200)),
-            )
-            .rate_limit(RateLimit::per_second(1).burst(1).max_wait(secs(5)))
-    });
+    let client = slow_call_behind_a_limiter(ms(150));
     let mut cut = 0;
     for _ in 0..5 {
         if client.get(A).timeout(ms(900)).send().await.is_err() {
