@@ -181,6 +181,28 @@ mod tests {
         req
     }
 
+    #[test]
+    fn only_the_call_of_a_built_request_is_marked_built_and_only_once() {
+        // `RequestBuilder::send` → `Client::execute` → the retry stage's `call`.
+        assert!(built(|| calling(take_built)));
+        assert!(built(|| calling(|| (take_built(), take_built()))) == (true, false));
+        // A request given to `execute` directly.
+        assert!(!calling(take_built));
+        // Outside a call, nothing is marked, before or after.
+        assert!(!take_built());
+        built(|| ());
+        assert!(!calling(take_built), "a mark does not outlive its `send`");
+        // A request sent from inside the call of another (a key function that sends, say) takes
+        // the mark with it: the outer one is copied the safe way.
+        let outer = built(|| {
+            calling(|| {
+                let inner = calling(take_built);
+                (inner, take_built())
+            })
+        });
+        assert_eq!(outer, (false, false));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_transport_timeout_is_narrowed_to_the_deadline_but_never_raised() {
         let now = Instant::now();

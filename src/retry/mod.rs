@@ -728,6 +728,34 @@ mod tests {
     use super::*;
     use crate::transport::Transport;
 
+    /// A copy made for a retry of a request palisade's builder built is the request, as
+    /// reqwest's `try_clone` makes it.
+    #[test]
+    fn a_built_request_is_copied_as_try_clone_copies_it() {
+        let client = reqwest::Client::new();
+        for body in [None, Some("b")] {
+            let mut rb = client
+                .put("http://a.test/x?y=1")
+                .header("x-a", "1")
+                .bearer_auth("t")
+                .version(http::Version::HTTP_2)
+                .timeout(Duration::from_secs(3));
+            if let Some(b) = body {
+                rb = rb.body(b);
+            }
+            let req = rb.build().unwrap();
+            let (a, b) = (copy_built(&req).unwrap(), req.try_clone().unwrap());
+            assert_eq!(a.method(), b.method());
+            assert_eq!(a.url(), b.url());
+            assert_eq!(a.headers(), b.headers());
+            assert!(a.headers()["authorization"].is_sensitive());
+            assert_eq!(a.version(), b.version());
+            assert_eq!(a.timeout(), b.timeout());
+            let bytes = |r: &Request| r.body().and_then(|b| b.as_bytes()).map(<[u8]>::to_vec);
+            assert_eq!(bytes(&a), bytes(&b));
+        }
+    }
+
     /// The loop's future is boxed for every request: it should stay small enough for the
     /// allocator's per-thread cache (glibc's takes blocks up to 1,032 bytes). It was 2,064
     /// bytes before the loop was arranged to keep only what it needs across its awaits.
