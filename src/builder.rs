@@ -57,6 +57,8 @@ pub struct ClientBuilder {
     fallback: Option<FallbackCache>,
     classifier: Classifier,
     hook: Hook,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for ClientBuilder {
@@ -82,6 +84,8 @@ impl ClientBuilder {
             fallback: None,
             classifier: Classifier::default(),
             hook: Hook::default(),
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 
@@ -228,6 +232,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Records metrics (feature `metrics`) to the recorder the application installs: each
+    /// attempt's and each call's duration under OpenTelemetry's names, and every stage's
+    /// decisions. See [`crate::metrics`] for the instruments and their labels. Default: off,
+    /// and then the pipeline records nothing and costs nothing for it.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Validates the configuration and builds the client.
     ///
     /// # Errors
@@ -237,17 +251,25 @@ impl ClientBuilder {
     /// layers' `new`), or the `reqwest::Client` cannot be built (`http_client`).
     pub fn build(self) -> Result<Client, ConfigError> {
         let retry_summary = self.retry_summary();
+        #[cfg(feature = "metrics")]
+        let sink = self
+            .metrics
+            .as_ref()
+            .map(|m| std::sync::Arc::new(crate::metrics::Sink::new(m)));
+        let hook = self.hook.clone();
+        #[cfg(feature = "metrics")]
+        let hook = hook.with_metrics(sink.clone());
         // Without a total timeout the stage stays, for requests with a timeout of their own.
         let total = match self.total_timeout {
             Some(t) => TotalTimeoutLayer::new(t)?,
             None => TotalTimeoutLayer::per_request_only(),
         }
-        .with_hook(self.hook.clone());
+        .with_hook(hook.clone());
         let attempt = self
             .attempt_timeout
             .map(AttemptTimeoutLayer::new)
             .transpose()?
-            .map(|l| l.with_hook(self.hook.clone()));
+            .map(|l| l.with_hook(hook.clone()));
         if let (Some(t), Some(a)) = (self.total_timeout, self.attempt_timeout) {
             if a > t {
                 return Err(ConfigError::new(
@@ -256,7 +278,7 @@ impl ClientBuilder {
                 ));
             }
         }
-        let (classifier, hook) = (&self.classifier, &self.hook);
+        let (classifier, hook) = (&self.classifier, &hook);
         let retry = self
             .retry
             .map(|r| {
@@ -337,6 +359,11 @@ impl ClientBuilder {
             Some(l) => Either::Left(l.layer(transport)),
             None => Either::Right(transport),
         };
+        #[cfg(feature = "metrics")]
+        let stage = match &sink {
+            Some(sink) => Either::Left(crate::metrics::Measured::new(stage, sink.clone())),
+            None => Either::Right(stage),
+        };
         let stage = match limiter {
             Some(l) => Either::Left(l.layer(stage)),
             None => Either::Right(stage),
@@ -366,6 +393,8 @@ impl ClientBuilder {
             breakers,
             fallback: fallback_handle,
             summary: summary.join(" → "),
+            #[cfg(feature = "metrics")]
+            metrics: sink,
         }))
     }
 

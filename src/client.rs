@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -32,7 +32,12 @@ use crate::transport::{Boxed, Transport};
 
 // The standard order, innermost first; a stage switched off is the `Right` of its `Either`.
 pub(crate) type AttemptStage = Either<AttemptTimeout<Transport>, Transport>;
-pub(crate) type LimitStage = Either<RateLimitService<AttemptStage>, AttemptStage>;
+// With metrics, each attempt is timed between the limiter and the attempt timeout.
+#[cfg(feature = "metrics")]
+pub(crate) type MeasuredStage = Either<crate::metrics::Measured<AttemptStage>, AttemptStage>;
+#[cfg(not(feature = "metrics"))]
+pub(crate) type MeasuredStage = AttemptStage;
+pub(crate) type LimitStage = Either<RateLimitService<MeasuredStage>, MeasuredStage>;
 pub(crate) type BreakerStage = Either<CircuitBreakerService<LimitStage>, LimitStage>;
 // Without a retry stage, the stage below is boxed as the retry stage's loop is: the two sides
 // of an `Either` make a future as large as the larger, and the future of the stages below
@@ -67,6 +72,9 @@ pub(crate) struct ClientRef {
     pub(crate) breakers: Option<CircuitBreakerHandle>,
     pub(crate) fallback: Option<FallbackCacheHandle>,
     pub(crate) summary: String,
+    /// Where each call's duration goes (feature `metrics`, when switched on).
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<std::sync::Arc<crate::metrics::Sink>>,
 }
 
 impl Client {
@@ -142,6 +150,14 @@ impl Client {
     /// starts now, as with reqwest's `execute`: its total timeout counts from this call, not
     /// from the first poll of the future.
     pub fn execute(&self, req: Request) -> Pending {
+        #[cfg(not(feature = "metrics"))]
+        let timer = ();
+        #[cfg(feature = "metrics")]
+        let timer = self
+            .inner
+            .metrics
+            .as_ref()
+            .map(|sink| Box::new(crate::metrics::Timer::call(sink, &req)));
         let span = request_span(&req);
         let url = req.url().clone();
         let mut svc = self.inner.pipeline.clone();
@@ -163,7 +179,7 @@ impl Client {
                 url,
             },
         };
-        Pending { state }
+        Pending { state, timer }
     }
 
     /// The circuit breakers, to read a host's state or to isolate or reset it by hand; `None`
@@ -238,8 +254,16 @@ pin_project! {
     pub struct Pending {
         #[pin]
         state: State,
+        timer: CallTimer,
     }
 }
+
+/// The call's duration, with metrics on: boxed, as it is as large as the rest of `Pending`'s
+/// header, and nothing when off.
+#[cfg(feature = "metrics")]
+type CallTimer = Option<Box<crate::metrics::Timer>>;
+#[cfg(not(feature = "metrics"))]
+type CallTimer = ();
 
 /// The future of the pipeline called with a request.
 type PipelineFuture = <Pipeline as tower_service::Service<Request>>::Future;
@@ -267,6 +291,7 @@ impl Pending {
     fn failed(err: Error) -> Pending {
         Pending {
             state: State::Failed { err: Some(err) },
+            timer: CallTimer::default(),
         }
     }
 }
@@ -281,7 +306,8 @@ impl Future for Pending {
     type Output = Result<Response, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
+        let this = self.project();
+        let result = ready!(match this.state.project() {
             StateProj::Running { fut, url } => fut.poll(cx).map_err(|mut e| {
                 e.set_url_if_missing(url);
                 e
@@ -293,7 +319,12 @@ impl Future for Pending {
             StateProj::Failed { err } => Poll::Ready(Err(err.take().unwrap_or_else(|| {
                 Error::from_source(crate::ErrorKind::Request, "polled after completion")
             }))),
+        });
+        #[cfg(feature = "metrics")]
+        if let Some(timer) = this.timer.take() {
+            timer.finish(&result);
         }
+        Poll::Ready(result)
     }
 }
 
@@ -450,13 +481,21 @@ mod tests {
     /// were boxed and the `Oneshot` went.
     #[test]
     fn request_futures_stay_small() {
+        // With the `metrics` feature, an attempt's timer (48 bytes) sits between the rate
+        // limiter and the attempt timeout, in every request's future whether metrics are on
+        // or not.
+        let timer = if cfg!(feature = "metrics") { 48 } else { 0 };
         let sizes = [
             (
                 "attempt stage",
                 std::mem::size_of::<Fut<AttemptStage>>(),
                 256,
             ),
-            ("limit stage", std::mem::size_of::<Fut<LimitStage>>(), 320),
+            (
+                "limit stage",
+                std::mem::size_of::<Fut<LimitStage>>(),
+                320 + timer,
+            ),
             ("retry stage", std::mem::size_of::<Fut<RetryStage>>(), 32),
             ("pipeline", std::mem::size_of::<Fut<Pipeline>>(), 384),
             ("Pending", std::mem::size_of::<Pending>(), 512),

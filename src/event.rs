@@ -250,33 +250,62 @@ pub enum GiveUpReason {
 
 type HookFn = dyn Fn(&Event<'_>) + Send + Sync;
 
-/// A shared event hook; cheap to clone.
+/// A shared event hook, and the metrics that events feed; cheap to clone.
 #[derive(Clone, Default)]
-pub(crate) struct Hook(Option<Arc<HookFn>>);
+pub(crate) struct Hook {
+    user: Option<Arc<HookFn>>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<Arc<crate::metrics::Sink>>,
+}
 
 impl Hook {
     pub(crate) fn new<F>(f: F) -> Self
     where
         F: Fn(&Event<'_>) + Send + Sync + 'static,
     {
-        Hook(Some(Arc::new(f)))
+        Hook {
+            user: Some(Arc::new(f)),
+            #[cfg(feature = "metrics")]
+            metrics: None,
+        }
+    }
+
+    /// This hook, with the metrics fed by its events too.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn with_metrics(mut self, sink: Option<Arc<crate::metrics::Sink>>) -> Self {
+        self.metrics = sink;
+        self
+    }
+
+    /// The metrics this hook feeds.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn metrics(&self) -> Option<&Arc<crate::metrics::Sink>> {
+        self.metrics.as_ref()
     }
 
     #[inline]
     pub(crate) fn is_set(&self) -> bool {
-        self.0.is_some()
+        #[cfg(feature = "metrics")]
+        if self.metrics.is_some() {
+            return true;
+        }
+        self.user.is_some()
     }
 
     #[inline]
     pub(crate) fn emit(&self, event: impl FnOnce() -> Event<'static>) {
-        if let Some(f) = &self.0 {
-            f(&event());
+        if self.is_set() {
+            self.emit_ref(&event());
         }
     }
 
     #[inline]
     pub(crate) fn emit_ref(&self, event: &Event<'_>) {
-        if let Some(f) = &self.0 {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.event(event);
+        }
+        if let Some(f) = &self.user {
             f(event);
         }
     }
@@ -284,7 +313,7 @@ impl Hook {
 
 impl fmt::Debug for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
+        f.write_str(if self.user.is_some() {
             "Hook(set)"
         } else {
             "Hook(none)"

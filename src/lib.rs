@@ -172,6 +172,8 @@ mod event;
 mod ext;
 pub mod fallback;
 mod host;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod rate_limit;
 mod redact;
 pub mod retry;

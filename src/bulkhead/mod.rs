@@ -321,7 +321,10 @@ where
         };
         // Fast path: a permit is free (and nobody is queued for it), the call goes through now.
         if let Some(permit) = lease.try_acquire() {
-            return BulkheadFuture::running(self.inner.call(req), Permit::new(permit, lease));
+            return BulkheadFuture::running(
+                self.inner.call(req),
+                Permit::new(permit, lease, &self.hook),
+            );
         }
         let Some(place) = lease.enqueue() else {
             let e = reject(&self.hook, lease.key(), req.url(), "queue full");
@@ -356,7 +359,7 @@ where
             };
             drop(place);
             match acquired {
-                Some(permit) => Ok((svc.call(req), Permit::new(permit, lease))),
+                Some(permit) => Ok((svc.call(req), Permit::new(permit, lease, &hook))),
                 None => Err(reject(&hook, lease.key(), req.url(), "queue timeout")),
             }
         }))

@@ -285,13 +285,40 @@ impl Drop for QueuePlace {
 pub(crate) struct Permit {
     _permit: OwnedSemaphorePermit,
     _lease: Lease,
+    /// `palisade.bulkhead.in_flight` of the lease's key, with metrics on: up by one while
+    /// this permit is held.
+    #[cfg(feature = "metrics")]
+    in_flight: Option<metrics::Gauge>,
 }
 
 impl Permit {
-    pub(crate) fn new(permit: OwnedSemaphorePermit, lease: Lease) -> Permit {
+    pub(crate) fn new(
+        permit: OwnedSemaphorePermit,
+        lease: Lease,
+        hook: &crate::event::Hook,
+    ) -> Permit {
+        #[cfg(feature = "metrics")]
+        let in_flight = hook.metrics().map(|m| {
+            let g = m.bulkhead_in_flight(lease.key());
+            g.increment(1.0);
+            g
+        });
+        #[cfg(not(feature = "metrics"))]
+        let _ = hook;
         Permit {
             _permit: permit,
             _lease: lease,
+            #[cfg(feature = "metrics")]
+            in_flight,
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(g) = &self.in_flight {
+            g.decrement(1.0);
         }
     }
 }
