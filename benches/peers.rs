@@ -19,7 +19,10 @@
 //!   - `tower_resilience_stack`: tower-resilience's retry (3 attempts, exponential backoff
 //!     100 ms capped at 10 s) → circuit breaker (its defaults) → rate limiter (token bucket,
 //!     10⁹ per second, burst 10⁹, never reached) → time limiter (10 s), in palisade's order,
-//!     over the same transport (`svc.clone().oneshot(req)`).
+//!     over the same transport (`svc.clone().oneshot(req)`);
+//!   - `palisade_metrics` (this group only): `palisade_standard` with metrics on
+//!     (`ClientBuilder::metrics`) and no recorder installed, so the `metrics` facade's no-op:
+//!     what recording costs palisade itself, before any exporter's own cost.
 //!
 //!   reqwest-middleware has no place here: its chain ends in `reqwest::Client::execute`
 //!   (`Next::run` with no middleware left), and reqwest 0.13 has no pluggable transport, only
@@ -262,17 +265,24 @@ fn http_client() -> reqwest::Client {
 struct InMemory<D, T> {
     direct: D,
     palisade: Palisade,
+    /// The same pipeline with metrics on, and no recorder installed (the facade's no-op).
+    metrics: Palisade,
     tower_resilience: T,
 }
 
 /// Fresh clients and stacks, so that no state carries over between groups.
 fn in_memory_variants() -> InMemory<impl Variant, impl Variant> {
     let url = Url::parse(URL).expect("valid URL");
-    let client = palisade::Client::builder()
-        .transport(transport())
-        .rate_limit(RateLimit::per_second(1_000_000_000).burst(1_000_000_000))
+    let builder = || {
+        palisade::Client::builder()
+            .transport(transport())
+            .rate_limit(RateLimit::per_second(1_000_000_000).burst(1_000_000_000))
+    };
+    let client = builder().build().expect("standard pipeline");
+    let metered = builder()
+        .metrics(palisade::metrics::Metrics::new())
         .build()
-        .expect("standard pipeline");
+        .expect("standard pipeline with metrics");
     InMemory {
         direct: TransportDirect {
             url: url.clone(),
@@ -281,6 +291,11 @@ fn in_memory_variants() -> InMemory<impl Variant, impl Variant> {
         palisade: Palisade {
             url: url.clone(),
             client,
+            read_body: false,
+        },
+        metrics: Palisade {
+            url: url.clone(),
+            client: metered,
             read_body: false,
         },
         tower_resilience: TowerResilience {
@@ -532,6 +547,14 @@ const IN_MEMORY: [&str; 3] = [
     "tower_resilience_stack",
 ];
 
+/// The variants of `in_memory`: those of `in_memory_2_threads` and palisade with metrics on.
+const IN_MEMORY_1: [&str; 4] = [
+    "transport_direct",
+    "palisade_standard",
+    "tower_resilience_stack",
+    "palisade_metrics",
+];
+
 /// The variants of `loopback` and `loopback_2_threads`, palisade at [`PALISADE`].
 const LOOPBACK: [&str; 3] = [
     "reqwest_direct",
@@ -542,11 +565,12 @@ const LOOPBACK: [&str; 3] = [
 fn in_memory(c: &mut Criterion) {
     let rt = current_thread();
     let v = in_memory_variants();
-    if tables("in_memory", &IN_MEMORY) {
+    if tables("in_memory", &IN_MEMORY_1) {
         println!("heap allocations per request (mean of {ALLOC_N}):");
         print_allocations(&rt, "in_memory/transport_direct", &v.direct);
         print_allocations(&rt, "in_memory/palisade_standard", &v.palisade);
         print_allocations(&rt, "in_memory/tower_resilience_stack", &v.tower_resilience);
+        print_allocations(&rt, "in_memory/palisade_metrics", &v.metrics);
         print_interleaved(
             "in_memory",
             200,
@@ -555,6 +579,7 @@ fn in_memory(c: &mut Criterion) {
                 serial(&rt, "transport_direct", &v.direct),
                 serial(&rt, "palisade_standard", &v.palisade),
                 serial(&rt, "tower_resilience_stack", &v.tower_resilience),
+                serial(&rt, "palisade_metrics", &v.metrics),
             ],
         );
     }
@@ -563,6 +588,7 @@ fn in_memory(c: &mut Criterion) {
     single(&mut group, &rt, "palisade_standard", &v.palisade);
     let tower_resilience = &v.tower_resilience;
     single(&mut group, &rt, "tower_resilience_stack", tower_resilience);
+    single(&mut group, &rt, "palisade_metrics", &v.metrics);
     group.finish();
 }
 
@@ -656,6 +682,7 @@ fn callgrind(variant: &str) {
                 "transport_direct" => send_n(&rt, &v.direct, n),
                 "palisade_standard" => send_n(&rt, &v.palisade, n),
                 "tower_resilience_stack" => send_n(&rt, &v.tower_resilience, n),
+                "palisade_metrics" => send_n(&rt, &v.metrics, n),
                 _ => panic!("unknown variant {variant}"),
             }
         }

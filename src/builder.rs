@@ -360,10 +360,7 @@ impl ClientBuilder {
             None => Either::Right(transport),
         };
         #[cfg(feature = "metrics")]
-        let stage = match &sink {
-            Some(sink) => Either::Left(crate::metrics::Measured::new(stage, sink.clone())),
-            None => Either::Right(stage),
-        };
+        let stage = crate::metrics::Measured::new(stage, sink.clone());
         let stage = match limiter {
             Some(l) => Either::Left(l.layer(stage)),
             None => Either::Right(stage),

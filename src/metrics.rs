@@ -617,26 +617,30 @@ fn method_index(m: &Method) -> u8 {
     }
 }
 
-/// The three digits of every status code (100 to 999), so that labels borrow them.
-static STATUS_DIGITS: [u8; 2700] = {
-    let mut d = [0u8; 2700];
-    let mut code = 100;
-    while code < 1000 {
-        let i = (code - 100) * 3;
-        d[i] = b'0' + (code / 100) as u8;
-        d[i + 1] = b'0' + (code / 10 % 10) as u8;
-        d[i + 2] = b'0' + (code % 10) as u8;
-        code += 1;
+/// The three digits of every status code (100 to 999) in a row, so that labels borrow them.
+static STATUS_DIGITS: &str = {
+    const BYTES: [u8; 2700] = {
+        let mut d = [0u8; 2700];
+        let mut code = 100;
+        while code < 1000 {
+            let i = (code - 100) * 3;
+            d[i] = b'0' + (code / 100) as u8;
+            d[i + 1] = b'0' + (code / 10 % 10) as u8;
+            d[i + 2] = b'0' + (code % 10) as u8;
+            code += 1;
+        }
+        d
+    };
+    match std::str::from_utf8(&BYTES) {
+        Ok(s) => s,
+        Err(_) => panic!("digits are UTF-8"),
     }
-    d
 };
 
 fn status_str(status: StatusCode) -> SharedString {
+    // `StatusCode` holds 100 to 999.
     let i = (usize::from(status.as_u16()).clamp(100, 999) - 100) * 3;
-    match std::str::from_utf8(&STATUS_DIGITS[i..i + 3]) {
-        Ok(s) => SharedString::const_str(s),
-        Err(_) => SharedString::from(status.as_str().to_owned()),
-    }
+    SharedString::const_str(STATUS_DIGITS.get(i..i + 3).unwrap_or(OTHER))
 }
 
 fn error_type(kind: ErrorKind) -> &'static str {
@@ -709,14 +713,19 @@ fn fallback_reason(reason: FallbackReason) -> &'static str {
 /// Times each attempt (`http.client.request.duration`): the stage between the rate limiter and
 /// the attempt timeout, so that an attempt is timed from when it leaves for the host (not while
 /// it waits for a token) and an attempt timeout ends it as a failure.
+///
+/// It is in every pipeline built with the `metrics` feature, metrics on or off (without a sink
+/// it only passes calls through): an `Either` around it would make every request's boxed retry
+/// loop larger than the allocator's per-thread cache takes (see the retry stage's
+/// `the_boxed_loop_stays_small`), which cost more than the stage itself.
 #[derive(Clone, Debug)]
 pub(crate) struct Measured<S> {
     inner: S,
-    sink: Arc<Sink>,
+    sink: Option<Arc<Sink>>,
 }
 
 impl<S> Measured<S> {
-    pub(crate) fn new(inner: S, sink: Arc<Sink>) -> Self {
+    pub(crate) fn new(inner: S, sink: Option<Arc<Sink>>) -> Self {
         Measured { inner, sink }
     }
 }
@@ -735,10 +744,14 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let timer = Timer::attempt(&self.sink, &req);
+        // Boxed: 8 bytes in every attempt's future, metrics on or off.
+        let timer = self
+            .sink
+            .as_ref()
+            .map(|sink| Box::new(Timer::attempt(sink, &req)));
         MeasuredFuture {
             inner: self.inner.call(req),
-            timer: Some(timer),
+            timer,
         }
     }
 }
@@ -807,7 +820,7 @@ pin_project! {
     pub(crate) struct MeasuredFuture<F> {
         #[pin]
         inner: F,
-        timer: Option<Timer>,
+        timer: Option<Box<Timer>>,
     }
 }
 

@@ -343,13 +343,13 @@ struct Progress {
     deadline: Option<Instant>,
     idempotent: bool,
     method: Method,
-    /// Cloned only when an event hook is set; tracing reads the URL from the request's span.
+    /// The request's URL: cloned at the start when an event hook is set (tracing reads the URL
+    /// from the request's span), else only for the error of a last attempt, whose request is
+    /// not kept. (One field for both keeps the boxed loop within the allocator's cache.)
     url: Option<Box<Url>>,
     rng: Option<fastrand::Rng>,
     prev_delay: Duration,
     attempt: u32,
-    /// The URL of a last attempt, whose request is not kept, for its error.
-    last_url: Option<Box<Url>>,
     /// The retry withdrawn from the budget for the attempt to come, until that attempt starts:
     /// a caller that drops the request during the backoff sleep gives it back (see `Drop`).
     reserved: Option<Withdrawal>,
@@ -450,7 +450,6 @@ impl Progress {
             rng: None,
             prev_delay: shared.cfg.backoff.base,
             attempt: 0,
-            last_url: None,
             reserved: None,
             last_sent: None,
             built: false,
@@ -493,8 +492,8 @@ impl Progress {
         };
         if self.attempt > 1 {
             self.last_sent = Some(Instant::now());
-            if req.is_none() {
-                self.last_url = Some(Box::new(send.url().clone()));
+            if req.is_none() && self.url.is_none() {
+                self.url = Some(Box::new(send.url().clone()));
             }
         }
         context::record_attempt(self.attempt);
@@ -516,7 +515,7 @@ impl Progress {
             "attempt finished"
         );
         let method = &self.method;
-        if let Some(url) = self.url.as_deref() {
+        if let Some(url) = self.url.as_deref().filter(|_| shared.hook.is_set()) {
             shared.hook.emit_ref(&Event::Attempt {
                 method,
                 url,
@@ -525,8 +524,7 @@ impl Progress {
                 status,
             });
         }
-        let last_url = self.last_url.take();
-        let url_for_error = kept.map(Request::url).or(last_url.as_deref());
+        let url_for_error = kept.map(Request::url).or(self.url.as_deref());
         let next = decide(
             shared,
             &result,
@@ -761,9 +759,14 @@ mod tests {
     /// bytes before the loop was arranged to keep only what it needs across its awaits.
     #[test]
     fn the_boxed_loop_stays_small() {
-        type S = tower::util::Either<crate::timeout::AttemptTimeout<Transport>, Transport>;
+        use tower::util::Either;
+        // The stages a client's retry loop holds, as `ClientBuilder::build` makes them.
         let layer = RetryLayer::new(Retry::default()).unwrap();
-        let svc: S = tower::util::Either::Right(Transport::Reqwest(reqwest::Client::new()));
+        let attempt: crate::client::AttemptStage =
+            Either::Right(Transport::Reqwest(reqwest::Client::new()));
+        #[cfg(feature = "metrics")]
+        let attempt = crate::metrics::Measured::new(attempt, None);
+        let svc: crate::client::BreakerStage = Either::Right(Either::Right(attempt));
         let req = Request::new(Method::GET, "http://a.test/".parse().unwrap());
         let fut = run(svc, layer.shared.clone(), req, false);
         let size = std::mem::size_of_val(&fut);
