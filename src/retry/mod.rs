@@ -343,9 +343,9 @@ struct Progress {
     deadline: Option<Instant>,
     idempotent: bool,
     method: Method,
-    /// The request's URL: cloned at the start when an event hook is set (tracing reads the URL
-    /// from the request's span), else only for the error of a last attempt, whose request is
-    /// not kept. (One field for both keeps the boxed loop within the allocator's cache.)
+    /// The request's URL when the request is not kept (a last attempt, or the only one), for
+    /// the attempt's error and events: cloned then only, as events and errors read the kept
+    /// request's URL while there is one (tracing reads it from the request's span).
     url: Option<Box<Url>>,
     rng: Option<fastrand::Rng>,
     prev_delay: Duration,
@@ -446,7 +446,7 @@ impl Progress {
             deadline: context::deadline(),
             idempotent: is_idempotent(req),
             method: req.method().clone(),
-            url: shared.hook.is_set().then(|| Box::new(req.url().clone())),
+            url: None,
             rng: None,
             prev_delay: shared.cfg.backoff.base,
             attempt: 0,
@@ -492,9 +492,10 @@ impl Progress {
         };
         if self.attempt > 1 {
             self.last_sent = Some(Instant::now());
-            if req.is_none() && self.url.is_none() {
-                self.url = Some(Box::new(send.url().clone()));
-            }
+        }
+        // The only attempt's error gets its URL from the client; its events need it here.
+        if req.is_none() && self.url.is_none() && (self.attempt > 1 || self.shared.hook.is_set()) {
+            self.url = Some(Box::new(send.url().clone()));
         }
         context::record_attempt(self.attempt);
         context::bound_transport_timeout(&mut send, self.deadline);
@@ -515,7 +516,8 @@ impl Progress {
             "attempt finished"
         );
         let method = &self.method;
-        if let Some(url) = self.url.as_deref().filter(|_| shared.hook.is_set()) {
+        let url_for_error = kept.map(Request::url).or(self.url.as_deref());
+        if let Some(url) = url_for_error {
             shared.hook.emit_ref(&Event::Attempt {
                 method,
                 url,
@@ -524,7 +526,6 @@ impl Progress {
                 status,
             });
         }
-        let url_for_error = kept.map(Request::url).or(self.url.as_deref());
         let next = decide(
             shared,
             &result,
@@ -540,7 +541,7 @@ impl Progress {
             Next::Return => Step::Done(finish(result, attempt, url_for_error, self.last_sent)),
             Next::GiveUp(reason) => {
                 tracing::debug!(attempts = attempt, class = %class, reason = ?reason, "not retrying");
-                if let Some(url) = self.url.as_deref() {
+                if let Some(url) = url_for_error {
                     shared.hook.emit_ref(&Event::GaveUp {
                         method,
                         url,
@@ -564,7 +565,7 @@ impl Progress {
                     from_retry_after,
                     "retrying"
                 );
-                if let Some(url) = self.url.as_deref() {
+                if let Some(url) = url_for_error {
                     shared.hook.emit_ref(&Event::Retry {
                         method,
                         url,
