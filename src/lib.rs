@@ -171,6 +171,7 @@ mod error;
 mod event;
 mod ext;
 pub mod fallback;
+pub mod health;
 mod host;
 pub mod rate_limit;
 mod redact;
@@ -186,6 +187,7 @@ pub use crate::client::{Client, Pending, RequestBuilder};
 pub use crate::error::{ConfigError, Error, ErrorKind, TimeoutKind};
 pub use crate::event::{CircuitState, Event, GiveUpReason};
 pub use crate::ext::ResponseExt;
+pub use crate::health::Health;
 
 /// The stages as tower layers, for those who build their own stacks.
 ///

@@ -19,6 +19,7 @@ const SHARDS: usize = 32;
 
 /// The calls in flight and waiting in a bulkhead, or in one host's part of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Load {
     /// Calls holding a permit: sent to the stage below and not yet answered.
