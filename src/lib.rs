@@ -91,12 +91,20 @@
 //! logged. [`ClientBuilder::on_event`] takes a hook for the same [`Event`]s, to count them
 //! without tracing.
 //!
+//! # Health
+//!
+//! [`Client::health`] takes a snapshot of the pipeline for a health endpoint: per host, the
+//! breaker's state and recent failure ratio, the limiter's free tokens and pushback pause, the
+//! bulkhead's load; the retry budget's balance and the fallback store's size. Reading it is
+//! bounded and changes nothing. See [`health`].
+//!
 //! # Features
 //!
 //! `default-tls`, `rustls`, `native-tls`, `http2`, `charset` and `system-proxy` are forwarded
 //! to reqwest (the first, `http2`, `charset` and `system-proxy` are on by default, as in
 //! reqwest). `json`, `query` and `form` forward to reqwest and enable
-//! `RequestBuilder::json`, `RequestBuilder::query` and `RequestBuilder::form`.
+//! `RequestBuilder::json`, `RequestBuilder::query` and `RequestBuilder::form`. `serde`
+//! implements `serde::Serialize` for the snapshot of [`Client::health`] (see [`health`]).
 //!
 //! # MSRV
 //!
