@@ -185,9 +185,10 @@ impl Client {
     /// fallback store's size. A stage switched off gives `None` for its part. With the `serde`
     /// feature the snapshot implements `serde::Serialize` (durations in seconds).
     ///
-    /// Reading is cheap and bounded (the per-host maps are bounded by each stage's
-    /// `max_hosts`), takes no write lock and changes nothing: no host is evicted, no breaker
-    /// moves from open to half-open. See [`health`](crate::health) for what is listed.
+    /// Reading is bounded (the per-host maps are bounded by each stage's `max_hosts`), holds
+    /// one shard's lock at a time, briefly, and changes nothing: no host is evicted, no
+    /// breaker moves from open to half-open. See [`health`](crate::health) for what is
+    /// listed and what reading costs.
     ///
     /// ```
     /// use palisade::rate_limit::RateLimit;
