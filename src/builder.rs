@@ -355,6 +355,14 @@ impl ClientBuilder {
             Transport::Custom(_) => "custom transport".to_owned(),
         });
 
+        // What `Client::health` reads: a handle on each stage's state.
+        let health = crate::health::Sources {
+            breakers: breaker.as_ref().map(CircuitBreakerLayer::handle),
+            limiter: limiter.as_ref().map(RateLimitLayer::view),
+            bulkhead: bulkhead.as_ref().map(BulkheadLayer::view),
+            budget: retry.as_ref().and_then(RetryLayer::budget_view),
+            fallback: fallback.as_ref().map(FallbackCacheLayer::handle),
+        };
         let stage = match attempt {
             Some(l) => Either::Left(l.layer(transport)),
             None => Either::Right(transport),
@@ -389,6 +397,7 @@ impl ClientBuilder {
             pipeline,
             breakers,
             fallback: fallback_handle,
+            health,
             summary: summary.join(" → "),
             #[cfg(feature = "metrics")]
             metrics: sink,

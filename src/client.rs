@@ -71,6 +71,7 @@ pub(crate) struct ClientRef {
     pub(crate) pipeline: Pipeline,
     pub(crate) breakers: Option<CircuitBreakerHandle>,
     pub(crate) fallback: Option<FallbackCacheHandle>,
+    pub(crate) health: crate::health::Sources,
     pub(crate) summary: String,
     /// Where each call's duration goes (feature `metrics`, when switched on).
     #[cfg(feature = "metrics")]
@@ -192,6 +193,34 @@ impl Client {
     /// no fallback cache (the default).
     pub fn fallback_cache(&self) -> Option<&FallbackCacheHandle> {
         self.inner.fallback.as_ref()
+    }
+
+    /// A snapshot of the pipeline's state, for a health endpoint: per host, the circuit
+    /// breaker's state and recent failure ratio, the rate limiter's free tokens and
+    /// server-pushback pause, the bulkhead's load; the retry budget's balance and the
+    /// fallback store's size. A stage switched off gives `None` for its part. With the `serde`
+    /// feature the snapshot implements `serde::Serialize` (durations in seconds).
+    ///
+    /// Reading is bounded (the per-host maps are bounded by each stage's `max_hosts`), holds
+    /// one shard's lock at a time, briefly, and changes nothing: no host is evicted, no
+    /// breaker moves from open to half-open. See [`health`](crate::health) for what is
+    /// listed and what reading costs.
+    ///
+    /// ```
+    /// use palisade::rate_limit::RateLimit;
+    ///
+    /// let client = palisade::Client::builder()
+    ///     .rate_limit(RateLimit::per_second(50).burst(10))
+    ///     .build()?;
+    /// let health = client.health();
+    /// assert!(health.hosts.is_empty(), "no request sent yet");
+    /// assert_eq!(health.rate_limit.as_ref().map(|l| l.tokens), Some(10));
+    /// assert_eq!(health.budget.as_ref().map(|b| b.retries_available), Some(100));
+    /// println!("{health:#?}");
+    /// # Ok::<(), palisade::ConfigError>(())
+    /// ```
+    pub fn health(&self) -> crate::Health {
+        self.inner.health.snapshot()
     }
 
     /// The `reqwest::Client` under the pipeline (for building requests with reqwest's own

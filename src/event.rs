@@ -218,8 +218,14 @@ impl fmt::Debug for Event<'_> {
     }
 }
 
-/// The state of a circuit breaker.
+/// The state of a circuit breaker. With the `serde` feature it serializes as `"closed"`,
+/// `"open"` or `"half_open"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum CircuitState {
     /// Calls flow; outcomes are counted.
     Closed,

@@ -91,12 +91,20 @@
 //! logged. [`ClientBuilder::on_event`] takes a hook for the same [`Event`]s, to count them
 //! without tracing.
 //!
+//! # Health
+//!
+//! [`Client::health`] takes a snapshot of the pipeline for a health endpoint: per host, the
+//! breaker's state and recent failure ratio, the limiter's free tokens and pushback pause, the
+//! bulkhead's load; the retry budget's balance and the fallback store's size. Reading it is
+//! bounded and changes nothing. See [`health`].
+//!
 //! # Features
 //!
 //! `default-tls`, `rustls`, `native-tls`, `http2`, `charset` and `system-proxy` are forwarded
 //! to reqwest (the first, `http2`, `charset` and `system-proxy` are on by default, as in
 //! reqwest). `json`, `query` and `form` forward to reqwest and enable
-//! `RequestBuilder::json`, `RequestBuilder::query` and `RequestBuilder::form`.
+//! `RequestBuilder::json`, `RequestBuilder::query` and `RequestBuilder::form`. `serde`
+//! implements `serde::Serialize` for the snapshot of [`Client::health`] (see [`health`]).
 //!
 //! # MSRV
 //!
@@ -171,6 +179,7 @@ mod error;
 mod event;
 mod ext;
 pub mod fallback;
+pub mod health;
 mod host;
 #[cfg(feature = "metrics")]
 pub mod metrics;
@@ -188,6 +197,7 @@ pub use crate::client::{Client, Pending, RequestBuilder};
 pub use crate::error::{ConfigError, Error, ErrorKind, TimeoutKind};
 pub use crate::event::{CircuitState, Event, GiveUpReason};
 pub use crate::ext::ResponseExt;
+pub use crate::health::Health;
 
 /// The stages as tower layers, for those who build their own stacks.
 ///

@@ -236,6 +236,35 @@ impl BulkheadLayer {
     pub fn tracked_hosts(&self) -> usize {
         self.shared.state.keys()
     }
+
+    /// A read-only view of the bulkhead's load, for [`Client::health`](crate::Client::health).
+    pub(crate) fn view(&self) -> BulkheadView {
+        BulkheadView {
+            state: self.shared.state.clone(),
+        }
+    }
+}
+
+/// A read-only view of a bulkhead's load, for [`Client::health`](crate::Client::health).
+#[derive(Clone)]
+pub(crate) struct BulkheadView {
+    state: Arc<State>,
+}
+
+impl BulkheadView {
+    /// The load of a bulkhead shared by all hosts; `None` per host.
+    pub(crate) fn global(&self) -> Option<Load> {
+        self.state.global_load()
+    }
+
+    /// Calls `f` with each host that has calls in flight or queued (per host only).
+    pub(crate) fn hosts(&self, f: impl FnMut(&str, Load)) {
+        self.state.for_each_host(f);
+    }
+
+    pub(crate) fn is_per_host(&self) -> bool {
+        self.state.is_per_host()
+    }
 }
 
 impl fmt::Debug for BulkheadLayer {

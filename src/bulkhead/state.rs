@@ -19,6 +19,7 @@ const SHARDS: usize = 32;
 
 /// The calls in flight and waiting in a bulkhead, or in one host's part of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Load {
     /// Calls holding a permit: sent to the stage below and not yet answered.
@@ -185,6 +186,55 @@ impl State {
                     }
                 }
                 total
+            }
+        }
+    }
+
+    /// The load of the one slot of a global bulkhead; `None` per host.
+    pub(crate) fn global_load(&self) -> Option<Load> {
+        match &self.slots {
+            Slots::Global(slot) => Some(slot.load()),
+            Slots::PerHost(_) => None,
+        }
+    }
+
+    /// Calls `f` with the key and the load of every host a per-host bulkhead holds (those with
+    /// calls in flight or queued); nothing for a global one. Each shard's lock, which calls
+    /// take too, is held only to copy its keys and loads into buffers made large enough
+    /// beforehand (if the shard grew meanwhile, the buffers grow with the lock released, and
+    /// the shard is read again), so nothing is allocated under it; `f` runs with no lock held.
+    /// Changes nothing: no lease is taken or given back.
+    pub(crate) fn for_each_host(&self, mut f: impl FnMut(&str, Load)) {
+        let Slots::PerHost(map) = &self.slots else {
+            return;
+        };
+        let mut keys = String::new();
+        // Where each key ends in `keys`, and its load.
+        let mut loads: Vec<(usize, Load)> = Vec::new();
+        for shard in map.shards.iter() {
+            loop {
+                keys.clear();
+                loads.clear();
+                let (n, bytes) = {
+                    let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+                    let (n, bytes) = shard.keys().fold((0, 0), |(n, b), k| (n + 1, b + k.len()));
+                    if n <= loads.capacity() && bytes <= keys.capacity() {
+                        for (k, slot) in shard.iter() {
+                            keys.push_str(k);
+                            loads.push((keys.len(), slot.load()));
+                        }
+                        break;
+                    }
+                    (n, bytes)
+                };
+                // Room for some growth, so that a busy shard is seldom read a third time.
+                loads.reserve(n.saturating_mul(2));
+                keys.reserve(bytes.saturating_mul(2));
+            }
+            let mut start = 0;
+            for &(stop, load) in &loads {
+                f(&keys[start..stop], load);
+                start = stop;
             }
         }
     }
@@ -397,6 +447,63 @@ mod tests {
         let _p = l.try_acquire().unwrap();
         assert_eq!(state.load().in_flight, 1);
         assert_eq!(state.load_of("anything").in_flight, 1);
+    }
+
+    fn hosts(state: &State) -> Vec<(String, Load)> {
+        let mut v = Vec::new();
+        state.for_each_host(|k, l| v.push((k.to_owned(), l)));
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn each_host_is_read_with_its_load_and_kept() {
+        let state = Arc::new(State::new(1, 2, true, 100));
+        assert_eq!(state.global_load(), None);
+        assert!(hosts(&state).is_empty());
+        let a = state.lease(key("a:80")).unwrap();
+        let _a1 = a.try_acquire().unwrap();
+        let a2 = state.lease(key("a:80")).unwrap();
+        let _q = a2.enqueue().unwrap();
+        // Enough hosts that each shard's buffers must grow.
+        let many: Vec<_> = (0..99)
+            .map(|i| state.lease(format!("h{i:02}:80")).unwrap())
+            .collect();
+        let seen = hosts(&state);
+        assert_eq!(seen.len(), 100);
+        assert_eq!(
+            seen[0],
+            (
+                "a:80".to_owned(),
+                Load {
+                    in_flight: 1,
+                    queued: 1
+                }
+            )
+        );
+        assert!(seen[1..].iter().all(|(_, l)| *l == Load::default()));
+        assert_eq!(seen[1].0, "h00:80");
+        // Reading took no lease and gave none back.
+        assert_eq!(keys(&state), 100);
+        drop(many);
+        assert_eq!(hosts(&state).len(), 1);
+        drop((a, a2));
+    }
+
+    #[test]
+    fn a_global_slot_is_read_as_a_whole() {
+        let state = Arc::new(State::new(2, 1, false, 8));
+        let l = state.lease(String::new()).unwrap();
+        let _p = l.try_acquire().unwrap();
+        let _q = l.enqueue().unwrap();
+        assert_eq!(
+            state.global_load(),
+            Some(Load {
+                in_flight: 1,
+                queued: 1
+            })
+        );
+        assert!(hosts(&state).is_empty());
     }
 
     #[test]

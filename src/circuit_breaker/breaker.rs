@@ -133,6 +133,21 @@ impl Policy {
     }
 }
 
+/// What a breaker holds at one instant ([`Breaker::snapshot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) state: CircuitState,
+    /// Calls and failures over the window (ratio mode; 0 in consecutive mode).
+    pub(crate) calls: u64,
+    pub(crate) failures: u64,
+    /// Failures in a row (consecutive mode only).
+    pub(crate) consecutive: Option<u32>,
+    /// Open and not isolated: how long until the break is over (zero once it is, until the
+    /// next call moves the breaker to half-open).
+    pub(crate) half_open_in: Option<Duration>,
+    pub(crate) isolated: bool,
+}
+
 /// A state change, for the stage to report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Transition {
@@ -482,6 +497,54 @@ impl Breaker {
         let gs = self.gen_state.load(Ordering::Acquire);
         self.open_until.store(0, Ordering::Release);
         self.close(&mut tr, gs >> STATE_BITS, state_of(gs))
+    }
+
+    /// What the breaker holds at `now`, read without changing it: no lock, no move of the
+    /// window (buckets that fell out of it by `now` are left out, not cleared), no lazy move
+    /// to half-open, no touch of the last-use mark. The words are read one by one, so a
+    /// snapshot taken during a transition may mix the two sides of it.
+    pub(crate) fn snapshot(&self, now: Duration) -> Snapshot {
+        let gs = self.gen_state.load(Ordering::Acquire);
+        let state = state_of(gs);
+        let t = nanos(now);
+        let (mut calls, mut failures, mut consecutive) = (0, 0, None);
+        match self.policy.rule {
+            Rule::Ratio { .. } => (calls, failures) = self.window_counts_at(t),
+            Rule::Consecutive(_) => consecutive = Some(self.run.load(Ordering::Acquire)),
+        }
+        let (mut half_open_in, mut isolated) = (None, false);
+        if gs & STATE_MASK == OPEN {
+            let until = self.open_until.load(Ordering::Acquire);
+            isolated = until == ISOLATED;
+            half_open_in = (!isolated).then(|| Duration::from_nanos(until.saturating_sub(t)));
+        }
+        Snapshot {
+            state,
+            calls,
+            failures,
+            consecutive,
+            half_open_in,
+            isolated,
+        }
+    }
+
+    /// (calls, failures) over the window that ends at `t`, read only: the buckets hold the
+    /// indexes `head - BUCKETS + 1 ..= head` (the move of `head` cleared the others), and of
+    /// those the window at `t` keeps the ones above `t`'s index less `BUCKETS`.
+    fn window_counts_at(&self, t: u64) -> (u64, u64) {
+        let idx = t / self.policy.bucket_nanos.max(1);
+        let head = self.head.load(Ordering::Acquire);
+        let first = head
+            .saturating_sub(BUCKETS - 1)
+            .max(idx.saturating_sub(BUCKETS - 1));
+        (first..=head).fold((0, 0), |(c, f), g| {
+            // No bucket in consecutive mode: nothing counted.
+            let v = self
+                .buckets
+                .get((g % BUCKETS) as usize)
+                .map_or(0, |b| b.load(Ordering::Acquire));
+            (c + (v & CALLS_MASK), f + (v >> 32))
+        })
     }
 
     #[cfg(test)]

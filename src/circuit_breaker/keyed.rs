@@ -162,6 +162,23 @@ impl HostMap {
         b.isolate()
     }
 
+    /// Calls `f` with every breaker held, one shard at a time: under the shard's read lock
+    /// only their `Arc`s are copied out (into one buffer, reused from shard to shard), and
+    /// `f` runs once the lock is released, so a slow `f` holds up no call. Changes nothing:
+    /// no sweep, no eviction, no touch of the last-use marks.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Breaker)) {
+        let mut held: Vec<Arc<Breaker>> = Vec::new();
+        for shard in self.shards.iter() {
+            {
+                let map = shard.map.read().unwrap_or_else(PoisonError::into_inner);
+                held.extend(map.values().cloned());
+            }
+            for b in held.drain(..) {
+                f(&b);
+            }
+        }
+    }
+
     /// The number of hosts held.
     pub(crate) fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)

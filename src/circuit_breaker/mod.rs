@@ -73,12 +73,13 @@ use tokio::time::Instant;
 use tower_service::Service;
 use url::Url;
 
-use self::breaker::{Admission, Breaker, Policy, Rule, Transition, BUCKETS, SCALE};
+use self::breaker::{Admission, Breaker, Policy, Rule, Snapshot, Transition, BUCKETS, SCALE};
 pub use self::future::CircuitBreakerFuture;
 use self::keyed::HostMap;
 use crate::classify::Classifier;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::event::{CircuitState, Event, Hook};
+use crate::health::CircuitHealth;
 use crate::host::{host_key, with_host_key};
 
 /// What trips a closed breaker.
@@ -599,6 +600,46 @@ impl CircuitBreakerHandle {
             Breakers::Global(_) => 1,
             Breakers::PerHost(map) => map.len(),
         }
+    }
+
+    /// Whether there is a breaker per host (rather than one for all).
+    pub(crate) fn is_per_host(&self) -> bool {
+        matches!(self.shared.state.breakers, Breakers::PerHost(_))
+    }
+
+    /// The state of the one breaker shared by all hosts; `None` per host. Read only.
+    pub(crate) fn health_global(&self) -> Option<CircuitHealth> {
+        match &self.shared.state.breakers {
+            Breakers::Global(b) => Some(health(b.snapshot(self.shared.rec.now()))),
+            Breakers::PerHost(_) => None,
+        }
+    }
+
+    /// Calls `f` with the key and the state of every breaker a per-host map holds; nothing
+    /// for a global breaker. Read only: no sweep, no eviction, no move to half-open, no touch
+    /// of the last-use marks, and no lock held while `f` runs.
+    pub(crate) fn health_hosts(&self, mut f: impl FnMut(&str, CircuitHealth)) {
+        if let Breakers::PerHost(map) = &self.shared.state.breakers {
+            let now = self.shared.rec.now();
+            map.for_each(|b| f(b.key(), health(b.snapshot(now))));
+        }
+    }
+}
+
+fn health(s: Snapshot) -> CircuitHealth {
+    let failure_ratio = if s.calls == 0 {
+        0.0
+    } else {
+        (s.failures as f64 / s.calls as f64).min(1.0)
+    };
+    CircuitHealth {
+        state: s.state,
+        failure_ratio,
+        calls: s.calls,
+        failures: s.failures,
+        consecutive_failures: s.consecutive,
+        half_open_in: s.half_open_in,
+        isolated: s.isolated,
     }
 }
 

@@ -673,3 +673,113 @@ fn a_slow_call_is_timed_from_when_it_left_for_the_host() {
     let mut p = admit(&b, 10 * S);
     assert_eq!(to(p.record_left(Success, 12 * S, Some(S))), Some(Open));
 }
+
+#[test]
+fn a_snapshot_reads_the_window_as_it_stands_at_now_and_changes_nothing() {
+    // A 10 s window in 1 s buckets, at least 4 calls, opening at half of them failing.
+    let b = breaker(
+        CircuitBreaker::default()
+            .window(10 * S)
+            .min_calls(4)
+            .break_duration(5 * S),
+    );
+    let s = b.snapshot(Duration::ZERO);
+    assert_eq!((s.state, s.calls, s.failures), (Closed, 0, 0));
+    assert_eq!(
+        (s.consecutive, s.half_open_in, s.isolated),
+        (None, None, false)
+    );
+    call(&b, Duration::ZERO, ServerError);
+    call(&b, S, Success);
+    call(&b, 2 * S, Success);
+    let s = b.snapshot(2 * S);
+    assert_eq!((s.state, s.calls, s.failures), (Closed, 3, 1));
+    // The first call leaves the window at 10 s, the others at 11 s and 12 s, though no call
+    // moved the window since: the snapshot leaves out what fell out, without clearing it.
+    assert_eq!(
+        (b.snapshot(10 * S).calls, b.snapshot(10 * S).failures),
+        (2, 0)
+    );
+    assert_eq!(b.snapshot(12 * S).calls, 0);
+    assert_eq!(b.snapshot(2 * S).calls, 3, "nothing was cleared");
+    // A call after a long gap moves the window: only the new call counts.
+    call(&b, 30 * S, Success);
+    assert_eq!(b.snapshot(30 * S).calls, 1);
+}
+
+#[test]
+fn a_snapshot_of_an_open_breaker_tells_the_break_left_and_does_not_half_open_it() {
+    let b = breaker(
+        CircuitBreaker::default()
+            .window(10 * S)
+            .min_calls(2)
+            .break_duration(5 * S),
+    );
+    call(&b, Duration::ZERO, ServerError);
+    assert_eq!(to(call(&b, S, ServerError)), Some(Open));
+    let s = b.snapshot(3 * S);
+    assert_eq!((s.state, s.calls, s.failures), (Open, 2, 2));
+    assert_eq!(s.half_open_in, Some(3 * S));
+    // The break is over: still open, zero left, until a call makes the move.
+    for _ in 0..3 {
+        let s = b.snapshot(7 * S);
+        assert_eq!((s.state, s.half_open_in), (Open, Some(Duration::ZERO)));
+    }
+    assert_eq!(b.state(), Open);
+    let gen = b.generation();
+    let probe = admit(&b, 7 * S);
+    assert_eq!(
+        b.generation(),
+        gen + 1,
+        "the call, not the snapshot, made the move"
+    );
+    let s = b.snapshot(7 * S);
+    assert_eq!((s.state, s.half_open_in), (HalfOpen, None));
+    drop(probe);
+    b.isolate();
+    let s = b.snapshot(8 * S);
+    assert_eq!((s.state, s.half_open_in, s.isolated), (Open, None, true));
+    b.reset();
+    let s = b.snapshot(8 * S);
+    assert_eq!((s.state, s.calls, s.isolated), (Closed, 0, false));
+}
+
+#[test]
+fn a_snapshot_in_consecutive_mode_counts_the_run() {
+    let b = breaker(CircuitBreaker::default().consecutive_failures(3));
+    call(&b, Duration::ZERO, ServerError);
+    call(&b, Duration::ZERO, Timeout);
+    let s = b.snapshot(Duration::ZERO);
+    assert_eq!((s.calls, s.failures, s.consecutive), (0, 0, Some(2)));
+    call(&b, S, Success);
+    assert_eq!(b.snapshot(S).consecutive, Some(0));
+}
+
+#[test]
+fn the_map_is_read_whole_without_sweep_eviction_or_touch() {
+    let m = map(1_000, 10 * S);
+    for i in 0..1_000 {
+        m.get(&format!("h{i}:80"), Duration::ZERO);
+    }
+    let marks = |m: &HostMap| {
+        let mut v = Vec::new();
+        m.for_each(|b| v.push((b.key().to_owned(), b.last_used())));
+        v.sort();
+        v
+    };
+    let before = marks(&m);
+    assert_eq!(before.len(), 1_000);
+    assert!(before.iter().all(|(_, used)| *used == 0));
+    // Every host is idle by now: a call would sweep them all. Reading keeps them, and their
+    // marks.
+    let mut n = 0;
+    m.for_each(|b| {
+        n += 1;
+        let _ = b.snapshot(100 * S);
+    });
+    assert_eq!(n, 1_000);
+    assert_eq!(marks(&m), before);
+    assert_eq!(m.len(), 1_000);
+    m.get("new:80", 100 * S);
+    assert_eq!(m.len(), 1, "the next call sweeps them");
+}

@@ -642,6 +642,11 @@ impl FallbackCacheHandle {
         self.shared.store.copying()
     }
 
+    /// The most bytes the store holds ([`FallbackCache::max_bytes`]).
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.shared.cfg.max_bytes
+    }
+
     /// Applies the evictions and expirations moka has pending.
     pub fn sync(&self) {
         self.shared.store.run_pending_tasks();

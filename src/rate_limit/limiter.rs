@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use governor::clock::{Clock, Reference};
 use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
+use governor::state::NotKeyed;
 use governor::{Quota, RateLimiter};
 
 use super::clock::nanos;
 use super::key::HostKey;
-use super::store::{AtCap, Buckets, Ends};
+use super::store::{AtCap, Buckets, Cell, Ends};
 
-type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Direct<C> = RateLimiter<NotKeyed, Cell, C, NoOpMiddleware<<C as Clock>::Instant>>;
 type Keyed<C> = RateLimiter<HostKey, Buckets, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// A sweep of ended entries is considered every this many calls (per-host limiters only).
@@ -36,7 +36,11 @@ pub(crate) struct Denied {
 }
 
 enum Gcra<C: Clock> {
-    Global(Direct<C>),
+    Global {
+        limiter: Direct<C>,
+        /// The theoretical arrival time governor's `limiter` keeps, shared with it to read it.
+        tat: Arc<AtomicU64>,
+    },
     PerHost {
         limiter: Keyed<C>,
         /// The buckets governor's `limiter` keeps, shared with it to count and sweep them.
@@ -75,6 +79,10 @@ pub(crate) struct Limiter<C: Clock> {
     /// all over and cleared: calls skip the pause map unless it is in the future. Raised
     /// before a pause is stored, so that it is never below a stored pause's end.
     pause_max: AtomicU64,
+    /// governor's token interval, in nanoseconds (at least 1, as governor holds it).
+    interval: u64,
+    /// The bucket's size.
+    burst: u32,
 }
 
 impl<C: Clock + Clone> Limiter<C> {
@@ -99,7 +107,11 @@ impl<C: Clock + Clone> Limiter<C> {
                 sweep_period: nanos(idle.max(MIN_SWEEP_PERIOD)),
             }
         } else {
-            Gcra::Global(RateLimiter::direct_with_clock(quota, clock.clone()))
+            let tat = Arc::new(AtomicU64::new(0));
+            Gcra::Global {
+                limiter: RateLimiter::new(quota, Cell(tat.clone()), clock.clone()),
+                tat,
+            }
         };
         let start = clock.now();
         Limiter {
@@ -108,6 +120,8 @@ impl<C: Clock + Clone> Limiter<C> {
             clock,
             start,
             pause_max: AtomicU64::new(0),
+            interval: nanos(quota.replenish_interval()).max(1),
+            burst: quota.burst_size().get(),
         }
     }
 }
@@ -140,7 +154,7 @@ impl<C: Clock> Limiter<C> {
             }
         }
         let checked = match &self.gcra {
-            Gcra::Global(limiter) => limiter.check(),
+            Gcra::Global { limiter, .. } => limiter.check(),
             Gcra::PerHost { limiter, .. } => limiter.check_key(key),
         };
         checked.map_err(|nu| Denied {
@@ -186,11 +200,81 @@ impl<C: Clock> Limiter<C> {
         (until > now_n).then(|| Duration::from_nanos(until - now_n))
     }
 
+    /// The bucket's size.
+    pub(crate) fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// Whether there is a bucket per host (rather than one for all).
+    pub(crate) fn is_per_host(&self) -> bool {
+        matches!(self.gcra, Gcra::PerHost { .. })
+    }
+
+    /// The tokens free now in the one bucket of a global limiter; `None` per host. Reads the
+    /// state only.
+    pub(crate) fn global_tokens(&self) -> Option<u32> {
+        match &self.gcra {
+            Gcra::Global { tat, .. } => Some(self.tokens(tat.load(Ordering::Acquire), self.now())),
+            Gcra::PerHost { .. } => None,
+        }
+    }
+
+    /// Calls `f` with the key and the free tokens of every bucket a per-host limiter holds that
+    /// is not full again (a full one holds nothing: its host is a new host); nothing for a
+    /// global limiter. Reads the state only: no sweep, and no lock held while `f` runs.
+    pub(crate) fn for_each_bucket(&self, mut f: impl FnMut(&str, u32)) {
+        let Gcra::PerHost { buckets, .. } = &self.gcra else {
+            return;
+        };
+        let now_n = self.now();
+        buckets.for_each_live(now_n, |key, tat| {
+            if let Ok(key) = std::str::from_utf8(key) {
+                f(key, self.tokens(tat, now_n));
+            }
+        });
+    }
+
+    /// Calls `f` with the key and the time left of every pause running now. Reads the state
+    /// only: pauses that are over are left for the next call to drop, and no lock is held
+    /// while `f` runs.
+    pub(crate) fn for_each_pause(&self, mut f: impl FnMut(&str, Duration)) {
+        let now_n = self.now();
+        // No pause runs unless the latest one ends after now (see `pause_max`).
+        if self.pause_max.load(Ordering::Acquire) <= now_n {
+            return;
+        }
+        self.pauses.for_each_live(now_n, |key, until| {
+            if let Ok(key) = std::str::from_utf8(key) {
+                f(key, Duration::from_nanos(until - now_n));
+            }
+        });
+    }
+
+    /// The tokens free at `now_n` (nanoseconds since `start`) in a bucket whose theoretical
+    /// arrival time is `tat` (nanoseconds since governor's origin; 0 for a new bucket), as
+    /// governor's GCRA would count them: `n` calls conform when `now ≥ tat + (n − 1)·t − τ`,
+    /// with `τ = (burst − 1)·t`, so `n = ⌊(now + τ − tat) / t⌋ + 1`, at most `burst`.
+    ///
+    /// `start` was taken just after governor's origin, so `now_n` may be a few nanoseconds
+    /// behind governor's now (never ahead): a token that comes free in that instant is not
+    /// counted yet. In paused time the two are the same instant.
+    fn tokens(&self, tat: u64, now_n: u64) -> u32 {
+        let t = self.interval;
+        let tau = t.saturating_mul(u64::from(self.burst.saturating_sub(1)));
+        match now_n.saturating_add(tau).checked_sub(tat) {
+            Some(slack) => u32::try_from(slack / t)
+                .unwrap_or(u32::MAX)
+                .saturating_add(1)
+                .min(self.burst),
+            None => 0,
+        }
+    }
+
     /// The hosts a per-host limiter holds a bucket for (pauses are counted apart); 0 for a
     /// global limiter.
     pub(crate) fn len(&self) -> usize {
         match &self.gcra {
-            Gcra::Global(_) => 0,
+            Gcra::Global { .. } => 0,
             Gcra::PerHost { buckets, .. } => buckets.len(),
         }
     }
@@ -314,6 +398,101 @@ mod tests {
 
     fn key(s: &str) -> HostKey {
         HostKey::new(s)
+    }
+
+    fn buckets<C: Clock>(l: &Limiter<C>) -> Vec<(String, u32)> {
+        let mut v = Vec::new();
+        l.for_each_bucket(|k, n| v.push((k.to_owned(), n)));
+        v.sort();
+        v
+    }
+
+    fn pauses<C: Clock>(l: &Limiter<C>) -> Vec<(String, Duration)> {
+        let mut v = Vec::new();
+        l.for_each_pause(|k, d| v.push((k.to_owned(), d)));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_global_bucket_is_read_without_taking_a_token() {
+        let (l, clock) = limiter(10, 3, false);
+        let k = key("");
+        assert_eq!((l.global_tokens(), l.burst()), (Some(3), 3));
+        assert!(!l.is_per_host());
+        l.acquire(&k).unwrap();
+        l.acquire(&k).unwrap();
+        // Read as often as you like: still one token, and a call takes it.
+        for _ in 0..10 {
+            assert_eq!(l.global_tokens(), Some(1));
+        }
+        clock.advance(ms(99));
+        assert_eq!(l.global_tokens(), Some(1));
+        clock.advance(ms(1));
+        assert_eq!(l.global_tokens(), Some(2));
+        for _ in 0..2 {
+            l.acquire(&k).unwrap();
+        }
+        assert_eq!(l.global_tokens(), Some(0));
+        assert!(l.acquire(&k).is_err());
+        // Long idle: full, never more.
+        clock.advance(Duration::from_secs(3_600));
+        assert_eq!(l.global_tokens(), Some(3));
+        assert!(
+            buckets(&l).is_empty(),
+            "a global limiter has no bucket per host"
+        );
+    }
+
+    #[test]
+    fn per_host_buckets_are_read_without_a_sweep() {
+        let (l, clock) = limiter(10, 3, true);
+        assert!(l.is_per_host());
+        assert_eq!(l.global_tokens(), None);
+        l.acquire(&key("a:80")).unwrap();
+        for _ in 0..3 {
+            l.acquire(&key("b:80")).unwrap();
+        }
+        assert_eq!(buckets(&l), [("a:80".into(), 2), ("b:80".into(), 0)]);
+        clock.advance(ms(100));
+        // `a` is full again: it holds nothing and is not listed, but stays until a sweep.
+        assert_eq!(buckets(&l), [("b:80".into(), 1)]);
+        assert_eq!(l.len(), 2);
+        assert!(l.acquire(&key("b:80")).is_ok());
+        assert!(l.acquire(&key("b:80")).is_err(), "reading took no token");
+    }
+
+    #[test]
+    fn pauses_are_read_with_the_time_left_and_left_for_the_next_call_to_drop() {
+        for per_host in [false, true] {
+            let (l, clock) = limiter(10, 3, per_host);
+            assert!(pauses(&l).is_empty());
+            l.push_back(&key("a:80"), ms(2_000));
+            l.push_back(&key("b:80"), ms(500));
+            clock.advance(ms(300));
+            assert_eq!(
+                pauses(&l),
+                [("a:80".into(), ms(1_700)), ("b:80".into(), ms(200))]
+            );
+            clock.advance(ms(200));
+            assert_eq!(pauses(&l), [("a:80".into(), ms(1_500))]);
+            clock.advance(ms(1_500));
+            assert!(pauses(&l).is_empty());
+            assert_eq!(l.pauses_len(), 2, "reading drops nothing");
+            assert!(l.acquire(&key("a:80")).is_ok());
+            assert_eq!(l.pauses_len(), 0);
+        }
+    }
+
+    #[test]
+    fn token_arithmetic_saturates() {
+        let (l, _) = limiter(1, 1, false);
+        assert_eq!(l.tokens(u64::MAX, 0), 0);
+        assert_eq!(l.tokens(0, u64::MAX), 1);
+        let (l, _) = capped(1, u32::MAX, false, 1);
+        assert_eq!(l.tokens(0, u64::MAX), u32::MAX);
+        // Past the arithmetic's range (584 years), counted low rather than overflowing.
+        assert_eq!(l.tokens(u64::MAX, u64::MAX), 1);
     }
 
     #[test]

@@ -119,6 +119,7 @@ use crate::classify::{Classifier, FailureClass, Outcome};
 use crate::context;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::event::{Event, Hook};
+use crate::health::LimiterHealth;
 use crate::retry_after::retry_after;
 
 /// The longest time a burst may take to refill (token interval × burst): past it, governor's
@@ -439,6 +440,53 @@ impl RateLimitLayer {
     }
 
     // The limiter's state is kept: services made before and after share it.
+
+    /// A read-only view of the limiter's state, for [`Client::health`](crate::Client::health).
+    pub(crate) fn view(&self) -> LimiterView {
+        LimiterView {
+            limiter: self.shared.limiter.clone(),
+        }
+    }
+}
+
+/// A read-only view of a limiter's buckets and pauses, for
+/// [`Client::health`](crate::Client::health). Reading changes nothing (see
+/// [`crate::health`]).
+#[derive(Clone)]
+pub(crate) struct LimiterView {
+    limiter: Arc<Limiter<TokioClock>>,
+}
+
+impl LimiterView {
+    fn bucket(&self, tokens: u32) -> LimiterHealth {
+        LimiterHealth {
+            tokens,
+            burst: self.limiter.burst(),
+        }
+    }
+
+    /// The one bucket of a global limiter; `None` per host.
+    pub(crate) fn global(&self) -> Option<LimiterHealth> {
+        self.limiter.global_tokens().map(|n| self.bucket(n))
+    }
+
+    /// A new host's bucket (full) for a per-host limiter; `None` for a global one.
+    pub(crate) fn full_bucket(&self) -> Option<LimiterHealth> {
+        self.limiter
+            .is_per_host()
+            .then(|| self.bucket(self.limiter.burst()))
+    }
+
+    /// Calls `f` with each host whose bucket is not full again (per host only).
+    pub(crate) fn buckets(&self, mut f: impl FnMut(&str, LimiterHealth)) {
+        self.limiter
+            .for_each_bucket(|host, n| f(host, self.bucket(n)));
+    }
+
+    /// Calls `f` with each host paused by server pushback, and the time its pause has left.
+    pub(crate) fn pauses(&self, f: impl FnMut(&str, Duration)) {
+        self.limiter.for_each_pause(f);
+    }
 }
 
 impl fmt::Debug for RateLimitLayer {

@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use governor::nanos::Nanos;
-use governor::state::StateStore;
+use governor::state::{NotKeyed, StateStore};
 use hashbrown::HashTable;
 
 use super::key::HostKey;
@@ -205,6 +205,35 @@ impl Ends {
         (before, kept)
     }
 
+    /// Calls `f` with the key and the end of every entry that ends after `now` (the others
+    /// hold nothing), one shard at a time: under the shard's read lock they are only copied
+    /// out, into two buffers reused from shard to shard, and `f` runs once the lock is
+    /// released. Changes nothing: an entry that has ended is left for a sweep.
+    pub(crate) fn for_each_live(&self, now: u64, mut f: impl FnMut(&[u8], u64)) {
+        if self.len() == 0 {
+            return;
+        }
+        let mut keys: Vec<u8> = Vec::new();
+        // Where each key ends in `keys`, and the entry's end.
+        let mut ends: Vec<(usize, u64)> = Vec::new();
+        for shard in self.shards.iter() {
+            keys.clear();
+            ends.clear();
+            for e in read(shard).iter() {
+                let end = e.end();
+                if end > now {
+                    keys.extend_from_slice(&e.key);
+                    ends.push((keys.len(), end));
+                }
+            }
+            let mut start = 0;
+            for &(stop, end) in &ends {
+                f(&keys[start..stop], end);
+                start = stop;
+            }
+        }
+    }
+
     /// The entries held.
     pub(crate) fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
@@ -238,6 +267,22 @@ impl StateStore for Buckets {
         let (out, tat) = f(None)?;
         ends.insert(&mut map, hash, key, tat.as_u64());
         Ok(out)
+    }
+}
+
+/// The one bucket of a global limiter, as governor's direct state store: its theoretical
+/// arrival time, which governor measures and replaces as its own `InMemoryState` does, in an
+/// atomic the limiter can read too (governor's store has no getter).
+pub(crate) struct Cell(pub(crate) Arc<AtomicU64>);
+
+impl StateStore for Cell {
+    type Key = NotKeyed;
+
+    fn measure_and_replace<T, F, E>(&self, _key: &NotKeyed, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        measure_and_replace(&self.0, f)
     }
 }
 

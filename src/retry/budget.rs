@@ -211,6 +211,33 @@ impl Budget {
         }
     }
 
+    /// The balance at `now` and the reserve, in the budget's units ([`UNIT`] a retry), read
+    /// without moving the window: the slots hold the generations `generation - SLOTS + 1 ..=
+    /// generation` (the move of `generation` cleared the others), and of those the window at
+    /// `now` keeps the ones above `now`'s generation less `SLOTS`.
+    fn balance_at(&self, now: Duration) -> (i64, i64) {
+        let at = (now.as_nanos() / u128::from(self.slot_nanos)).min(u64::MAX as u128) as u64;
+        let cur = self.generation.load(Ordering::Acquire);
+        let keep = SLOTS as u64 - 1;
+        let first = cur.saturating_sub(keep).max(at.saturating_sub(keep));
+        let window = (first..=cur)
+            .map(|g| self.slots[(g % SLOTS as u64) as usize].load(Ordering::Acquire))
+            .fold(0i64, i64::saturating_add);
+        (window.saturating_add(self.reserve), self.reserve)
+    }
+
+    /// What the budget holds at `now`, read only: (whole retries it would allow, the balance
+    /// in retries, the reserve in retries).
+    pub(crate) fn health(&self, now: Duration) -> (u64, f64, f64) {
+        let (balance, reserve) = self.balance_at(now);
+        let whole = u64::try_from(balance / UNIT).unwrap_or(0);
+        (
+            whole,
+            balance as f64 / UNIT as f64,
+            reserve as f64 / UNIT as f64,
+        )
+    }
+
     /// Retries that could be withdrawn now.
     #[cfg(test)]
     pub(crate) fn available(&self, now: Duration) -> i64 {
@@ -287,6 +314,34 @@ mod tests {
         assert_eq!(b.available(20 * S), 0);
         b.refund(w);
         assert_eq!(b.available(20 * S), 0);
+    }
+
+    #[test]
+    fn the_balance_is_read_without_moving_the_window() {
+        let b = Budget::new(&RetryBudget::default());
+        assert_eq!(b.health(Duration::ZERO), (100, 100.0, 100.0));
+        for _ in 0..10 {
+            b.deposit(Duration::ZERO);
+        }
+        let _ = b.try_withdraw(Duration::ZERO).unwrap();
+        let _ = b.try_withdraw(2 * S).unwrap();
+        // Two retries deposited, two withdrawn.
+        assert_eq!(b.health(2 * S), (100, 100.0, 100.0));
+        // At 10 s the deposits and the first withdrawal have left the window; the second has
+        // not: 99 retries. Read as often as you like, the slots stay as they were.
+        for _ in 0..3 {
+            assert_eq!(b.health(10 * S), (99, 99.0, 100.0));
+        }
+        assert_eq!(b.health(2 * S), (100, 100.0, 100.0), "nothing was cleared");
+        assert_eq!(b.health(12 * S), (100, 100.0, 100.0));
+        assert_eq!(b.health(Duration::MAX), (100, 100.0, 100.0));
+        // Fractions of a retry, and no reserve.
+        let b = Budget::new(&RetryBudget::default().min_per_second(0));
+        for _ in 0..7 {
+            b.deposit(Duration::ZERO);
+        }
+        assert_eq!(b.health(S), (1, 1.4, 0.0));
+        assert_eq!(b.available(S), 1);
     }
 
     #[test]

@@ -51,6 +51,7 @@ use crate::context;
 use crate::error::{ConfigError, Error, TimeoutKind};
 use crate::event::{Event, GiveUpReason, Hook};
 use crate::ext::{Attempts, FinalAttemptSent};
+use crate::health::BudgetHealth;
 
 /// The retry policy's configuration.
 ///
@@ -237,6 +238,35 @@ impl RetryLayer {
         F: Fn(&Event<'_>) + Send + Sync + 'static,
     {
         self.rebuild(|s| s.hook = Hook::new(hook))
+    }
+
+    /// A read-only view of the retry budget, for [`Client::health`](crate::Client::health);
+    /// `None` without a budget.
+    pub(crate) fn budget_view(&self) -> Option<BudgetView> {
+        self.shared.budget.as_ref().map(|budget| BudgetView {
+            budget: budget.clone(),
+            epoch: self.shared.epoch,
+        })
+    }
+}
+
+/// A read-only view of a retry budget, on the clock of the stage that spends it.
+#[derive(Clone)]
+pub(crate) struct BudgetView {
+    budget: Arc<Budget>,
+    epoch: Instant,
+}
+
+impl BudgetView {
+    /// The budget's balance now, read without moving its window.
+    pub(crate) fn health(&self) -> BudgetHealth {
+        let now = Instant::now().saturating_duration_since(self.epoch);
+        let (retries_available, balance, reserve) = self.budget.health(now);
+        BudgetHealth {
+            retries_available,
+            balance,
+            reserve,
+        }
     }
 }
 

@@ -1,0 +1,365 @@
+//! Health: a snapshot of the pipeline's state, for a service's health endpoint.
+//!
+//! [`Client::health`](crate::Client::health) reads, per host, the circuit breaker's state and
+//! recent failure ratio, the rate limiter's free tokens and server-pushback pause and the
+//! bulkhead's load, and, for the whole client, the retry budget's balance and the fallback
+//! store's size. The types are plain data with public fields; with the `serde` feature they
+//! implement `serde::Serialize`, so a service can serve a snapshot as JSON as it is:
+//!
+//! ```json
+//! {
+//!   "hosts": [
+//!     {
+//!       "host": "127.0.0.1:44695",
+//!       "circuit": {
+//!         "state": "open",
+//!         "failure_ratio": 1.0,
+//!         "calls": 3,
+//!         "failures": 3,
+//!         "consecutive_failures": null,
+//!         "half_open_in_secs": 29.798,
+//!         "isolated": false
+//!       },
+//!       "rate_limit": { "tokens": 10, "burst": 10 },
+//!       "paused_for_secs": null,
+//!       "bulkhead": { "in_flight": 0, "queued": 0 }
+//!     }
+//!   ],
+//!   "circuit": null,
+//!   "rate_limit": null,
+//!   "bulkhead": null,
+//!   "budget": { "retries_available": 100, "balance": 100.0, "reserve": 100.0 },
+//!   "fallback": { "entries": 1, "stored_bytes": 1338, "copying_bytes": 0, "max_bytes": 33554432 }
+//! }
+//! ```
+//!
+//! (one host of the output of `cargo run --example health --features serde`, which shows three).
+//!
+//! **Durations are seconds**, as a number to the millisecond (rounded up: a time left is never
+//! shown shorter than it is), in fields whose names end in `_secs` (`half_open_in_secs`,
+//! `paused_for_secs`), as OpenTelemetry measures durations. The Rust fields hold the exact
+//! [`Duration`]s.
+//! A state the client does not keep is `null`: a stage switched off, or a per-host part of a
+//! stage shared by all hosts (whose state is then at the top level).
+//!
+//! # What is listed
+//!
+//! A host is listed when a stage holds live state for it: a circuit breaker (per host; kept
+//! until it is evicted when idle), a token bucket not full again or a pause not over (a
+//! bucket full again or a pause that is over holds nothing, and the limiter drops it at its
+//! next sweep), or calls in flight or queued in a per-host bulkhead. Every stage that keeps
+//! state per host gives its part for every host listed, the state of a host it holds nothing
+//! for being a new host's (closed with no calls, a full bucket, no load). So the list is
+//! bounded by the stages' `max_hosts` (an isolated breaker excepted, which is kept beyond
+//! it), and sorted by host. Hosts are keys, `host:port`: never a path, a query, userinfo or
+//! a header value.
+//!
+//! # What reading costs, and what it does not change
+//!
+//! Reading takes the shards of each per-host map one at a time, never two at once, long
+//! enough to copy out what they hold: the breaker's and the limiter's for reading (a call to a
+//! known host reads them too and does not wait; only a call to a new host, which must write,
+//! waits for the copy), the bulkhead's, which are mutexes that every call takes, for a moment,
+//! into buffers sized beforehand so that nothing is allocated under them. It changes nothing:
+//! no host is evicted or swept, no breaker moves from open to half-open (that move is lazy: a
+//! breaker whose break is over reads `open` with `half_open_in` zero until the next call), no
+//! last-use mark is touched, the budget's window is not moved. Each stage is read on its own
+//! clock (tokio's, so paused time reads exactly); each figure is read atomically, but a
+//! snapshot taken while calls run is not one instant of the whole pipeline.
+//!
+//! The fallback store's figures are moka's, which applies inserts and evictions in batches:
+//! [`FallbackCacheHandle::sync`](crate::fallback::FallbackCacheHandle::sync) first for the
+//! figures after every insert so far (the snapshot does not call it: it would evict).
+
+use std::hash::BuildHasher;
+use std::time::Duration;
+
+use crate::bulkhead::Load;
+use crate::circuit_breaker::CircuitBreakerHandle;
+use crate::event::CircuitState;
+use crate::fallback::FallbackCacheHandle;
+
+/// A snapshot of a [`Client`](crate::Client)'s pipeline, from
+/// [`Client::health`](crate::Client::health). See the [module docs](self) for what it holds
+/// and how it serializes.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Health {
+    /// The hosts some stage holds state for, sorted by host.
+    pub hosts: Vec<HostHealth>,
+    /// The circuit breaker shared by all hosts ([`global`](crate::circuit_breaker::CircuitBreaker::global));
+    /// `None` without a breaker or with one per host (the default: see [`HostHealth::circuit`]).
+    pub circuit: Option<CircuitHealth>,
+    /// The token bucket of a rate limiter shared by all hosts (the default scope of
+    /// [`RateLimit`](crate::rate_limit::RateLimit)); `None` without a limiter or with one per
+    /// host (see [`HostHealth::rate_limit`]). Pauses are per host whatever the scope: see
+    /// [`HostHealth::paused_for`].
+    pub rate_limit: Option<LimiterHealth>,
+    /// The load of a bulkhead shared by all hosts (the default scope of
+    /// [`Bulkhead`](crate::bulkhead::Bulkhead)); `None` without a bulkhead or with one per
+    /// host (see [`HostHealth::bulkhead`]).
+    pub bulkhead: Option<Load>,
+    /// The retry budget, shared by all hosts; `None` without retries or without a budget.
+    pub budget: Option<BudgetHealth>,
+    /// The fallback cache's store; `None` without a fallback cache (the default).
+    pub fallback: Option<FallbackHealth>,
+}
+
+/// What the pipeline holds for one host.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct HostHealth {
+    /// The host's key, `host:port` with the scheme's default port (`"api.example.com:443"`),
+    /// as in events.
+    pub host: String,
+    /// The host's circuit breaker; `None` without a breaker or with one shared by all hosts.
+    pub circuit: Option<CircuitHealth>,
+    /// The host's token bucket; `None` without a rate limiter or with one shared by all hosts.
+    pub rate_limit: Option<LimiterHealth>,
+    /// How long the rate limiter still holds every call to this host because its server
+    /// pushed back (a 429, or a 503 with `Retry-After`), whatever the limiter's scope; `None`
+    /// when it is not paused or there is no limiter. Serialized in seconds, as
+    /// `paused_for_secs`.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "paused_for_secs", serialize_with = "secs::option")
+    )]
+    pub paused_for: Option<Duration>,
+    /// The calls in flight and queued for this host; `None` without a bulkhead or with one
+    /// shared by all hosts.
+    pub bulkhead: Option<Load>,
+}
+
+/// A circuit breaker's state.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct CircuitHealth {
+    /// The state (serialized as `"closed"`, `"open"` or `"half_open"`). The move from open to
+    /// half-open is made by the next call: a breaker whose break is over is still `Open`, with
+    /// [`half_open_in`](Self::half_open_in) zero.
+    pub state: CircuitState,
+    /// Failures over calls in the window ([`window`](crate::circuit_breaker::CircuitBreaker::window),
+    /// 30 s by default); 0 when the window holds no call, and in the consecutive-failures
+    /// mode, which keeps no window. The window is not cleared when the breaker opens: it tells
+    /// what tripped it until it ages out.
+    pub failure_ratio: f64,
+    /// The calls counted in the window (outcomes the breaker ignores, such as a 429, are not
+    /// counted); 0 in the consecutive-failures mode.
+    pub calls: u64,
+    /// The failures among [`calls`](Self::calls).
+    pub failures: u64,
+    /// In the [consecutive-failures](crate::circuit_breaker::CircuitBreaker::consecutive_failures)
+    /// mode, the failures in a row so far; `None` in the ratio mode.
+    pub consecutive_failures: Option<u32>,
+    /// When open, how long until the break is over and the next call may probe the host
+    /// (zero once it is); `None` when closed, half-open or isolated. Serialized in seconds, as
+    /// `half_open_in_secs`.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "half_open_in_secs", serialize_with = "secs::option")
+    )]
+    pub half_open_in: Option<Duration>,
+    /// Whether it is held open by hand
+    /// ([`CircuitBreakerHandle::isolate`](crate::circuit_breaker::CircuitBreakerHandle::isolate))
+    /// until a reset.
+    pub isolated: bool,
+}
+
+impl CircuitHealth {
+    /// A breaker with nothing recorded: closed, no calls.
+    pub(crate) fn closed() -> Self {
+        CircuitHealth {
+            state: CircuitState::Closed,
+            failure_ratio: 0.0,
+            calls: 0,
+            failures: 0,
+            consecutive_failures: None,
+            half_open_in: None,
+            isolated: false,
+        }
+    }
+}
+
+/// A rate limiter's token bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct LimiterHealth {
+    /// The tokens free now: how many calls could go at once without waiting (a paused host's
+    /// calls wait for its pause whatever this says).
+    pub tokens: u32,
+    /// The most tokens the bucket holds ([`burst`](crate::rate_limit::RateLimit::burst)).
+    pub burst: u32,
+}
+
+/// The retry budget's balance, over its window
+/// ([`RetryBudget::window`](crate::retry::RetryBudget::window), 10 s by default).
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct BudgetHealth {
+    /// The retries the budget would allow now, one after the other, with no new request.
+    pub retries_available: u64,
+    /// What the window holds, in retries: [`reserve`](Self::reserve), plus the share of a
+    /// retry each request in the window deposited
+    /// ([`retry_ratio`](crate::retry::RetryBudget::retry_ratio)), less the retries made in
+    /// it. A retry needs a whole one.
+    pub balance: f64,
+    /// The retries allowed whatever the request rate
+    /// ([`min_per_second`](crate::retry::RetryBudget::min_per_second) × the window): the
+    /// balance of a client with no recent traffic.
+    pub reserve: f64,
+}
+
+/// The fallback cache's store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct FallbackHealth {
+    /// The slots held: one per stored response, plus one per URL whose responses vary by
+    /// request headers or were voided
+    /// ([`FallbackCacheHandle::entry_count`](crate::fallback::FallbackCacheHandle::entry_count)).
+    pub entries: u64,
+    /// The bytes held, as entries are weighed
+    /// ([`FallbackCacheHandle::stored_bytes`](crate::fallback::FallbackCacheHandle::stored_bytes)).
+    pub stored_bytes: u64,
+    /// The bytes the copies of bodies being read hold, to be stored once they end
+    /// ([`FallbackCacheHandle::copying_bytes`](crate::fallback::FallbackCacheHandle::copying_bytes)).
+    pub copying_bytes: u64,
+    /// The most bytes the store holds ([`max_bytes`](crate::fallback::FallbackCache::max_bytes)).
+    pub max_bytes: u64,
+}
+
+/// What a client reads its health from: a handle on each stage's state, `None` for a stage
+/// switched off. Cheap to clone (each is an `Arc`).
+#[derive(Clone, Default)]
+pub(crate) struct Sources {
+    pub(crate) breakers: Option<CircuitBreakerHandle>,
+    pub(crate) limiter: Option<crate::rate_limit::LimiterView>,
+    pub(crate) bulkhead: Option<crate::bulkhead::BulkheadView>,
+    pub(crate) budget: Option<crate::retry::BudgetView>,
+    pub(crate) fallback: Option<FallbackCacheHandle>,
+}
+
+/// The per-host parts, by host, as the stages are read one after the other. A host's key is
+/// copied once, when it is first seen.
+#[derive(Default)]
+struct Hosts {
+    table: hashbrown::HashTable<HostHealth>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Hosts {
+    fn entry(&mut self, host: &str) -> &mut HostHealth {
+        let hash = self.hasher.hash_one(host);
+        let hasher = &self.hasher;
+        self.table
+            .entry(
+                hash,
+                |h| h.host == host,
+                |h| hasher.hash_one(h.host.as_str()),
+            )
+            .or_insert_with(|| HostHealth {
+                host: host.to_owned(),
+                circuit: None,
+                rate_limit: None,
+                paused_for: None,
+                bulkhead: None,
+            })
+            .into_mut()
+    }
+}
+
+impl Sources {
+    /// Reads every stage, as the [module docs](self) say.
+    pub(crate) fn snapshot(&self) -> Health {
+        let mut hosts = Hosts::default();
+        let mut health = Health {
+            hosts: Vec::new(),
+            circuit: None,
+            rate_limit: None,
+            bulkhead: None,
+            budget: self.budget.as_ref().map(|b| b.health()),
+            fallback: self.fallback.as_ref().map(|f| FallbackHealth {
+                entries: f.entry_count(),
+                stored_bytes: f.stored_bytes(),
+                copying_bytes: f.copying_bytes(),
+                max_bytes: f.max_bytes(),
+            }),
+        };
+        if let Some(b) = &self.breakers {
+            health.circuit = b.health_global();
+            b.health_hosts(|host, c| hosts.entry(host).circuit = Some(c));
+        }
+        if let Some(l) = &self.limiter {
+            health.rate_limit = l.global();
+            l.buckets(|host, bucket| hosts.entry(host).rate_limit = Some(bucket));
+            l.pauses(|host, pause| hosts.entry(host).paused_for = Some(pause));
+        }
+        if let Some(b) = &self.bulkhead {
+            health.bulkhead = b.global();
+            b.hosts(|host, load| hosts.entry(host).bulkhead = Some(load));
+        }
+        // A stage that keeps state per host gives a new host's state to the hosts it holds
+        // nothing for.
+        let breakers_per_host = self.breakers.as_ref().is_some_and(|b| b.is_per_host());
+        let full = self.limiter.as_ref().and_then(|l| l.full_bucket());
+        let bulkhead_per_host = self.bulkhead.as_ref().is_some_and(|b| b.is_per_host());
+        let mut list: Vec<HostHealth> = hosts.table.into_iter().collect();
+        list.sort_unstable_by(|a, b| a.host.cmp(&b.host));
+        for h in &mut list {
+            if breakers_per_host && h.circuit.is_none() {
+                h.circuit = Some(CircuitHealth::closed());
+            }
+            if h.rate_limit.is_none() {
+                h.rate_limit.clone_from(&full);
+            }
+            if bulkhead_per_host && h.bulkhead.is_none() {
+                h.bulkhead = Some(Load::default());
+            }
+        }
+        health.hosts = list;
+        health
+    }
+}
+
+/// Durations as seconds, for serde.
+#[cfg(feature = "serde")]
+mod secs {
+    use std::time::Duration;
+
+    /// `d` in seconds, to the millisecond, rounded up: a time left is never shown shorter than
+    /// it is (a breaker shown with zero left has ended its break), and `59.798` reads better
+    /// than `59.79795712`.
+    pub(super) fn of(d: Duration) -> f64 {
+        // At most some 1.8e16 milliseconds: exact enough in an f64.
+        d.as_nanos().div_ceil(1_000_000) as f64 / 1_000.0
+    }
+
+    pub(super) fn option<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&of(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn seconds_to_the_millisecond_rounded_up() {
+            assert_eq!(of(Duration::ZERO), 0.0);
+            assert_eq!(of(Duration::from_nanos(1)), 0.001);
+            assert_eq!(of(Duration::from_millis(1_500)), 1.5);
+            assert_eq!(of(Duration::from_nanos(59_797_957_120)), 59.798);
+            assert!(of(Duration::MAX).is_finite());
+        }
+    }
+}
