@@ -7,7 +7,7 @@
 //! JSON with the `serde` feature, with `{:#?}` without it.
 //!
 //! ```text
-//! cargo run --example health --features serde
+//! cargo run --example health
 //! ```
 
 use std::time::Duration;

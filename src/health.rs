@@ -33,7 +33,7 @@
 //! }
 //! ```
 //!
-//! (one host of the output of `cargo run --example health --features serde`, which shows three).
+//! (one host of the output of `cargo run --example health`, which shows three).
 //!
 //! **Durations are seconds**, as a number to the millisecond (rounded up: a time left is never
 //! shown shorter than it is), in fields whose names end in `_secs` (`half_open_in_secs`,
