@@ -117,6 +117,16 @@ pub enum Event<'a> {
         /// The stored response's age; `None` for the static fallback.
         age: Option<Duration>,
     },
+    /// Fleet mode (feature `redis`): the rate limiter moved between the quota shared on Redis
+    /// and its local fallback (logged at `warn` by tracing too).
+    #[non_exhaustive]
+    FleetModeChanged {
+        /// The mode it entered.
+        mode: FleetMode,
+        /// Why: how Redis failed (`timeout`, `unreachable`, `error reply`, `bad reply`), or
+        /// `reconnected`.
+        reason: &'a str,
+    },
     /// palisade's attempt or total timeout fired. The transport's own timeouts (reqwest's
     /// `timeout`, `connect_timeout`, `read_timeout`) are seen as an `Attempt` whose class is
     /// `Timeout`, not as this event.
@@ -209,6 +219,11 @@ impl fmt::Debug for Event<'_> {
                 .field("reason", reason)
                 .field("age", age)
                 .finish(),
+            Event::FleetModeChanged { mode, reason } => f
+                .debug_struct("FleetModeChanged")
+                .field("mode", mode)
+                .field("reason", reason)
+                .finish(),
             Event::Timeout { kind, after } => f
                 .debug_struct("Timeout")
                 .field("kind", kind)
@@ -216,6 +231,16 @@ impl fmt::Debug for Event<'_> {
                 .finish(),
         }
     }
+}
+
+/// Where a fleet-mode rate limiter takes its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FleetMode {
+    /// From the bucket shared on Redis.
+    Shared,
+    /// From its local share of the quota, while Redis fails.
+    Local,
 }
 
 /// The state of a circuit breaker. With the `serde` feature it serializes as `"closed"`,

@@ -195,7 +195,7 @@ pub use crate::builder::ClientBuilder;
 pub use crate::classify::{Classifier, FailureClass, Outcome};
 pub use crate::client::{Client, Pending, RequestBuilder};
 pub use crate::error::{ConfigError, Error, ErrorKind, TimeoutKind};
-pub use crate::event::{CircuitState, Event, GiveUpReason};
+pub use crate::event::{CircuitState, Event, FleetMode, GiveUpReason};
 pub use crate::ext::ResponseExt;
 pub use crate::health::Health;
 

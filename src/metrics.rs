@@ -50,6 +50,8 @@
 //! | `palisade.bulkhead.rejections` | counter | calls the bulkhead refused | `server.address` |
 //! | `palisade.fallback.served` | counter | failed requests answered by the fallback cache | `server.address`, `palisade.fallback.reason`, `palisade.fallback.source` (`stored` or `static`) |
 //! | `palisade.timeouts` | counter | palisade's own timeouts that fired | `palisade.timeout.kind` (`attempt` or `total`) |
+//! | `palisade.rate_limit.fleet.shared` | gauge | fleet mode: 1 on the quota shared on Redis, 0 on the local fallback | none |
+//! | `palisade.rate_limit.fleet.fallbacks` | counter | fleet mode: switches to the local fallback | `palisade.fleet.reason` (`timeout`, `unreachable`, `error reply`, `bad reply`) |
 //!
 //! H: `http.request.method` (one of the nine methods of RFC 9110 and PATCH, else `_OTHER`),
 //! `server.address`, `server.port`. R: `http.response.status_code` when there was a response;
@@ -124,6 +126,11 @@ pub mod names {
     pub const FALLBACKS_SERVED: &str = "palisade.fallback.served";
     /// palisade's own timeouts that fired.
     pub const TIMEOUTS: &str = "palisade.timeouts";
+    /// Fleet mode: 1 while the rate limiter uses the quota shared on Redis, 0 while it falls
+    /// back to its local share.
+    pub const FLEET_SHARED: &str = "palisade.rate_limit.fleet.shared";
+    /// Fleet mode: switches to the local fallback, by how Redis failed.
+    pub const FLEET_FALLBACKS: &str = "palisade.rate_limit.fleet.fallbacks";
 }
 
 /// The value of `server.address` shared by the hosts past [`Metrics::max_hosts`], and of
@@ -298,6 +305,20 @@ impl Sink {
                 ));
                 counter(names::FALLBACKS_SERVED, labels);
             }
+            Event::FleetModeChanged { mode, reason } => {
+                let shared = matches!(mode, crate::event::FleetMode::Shared);
+                gauge(
+                    names::FLEET_SHARED,
+                    Vec::new(),
+                    if shared { 1.0 } else { 0.0 },
+                );
+                if !shared {
+                    counter(
+                        names::FLEET_FALLBACKS,
+                        vec![Label::new("palisade.fleet.reason", (*reason).to_owned())],
+                    );
+                }
+            }
             Event::Timeout { kind, .. } => {
                 let kind = match kind {
                     TimeoutKind::Attempt => "attempt",
@@ -470,6 +491,18 @@ fn describe() {
         1,
     );
     d(names::TIMEOUTS, c, "palisade's own timeouts that fired.", 1);
+    d(
+        names::FLEET_SHARED,
+        None,
+        "Fleet rate limit: 1 on the quota shared on Redis, 0 on the local fallback.",
+        2,
+    );
+    d(
+        names::FLEET_FALLBACKS,
+        c,
+        "Fleet rate limit: switches to the local fallback, by how Redis failed.",
+        1,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
 
 use super::key::HostKey;
-use super::Shared;
+use super::{RemoteCheck, Shared, Try};
 use crate::error::Error;
 use crate::ext::LeftLimiterAt;
 
@@ -32,18 +32,71 @@ pin_project! {
     }
 }
 
-pin_project! {
-    /// What a call waiting for a token holds.
-    #[project = WaitProj]
-    struct Wait<S> {
-        #[pin]
-        sleep: Sleep,
-        // The inner service that was driven to readiness, and the request.
-        inner: Option<S>,
-        req: Option<Request>,
-        // When the call came, from which `max_wait` counts.
+/// What a call waiting for a token holds: a sleep until one may be free, or (fleet mode) a
+/// question to Redis; the inner service driven to readiness, and the request.
+pub(crate) struct Wait<S> {
+    /// Made when first needed (a `Sleep` needs the runtime, which a call made outside one, to
+    /// run in one later, does not have yet).
+    sleep: Option<Pin<Box<Sleep>>>,
+    until: Instant,
+    remote: Option<RemoteCheck>,
+    inner: Option<S>,
+    req: Option<Request>,
+    // When the call came, from which `max_wait` counts.
+    arrived: Instant,
+    deadline: Option<Instant>,
+}
+
+impl<S> Wait<S> {
+    /// A call that sleeps until `until` before it tries for a token again.
+    pub(crate) fn sleeping(
+        inner: S,
+        req: Request,
+        until: Instant,
         arrived: Instant,
         deadline: Option<Instant>,
+    ) -> Self {
+        Wait {
+            sleep: None,
+            until,
+            remote: None,
+            inner: Some(inner),
+            req: Some(req),
+            arrived,
+            deadline,
+        }
+    }
+
+    /// A call asking Redis for its token (fleet mode), which answers by `until`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn asking(
+        inner: S,
+        req: Request,
+        check: RemoteCheck,
+        until: Instant,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Wait {
+            sleep: None,
+            until,
+            remote: Some(check),
+            inner: Some(inner),
+            req: Some(req),
+            arrived: Instant::now(),
+            deadline,
+        }
+    }
+
+    /// Polls the sleep until `self.until`.
+    fn poll_sleep(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let until = self.until;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(sleep_until(until)));
+        if sleep.deadline() != until {
+            sleep.as_mut().reset(until);
+        }
+        sleep.as_mut().poll(cx)
     }
 }
 
@@ -57,7 +110,7 @@ pin_project! {
         // the rare state, and by far the largest (a timer, the service and the request), which
         // would otherwise make the future of every call, and of every stage above, that large.
         Waiting {
-            wait: Pin<Box<Wait<S>>>,
+            wait: Box<Wait<S>>,
         },
         // A token was taken and the inner service called; `left` is when, if the call had to
         // wait for it.
@@ -83,25 +136,11 @@ impl<S: Service<Request>> RateLimitFuture<S> {
         }
     }
 
-    /// A call that waits until `until` before it tries for a token again.
-    pub(crate) fn waiting(
-        inner: S,
-        req: Request,
-        until: Instant,
-        shared: Arc<Shared>,
-        key: HostKey,
-        arrived: Instant,
-        deadline: Option<Instant>,
-    ) -> Self {
+    /// A call that waits (for a token, a pause's end, or Redis's answer).
+    pub(crate) fn waiting(wait: Wait<S>, shared: Arc<Shared>, key: HostKey) -> Self {
         RateLimitFuture {
             state: State::Waiting {
-                wait: Box::pin(Wait {
-                    sleep: sleep_until(until),
-                    inner: Some(inner),
-                    req: Some(req),
-                    arrived,
-                    deadline,
-                }),
+                wait: Box::new(wait),
             },
             shared,
             key,
@@ -162,21 +201,32 @@ where
                     return Poll::Ready(result);
                 }
                 StateProj::Waiting { wait } => {
-                    let WaitProj {
-                        mut sleep,
-                        inner,
-                        req,
-                        arrived,
-                        deadline,
-                    } = wait.as_mut().project();
-                    if sleep.as_mut().poll(cx).is_pending() {
-                        // Its end comes before the deadline (or the call would have been
-                        // refused): the total timeout need not arm a timer meanwhile.
-                        crate::context::promise_wake(sleep.deadline());
-                        return Poll::Pending;
-                    }
-                    match this.shared.limiter.acquire(this.key) {
-                        Ok(()) => match (inner.take(), req.take()) {
+                    let tried = match wait.remote.as_mut() {
+                        Some(check) => match check.as_mut().poll(cx) {
+                            Poll::Pending => {
+                                // Redis answers, or its timeout fires, by `until`, which is
+                                // no later than the deadline.
+                                crate::context::promise_wake(wait.until);
+                                return Poll::Pending;
+                            }
+                            Poll::Ready(verdict) => {
+                                wait.remote = None;
+                                this.shared.after_remote(this.key, verdict)
+                            }
+                        },
+                        None => {
+                            if wait.poll_sleep(cx).is_pending() {
+                                // Its end comes before the deadline (or the call would have
+                                // been refused): the total timeout need not arm a timer
+                                // meanwhile.
+                                crate::context::promise_wake(wait.until);
+                                return Poll::Pending;
+                            }
+                            this.shared.try_take(this.key)
+                        }
+                    };
+                    match tried {
+                        Try::Taken => match (wait.inner.take(), wait.req.take()) {
                             (Some(mut svc), Some(req)) => {
                                 let fut = svc.call(req);
                                 let left = Some(Instant::now());
@@ -185,15 +235,22 @@ where
                             // Unreachable: both are taken only here, when leaving this state.
                             _ => this.state.set(State::Done { err: None }),
                         },
-                        Err(denied) => {
+                        Try::Remote(check, until) => {
+                            wait.remote = Some(check);
+                            wait.until = until;
+                        }
+                        Try::Denied(denied) => {
                             let now = Instant::now();
-                            match this
-                                .shared
-                                .decide(denied, this.key, *arrived, now, *deadline)
-                            {
-                                Ok(until) => sleep.reset(until),
+                            match this.shared.decide(
+                                denied,
+                                this.key,
+                                wait.arrived,
+                                now,
+                                wait.deadline,
+                            ) {
+                                Ok(until) => wait.until = until,
                                 Err(mut e) => {
-                                    if let Some(req) = req.as_ref() {
+                                    if let Some(req) = wait.req.as_ref() {
                                         e.set_url_if_missing(req.url());
                                     }
                                     this.state.set(State::Done { err: None });

@@ -163,6 +163,25 @@ impl<C: Clock> Limiter<C> {
         })
     }
 
+    /// How long `key` stays paused by server pushback, if it is: the check of [`acquire`]
+    /// without the token (fleet mode asks Redis for the token).
+    ///
+    /// [`acquire`]: Self::acquire
+    #[cfg(feature = "redis")]
+    pub(crate) fn pause_left(&self, key: &HostKey) -> Option<Duration> {
+        let pause_max = self.pause_max.load(Ordering::Acquire);
+        if pause_max == 0 {
+            return None;
+        }
+        let now_n = self.now();
+        if pause_max <= now_n {
+            self.clear_pauses(pause_max, now_n);
+            return None;
+        }
+        let until = self.pauses.get(key.as_bytes()).unwrap_or(0);
+        (until > now_n).then(|| Duration::from_nanos(until - now_n))
+    }
+
     /// Pauses `key` for `pause` from now. A pause never ends earlier than one already set:
     /// returns the new pause when it extends the current one, `None` when the current one
     /// lasts as long or longer (or when the map is full of pauses that end later).

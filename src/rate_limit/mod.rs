@@ -97,12 +97,19 @@
 //! [governor]: https://docs.rs/governor
 
 mod clock;
+#[cfg(feature = "redis")]
+mod fleet;
 mod future;
 mod key;
 mod limiter;
 mod store;
 
+#[cfg(feature = "redis")]
+pub use self::fleet::Redis;
+
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -169,6 +176,8 @@ pub struct RateLimit {
     max_wait: Duration,
     max_pushback: Duration,
     max_hosts: usize,
+    #[cfg(feature = "redis")]
+    redis: Option<Redis>,
 }
 
 impl RateLimit {
@@ -181,6 +190,8 @@ impl RateLimit {
             max_wait: Duration::from_secs(1),
             max_pushback: Duration::from_secs(60),
             max_hosts: 10_000,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 
@@ -251,6 +262,15 @@ impl RateLimit {
         self
     }
 
+    /// Fleet mode (feature `redis`): the quota and server pushback shared on Redis by every
+    /// instance with the same settings, with a local fallback while Redis fails. See the
+    /// [module docs](self#fleet-mode) and [`Redis`].
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, redis: Redis) -> Self {
+        self.redis = Some(redis);
+        self
+    }
+
     fn burst_or_default(&self) -> u32 {
         self.burst.unwrap_or(self.rate)
     }
@@ -279,6 +299,10 @@ impl RateLimit {
                 ),
             ));
         }
+        #[cfg(feature = "redis")]
+        if let Some(r) = &self.redis {
+            r.validate()?;
+        }
         Ok(())
     }
 }
@@ -288,12 +312,102 @@ impl RateLimit {
 #[derive(Clone)]
 pub(crate) struct Shared {
     cfg: RateLimit,
+    /// The limiter; in fleet mode, the local fallback's (a share of the quota) and this
+    /// instance's own pauses.
     limiter: Arc<Limiter<TokioClock>>,
     classifier: Classifier,
     hook: Hook,
+    #[cfg(feature = "redis")]
+    fleet: Option<Arc<fleet::Fleet>>,
+}
+
+/// A token asked of Redis (fleet mode): `None` when the local fallback must answer.
+pub(crate) type RemoteCheck = Pin<Box<dyn Future<Output = Option<Verdict>> + Send>>;
+
+/// What the shared bucket said (fleet mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum Verdict {
+    /// A token was taken.
+    Taken,
+    /// No token, or the host is paused fleet-wide.
+    Denied(Denied),
+}
+
+/// What a call's try for a token came to.
+pub(crate) enum Try {
+    Taken,
+    Denied(Denied),
+    /// Asking Redis, until the instant given at the latest.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Remote(RemoteCheck, Instant),
 }
 
 impl Shared {
+    /// Tries for a token for `key`: from this limiter, or in fleet mode from Redis (unless a
+    /// pause this instance knows holds the host, or Redis is failing).
+    pub(crate) fn try_take(&self, key: &HostKey) -> Try {
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.fleet {
+            if let Some(wait) = self.limiter.pause_left(key) {
+                return Try::Denied(Denied { wait, paused: true });
+            }
+            if fleet.is_shared() {
+                let deadline = context::deadline();
+                if let fleet::CheckOr::Remote(check, until) = fleet.check(key, deadline) {
+                    return Try::Remote(check, until);
+                }
+            }
+            return self.take_locally(key);
+        }
+        match self.limiter.acquire(key) {
+            Ok(()) => Try::Taken,
+            Err(d) => Try::Denied(d),
+        }
+    }
+
+    /// What Redis said (`None`: it could not say, so the local fallback answers).
+    pub(crate) fn after_remote(&self, key: &HostKey, verdict: Option<Verdict>) -> Try {
+        match verdict {
+            Some(Verdict::Taken) => Try::Taken,
+            Some(Verdict::Denied(d)) => {
+                // Another instance's pause: hold this host here too, without asking again.
+                if d.paused {
+                    let _ = self.limiter.push_back(key, d.wait);
+                }
+                Try::Denied(d)
+            }
+            None => self.take_locally(key),
+        }
+    }
+
+    /// Fleet mode's local fallback: a share of the quota, or no limit if so configured.
+    #[cfg(feature = "redis")]
+    fn take_locally(&self, key: &HostKey) -> Try {
+        let unlimited = self
+            .fleet
+            .as_ref()
+            .is_some_and(|f| f.cfg().is_unlimited_fallback());
+        if unlimited {
+            return match self.limiter.pause_left(key) {
+                Some(wait) => Try::Denied(Denied { wait, paused: true }),
+                None => Try::Taken,
+            };
+        }
+        match self.limiter.acquire(key) {
+            Ok(()) => Try::Taken,
+            Err(d) => Try::Denied(d),
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn take_locally(&self, key: &HostKey) -> Try {
+        match self.limiter.acquire(key) {
+            Ok(()) => Try::Taken,
+            Err(d) => Try::Denied(d),
+        }
+    }
+
     /// Decides what a call that found no token does: sleep until the returned instant, or
     /// fail at once when that would take it past `max_wait` (counted from `arrived`) or the
     /// deadline.
@@ -364,6 +478,10 @@ impl Shared {
             return;
         };
         let pause = asked.min(self.cfg.max_pushback).min(MAX_PUSHBACK);
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.fleet {
+            fleet.push_back(host, pause);
+        }
         if let Some(pause) = self.limiter.push_back(host, pause) {
             let key = host.as_str();
             tracing::info!(
@@ -405,6 +523,21 @@ impl RateLimitLayer {
     /// zeros read as 1, rather than panicking).
     pub(crate) fn from_parts(cfg: RateLimit, classifier: Classifier, hook: Hook) -> Self {
         let q = quota(cfg.rate, cfg.per_minute, cfg.burst_or_default());
+        #[cfg(feature = "redis")]
+        let (q, fleet) = match &cfg.redis {
+            Some(r) => {
+                let (rate, burst) = r.local_quota(cfg.rate, cfg.burst_or_default());
+                let fleet = fleet::Fleet::new(
+                    r.clone(),
+                    q.replenish_interval(),
+                    q.burst_size().get(),
+                    cfg.per_host,
+                    hook.clone(),
+                );
+                (quota(rate, cfg.per_minute, burst), fleet.map(Arc::new))
+            }
+            None => (q, None),
+        };
         let limiter = Arc::new(Limiter::new(q, cfg.per_host, cfg.max_hosts, TokioClock));
         RateLimitLayer {
             shared: Arc::new(Shared {
@@ -412,6 +545,8 @@ impl RateLimitLayer {
                 limiter,
                 classifier,
                 hook,
+                #[cfg(feature = "redis")]
+                fleet,
             }),
         }
     }
@@ -541,10 +676,16 @@ where
         } else {
             HostKey::default()
         };
-        let denied = match shared.limiter.acquire(&key) {
+        let denied = match shared.try_take(&key) {
             // The common case: a token was free. Call the service driven to readiness.
-            Ok(()) => return RateLimitFuture::calling(self.inner.call(req), shared, key),
-            Err(denied) => denied,
+            Try::Taken => return RateLimitFuture::calling(self.inner.call(req), shared, key),
+            Try::Denied(denied) => denied,
+            Try::Remote(check, until) => {
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let wait = future::Wait::asking(inner, req, check, until, context::deadline());
+                return RateLimitFuture::waiting(wait, shared, key);
+            }
         };
         let now = Instant::now();
         let deadline = context::deadline();
@@ -554,7 +695,8 @@ where
                 // clone in its place.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                RateLimitFuture::waiting(inner, req, until, shared, key, now, deadline)
+                let wait = future::Wait::sleeping(inner, req, until, now, deadline);
+                RateLimitFuture::waiting(wait, shared, key)
             }
             Err(mut e) => {
                 e.set_url_if_missing(req.url());
