@@ -44,6 +44,8 @@ pin_project! {
         // When the call came, from which `max_wait` counts.
         arrived: Instant,
         deadline: Option<Instant>,
+        // Whether its host's pause held it at any of its waits (the key it is reported under).
+        paused: bool,
     }
 }
 
@@ -84,6 +86,7 @@ impl<S: Service<Request>> RateLimitFuture<S> {
     }
 
     /// A call that waits until `until` before it tries for a token again.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn waiting(
         inner: S,
         req: Request,
@@ -92,6 +95,7 @@ impl<S: Service<Request>> RateLimitFuture<S> {
         key: HostKey,
         arrived: Instant,
         deadline: Option<Instant>,
+        paused: bool,
     ) -> Self {
         RateLimitFuture {
             state: State::Waiting {
@@ -101,6 +105,7 @@ impl<S: Service<Request>> RateLimitFuture<S> {
                     req: Some(req),
                     arrived,
                     deadline,
+                    paused,
                 }),
             },
             shared,
@@ -168,6 +173,7 @@ where
                         req,
                         arrived,
                         deadline,
+                        paused,
                     } = wait.as_mut().project();
                     if sleep.as_mut().poll(cx).is_pending() {
                         // Its end comes before the deadline (or the call would have been
@@ -178,14 +184,18 @@ where
                     match this.shared.limiter.acquire(this.key) {
                         Ok(()) => match (inner.take(), req.take()) {
                             (Some(mut svc), Some(req)) => {
+                                let now = Instant::now();
+                                let waited = now.saturating_duration_since(*arrived);
+                                this.shared.held(this.key, *paused, waited);
                                 let fut = svc.call(req);
-                                let left = Some(Instant::now());
+                                let left = Some(now);
                                 this.state.set(State::Calling { fut, left });
                             }
                             // Unreachable: both are taken only here, when leaving this state.
                             _ => this.state.set(State::Done { err: None }),
                         },
                         Err(denied) => {
+                            *paused |= denied.paused;
                             let now = Instant::now();
                             match this
                                 .shared
