@@ -46,7 +46,11 @@ impl Server {
             return Some(Server { addr, child: None });
         }
         let bin = std::env::var("PALISADE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
         let child = Command::new(bin)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -94,7 +98,14 @@ impl Server {
         ["cmdstat_evalsha:", "cmdstat_eval:"]
             .iter()
             .filter_map(|p| info.lines().find(|l| l.starts_with(p)))
-            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
             .sum()
     }
 }
@@ -122,13 +133,15 @@ fn fleet(c: &mut Criterion) {
     let rt = current_thread();
     let url = Url::parse(URL).expect("valid URL");
     let server = Server::find();
-    let local = RateLimitLayer::new(limit()).expect("valid limit").layer(transport());
+    let local = RateLimitLayer::new(limit())
+        .expect("valid limit")
+        .layer(transport());
     let closed = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
-    let fallback = RateLimitLayer::new(limit().redis(
-        Redis::new(format!("redis://{closed}/")).timeout(Duration::from_millis(100)),
-    ))
+    let fallback = RateLimitLayer::new(
+        limit().redis(Redis::new(format!("redis://{closed}/")).timeout(Duration::from_millis(100))),
+    )
     .expect("valid limit")
     .layer(transport());
     let remote = server.as_ref().map(|s| {
@@ -140,14 +153,23 @@ fn fleet(c: &mut Criterion) {
         (Some(s), Some(svc)) => {
             rt.block_on(async {
                 for _ in 0..100 {
-                    svc.clone().oneshot(Request::new(Method::GET, url.clone())).await.unwrap();
+                    svc.clone()
+                        .oneshot(Request::new(Method::GET, url.clone()))
+                        .await
+                        .unwrap();
                 }
                 let before = s.script_calls();
                 for _ in 0..1_000 {
-                    svc.clone().oneshot(Request::new(Method::GET, url.clone())).await.unwrap();
+                    svc.clone()
+                        .oneshot(Request::new(Method::GET, url.clone()))
+                        .await
+                        .unwrap();
                 }
                 let calls = s.script_calls() - before;
-                println!("Redis script calls per request: {:.2}", calls as f64 / 1_000.0);
+                println!(
+                    "Redis script calls per request: {:.2}",
+                    calls as f64 / 1_000.0
+                );
             });
         }
         _ => println!(
@@ -156,7 +178,10 @@ fn fleet(c: &mut Criterion) {
     }
     // Into the fallback before measuring it.
     rt.block_on(async {
-        let _ = fallback.clone().oneshot(Request::new(Method::GET, url.clone())).await;
+        let _ = fallback
+            .clone()
+            .oneshot(Request::new(Method::GET, url.clone()))
+            .await;
     });
 
     let mut group = c.benchmark_group("rate_limit_check");

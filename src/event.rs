@@ -77,13 +77,16 @@ pub enum Event<'a> {
         /// The state it entered.
         to: CircuitState,
     },
-    /// The rate limiter held a call until a token was free.
+    /// The rate limiter held a call until a token was free (or its host's pause was over),
+    /// reported once per call when it takes its token, however many times it lost a token to
+    /// another waiting call before. A call held and then refused is reported as
+    /// [`Event::Rejected`] only.
     #[non_exhaustive]
     RateLimitWait {
         /// The limiter's key: the host, or `""` for a global limiter (whose one bucket is no
         /// host's), except for a call held by its host's pause: then its host.
         key: &'a str,
-        /// How long the call waits.
+        /// How long the call was held, from its arrival at the stage to its token.
         wait: Duration,
     },
     /// A server's 429 (or 503 with `Retry-After`) paused the rate limiter for its host.

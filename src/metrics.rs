@@ -41,8 +41,8 @@
 //! | `palisade.circuit_breaker.transitions` | counter | state changes | `server.address`, `palisade.circuit_breaker.from`, `palisade.circuit_breaker.to` |
 //! | `palisade.circuit_breaker.state` | gauge | the state a breaker entered last: 0 closed, 1 half-open, 2 open (no series: never left closed) | `server.address` |
 //! | `palisade.circuit_breaker.rejections` | counter | calls an open breaker refused | `server.address` |
-//! | `palisade.rate_limit.waits` | counter | calls the limiter held for a token or a pause | `server.address` |
-//! | `palisade.rate_limit.wait.duration` | histogram, s | how long they were held | `server.address` |
+//! | `palisade.rate_limit.waits` | counter | calls the limiter held for a token or a pause, once each, when they took their token (a call held, then refused, is a rejection only) | `server.address` |
+//! | `palisade.rate_limit.wait.duration` | histogram, s | how long they were held, from their arrival at the limiter to their token | `server.address` |
 //! | `palisade.rate_limit.rejections` | counter | calls the limiter refused | `server.address` |
 //! | `palisade.rate_limit.pushbacks` | counter | 429s and 503s with `Retry-After` that paused a host | `server.address` |
 //! | `palisade.rate_limit.pushback.duration` | histogram, s | the pauses they set | `server.address` |

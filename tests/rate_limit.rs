@@ -256,6 +256,39 @@ async fn max_wait_counts_from_arrival_when_a_call_loses_the_token_to_another() {
     assert_eq!(mock.calls(), 2);
 }
 
+// Regression: a call that lost the token it woke for to another waiting call was reported
+// again for each sleep, so `palisade.rate_limit.waits` counted sleeps, not calls, and its
+// duration histogram the sleeps' lengths, not how long the calls were held.
+#[tokio::test(start_paused = true)]
+async fn a_held_call_is_reported_once_with_its_whole_wait() {
+    let mock = Mock::always(Step::Status(200));
+    let events = Events::default();
+    let rl = layer(RateLimit::per_second(10).burst(1), &events);
+    let mut svc = service(&rl, &mock);
+    let start = Instant::now();
+    send(&mut svc, "http://api.test/x").await.unwrap();
+    // Three calls wait for the next token at once; each wakes at every token until it wins.
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let mut svc = svc.clone();
+            tokio::spawn(async move { send(&mut svc, "http://api.test/x").await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(start.elapsed(), ms(300));
+    assert_eq!(events.count("RateLimitWait"), 3, "{:#?}", events.all());
+    for wait in ["100ms", "200ms", "300ms"] {
+        assert_eq!(
+            events.count(&format!(r#"RateLimitWait {{ key: "", wait: {wait} }}"#)),
+            1,
+            "{:#?}",
+            events.all()
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_wait_past_the_total_deadline_fails_fast() {
     let mock = Mock::always(Step::Status(200));

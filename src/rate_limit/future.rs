@@ -45,6 +45,10 @@ pub(crate) struct Wait<S> {
     // When the call came, from which `max_wait` counts.
     arrived: Instant,
     deadline: Option<Instant>,
+    /// Whether it was denied a token at least once (it is reported as held when it takes one).
+    held: bool,
+    /// Whether its host's pause held it at any of its waits (the key it is reported under).
+    paused: bool,
 }
 
 impl<S> Wait<S> {
@@ -55,6 +59,7 @@ impl<S> Wait<S> {
         until: Instant,
         arrived: Instant,
         deadline: Option<Instant>,
+        paused: bool,
     ) -> Self {
         Wait {
             sleep: None,
@@ -64,6 +69,8 @@ impl<S> Wait<S> {
             req: Some(req),
             arrived,
             deadline,
+            held: true,
+            paused,
         }
     }
 
@@ -84,6 +91,8 @@ impl<S> Wait<S> {
             req: Some(req),
             arrived: Instant::now(),
             deadline,
+            held: false,
+            paused: false,
         }
     }
 
@@ -228,8 +237,15 @@ where
                     match tried {
                         Try::Taken => match (wait.inner.take(), wait.req.take()) {
                             (Some(mut svc), Some(req)) => {
+                                let now = Instant::now();
+                                // A call that only asked Redis was not held: not reported,
+                                // but it too is timed below from when it left.
+                                if wait.held {
+                                    let waited = now.saturating_duration_since(wait.arrived);
+                                    this.shared.held(this.key, wait.paused, waited);
+                                }
                                 let fut = svc.call(req);
-                                let left = Some(Instant::now());
+                                let left = Some(now);
                                 this.state.set(State::Calling { fut, left });
                             }
                             // Unreachable: both are taken only here, when leaving this state.
@@ -240,6 +256,8 @@ where
                             wait.until = until;
                         }
                         Try::Denied(denied) => {
+                            wait.held = true;
+                            wait.paused |= denied.paused;
                             let now = Instant::now();
                             match this.shared.decide(
                                 denied,

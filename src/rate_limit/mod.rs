@@ -408,9 +408,20 @@ impl Shared {
         }
     }
 
+    /// The key of the state that holds a call: its host's pause, or its host's bucket, or the
+    /// one bucket of a global limiter.
+    fn key<'k>(&self, host: &'k HostKey, paused: bool) -> &'k str {
+        if paused || self.cfg.per_host {
+            host.as_str()
+        } else {
+            ""
+        }
+    }
+
     /// Decides what a call that found no token does: sleep until the returned instant, or
     /// fail at once when that would take it past `max_wait` (counted from `arrived`) or the
-    /// deadline.
+    /// deadline. A call may be denied several times (it loses the token it woke for to
+    /// another): it is reported once, by [`held`](Self::held), when it takes its token.
     fn decide(
         &self,
         denied: Denied,
@@ -419,13 +430,7 @@ impl Shared {
         now: Instant,
         deadline: Option<Instant>,
     ) -> Result<Instant, Error> {
-        // The key of the state that holds the call: its host's pause, or its host's bucket,
-        // or the one bucket of a global limiter.
-        let key = if denied.paused || self.cfg.per_host {
-            host.as_str()
-        } else {
-            ""
-        };
+        let key = self.key(host, denied.paused);
         let wait = denied.wait;
         let left = self
             .cfg
@@ -446,7 +451,6 @@ impl Shared {
                     paused = denied.paused,
                     "rate limited: waiting"
                 );
-                self.hook.emit_ref(&Event::RateLimitWait { key, wait });
                 Ok(until)
             }
             _ => {
@@ -464,6 +468,14 @@ impl Shared {
                 Err(Error::rejected(ErrorKind::RateLimited, Some(wait)))
             }
         }
+    }
+
+    /// Reports a call that took its token after being held for `waited` (by its host's pause,
+    /// if `paused`, at any of its waits).
+    fn held(&self, host: &HostKey, paused: bool, waited: Duration) {
+        let key = self.key(host, paused);
+        self.hook
+            .emit_ref(&Event::RateLimitWait { key, wait: waited });
     }
 
     /// Pauses the host when the response is a throttle with a `Retry-After`.
@@ -557,7 +569,7 @@ impl RateLimitLayer {
         self.rebuild(|s| s.classifier = classifier)
     }
 
-    /// Calls `hook` for every wait ([`Event::RateLimitWait`]), rejection ([`Event::Rejected`])
+    /// Calls `hook` for every call held ([`Event::RateLimitWait`]), rejection ([`Event::Rejected`])
     /// and pause ([`Event::ServerPushback`]) of the services made since.
     pub fn on_event<F>(self, hook: F) -> Self
     where
@@ -695,7 +707,7 @@ where
                 // clone in its place.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let wait = future::Wait::sleeping(inner, req, until, now, deadline);
+                let wait = future::Wait::sleeping(inner, req, until, now, deadline, denied.paused);
                 RateLimitFuture::waiting(wait, shared, key)
             }
             Err(mut e) => {
