@@ -4,6 +4,7 @@
 //!
 //! - `local`: `RateLimitLayer` at 10⁹ per second, burst 10⁹, per host;
 //! - `redis`: the same limit with `.redis(..)`: one script (`EVALSHA`) per check;
+//! - `redis_lease_10`: the same with `Redis::lease(10)`: one script per ten checks;
 //! - `redis_fallback`: the same with Redis unreachable, so on its local fallback (what a call
 //!   costs while Redis is down).
 //!
@@ -149,6 +150,12 @@ fn fleet(c: &mut Criterion) {
             .expect("valid limit")
             .layer(transport())
     });
+    let leased = server.as_ref().map(|s| {
+        let redis = Redis::new(s.url()).prefix(prefix() + "-lease").lease(10);
+        RateLimitLayer::new(limit().redis(redis))
+            .expect("valid limit")
+            .layer(transport())
+    });
     match (&server, &remote) {
         (Some(s), Some(svc)) => {
             rt.block_on(async {
@@ -170,6 +177,16 @@ fn fleet(c: &mut Criterion) {
                     "Redis script calls per request: {:.2}",
                     calls as f64 / 1_000.0
                 );
+                if let Some(svc) = &leased {
+                    let before = s.script_calls();
+                    for _ in 0..1_000 {
+                        let req = Request::new(Method::GET, url.clone());
+                        svc.clone().oneshot(req).await.unwrap();
+                    }
+                    let calls = s.script_calls() - before;
+                    let per = calls as f64 / 1_000.0;
+                    println!("Redis script calls per request with lease(10): {per:.2}");
+                }
             });
         }
         _ => println!(
@@ -197,6 +214,14 @@ fn fleet(c: &mut Criterion) {
     });
     if let Some(svc) = &remote {
         group.bench_function("redis", |b| {
+            b.to_async(&rt).iter(|| async {
+                let req = Request::new(Method::GET, url.clone());
+                black_box(svc.clone().oneshot(req).await.unwrap())
+            })
+        });
+    }
+    if let Some(svc) = &leased {
+        group.bench_function("redis_lease_10", |b| {
             b.to_async(&rt).iter(|| async {
                 let req = Request::new(Method::GET, url.clone());
                 black_box(svc.clone().oneshot(req).await.unwrap())

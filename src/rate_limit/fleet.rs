@@ -3,9 +3,10 @@
 //!
 //! See [`Redis`] for the settings and the [module docs](super#fleet-mode) for the guarantees.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -23,7 +24,8 @@ use crate::event::{Event, FleetMode, Hook};
 ///
 /// `KEYS[1]`: the bucket (its theoretical arrival time, in µs); `KEYS[2]`: the host's pause
 /// (a key whose time to live is the pause left). `ARGV[1]`: the token interval in µs;
-/// `ARGV[2]`: the burst. Returns `{1, 0, 0}` for a token taken, `{0, wait_µs, 0}` when no token
+/// `ARGV[2]`: the burst; `ARGV[3]`: the tokens wanted (the lease). Returns `{n, 0, 0}` for `n`
+/// tokens taken (1 to the tokens wanted: as many as are free), `{0, wait_µs, 0}` when no token
 /// is free, `{0, wait_µs, 1}` when the host is paused. A bucket key of another type, or a
 /// value that is not a number, makes the script fail: the limiter falls back.
 const CHECK: &str = r"
@@ -46,12 +48,14 @@ if stored then
     tat = now
   end
 end
-if tat - now > tau then
-  return {0, tat - now - tau, 0}
+local over = tat - now
+if over > tau then
+  return {0, over - tau, 0}
 end
-local new = tat + interval
+local taken = math.min(tonumber(ARGV[3]), math.floor((tau - over) / interval) + 1)
+local new = tat + taken * interval
 redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.ceil((new - now) / 1000) + 1)
-return {1, 0, 0}
+return {taken, 0, 0}
 ";
 
 /// A pause that only ever grows: `KEYS[1]` is set to expire in `ARGV[1]` ms unless it already
@@ -92,6 +96,7 @@ pub struct Redis {
     local_share: f64,
     unlimited_fallback: bool,
     reconnect_every: Duration,
+    lease: u32,
 }
 
 impl Redis {
@@ -107,6 +112,7 @@ impl Redis {
             local_share: 1.0,
             unlimited_fallback: false,
             reconnect_every: Duration::from_millis(250),
+            lease: 1,
         }
     }
 
@@ -149,7 +155,29 @@ impl Redis {
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Tokens an instance takes from the shared bucket per Redis round trip, and spends on its
+    /// next calls to the same key without asking again: up to `n` times fewer round trips.
+    /// Default 1 (every call asks Redis); must be from 1 to the burst.
+    ///
+    /// What it costs: a leased token was taken from the shared bucket when it was leased, so
+    /// over time the fleet still sends no more than the quota, but an instance may spend
+    /// tokens it leased a moment ago: in any span of time the fleet may send up to `n − 1`
+    /// calls per instance more than the quota allows in that span. A lease is kept for one
+    /// token interval times `n`, at least 100 ms and at most 1 s; then what is left of it is
+    /// given up (the fleet then sends less than it could). A pause set by another instance's
+    /// pushback is seen at the next round trip, so up to `n − 1` calls later.
+    pub fn lease(mut self, n: u32) -> Self {
+        self.lease = n;
+        self
+    }
+
+    pub(crate) fn validate(&self, burst: u32) -> Result<(), ConfigError> {
+        if self.lease == 0 || self.lease > burst {
+            return Err(ConfigError::new(
+                "rate_limit.redis.lease",
+                format!("must be from 1 to the burst ({burst}), got {}", self.lease),
+            ));
+        }
         if let Err(e) = redis::Client::open(self.url.as_str()) {
             // The error's text may quote the URL: only its kind is given.
             return Err(ConfigError::new(
@@ -201,6 +229,7 @@ impl fmt::Debug for Redis {
             .field("local_share", &self.local_share)
             .field("unlimited_fallback", &self.unlimited_fallback)
             .field("reconnect_every", &self.reconnect_every)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -249,6 +278,18 @@ pub(crate) struct Fleet {
     burst: u32,
     per_host: bool,
     hook: Hook,
+    /// Tokens leased and not yet spent, by key (see [`Redis::lease`]); empty without leases.
+    leases: Mutex<HashMap<Vec<u8>, Lease>>,
+    /// How long a lease is kept.
+    lease_for: Duration,
+    max_leases: usize,
+}
+
+/// Tokens taken from the shared bucket for calls to come.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    tokens: u32,
+    until: Instant,
 }
 
 impl fmt::Debug for Fleet {
@@ -268,11 +309,18 @@ impl Fleet {
         interval: Duration,
         burst: u32,
         per_host: bool,
+        max_hosts: usize,
         hook: Hook,
     ) -> Option<Fleet> {
         let client = redis::Client::open(cfg.url.as_str()).ok()?;
         let bucket_global = format!("{}:bucket", cfg.prefix);
+        let lease_for = interval
+            .saturating_mul(cfg.lease)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
         Some(Fleet {
+            leases: Mutex::new(HashMap::new()),
+            lease_for,
+            max_leases: max_hosts,
             client,
             conn: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
@@ -325,12 +373,16 @@ impl Fleet {
                 by_deadline = true;
             }
         }
+        if self.cfg.lease > 1 && self.spend_lease(host, now) {
+            return CheckOr::Taken;
+        }
         if budget.is_zero() {
             return CheckOr::Local;
         }
         let this = self.clone();
         let (bucket, pause) = (self.bucket_key(host), self.pause_key(host));
         let until = now + budget;
+        let lease_key = (self.cfg.lease > 1).then(|| host.as_bytes().to_vec());
         CheckOr::Remote(
             Box::pin(async move {
                 let run = async {
@@ -341,14 +393,21 @@ impl Fleet {
                         .key(&pause)
                         .arg(this.interval_us)
                         .arg(this.burst)
+                        .arg(this.cfg.lease)
                         .invoke_async(&mut conn)
                         .await?;
-                    parse(&reply).ok_or_else(|| {
+                    parse(&reply, this.cfg.lease).ok_or_else(|| {
                         redis::RedisError::from((redis::ErrorKind::Parse, "unexpected reply"))
                     })
                 };
                 match tokio::time::timeout_at(until, run).await {
-                    Ok(Ok(v)) => Some(v),
+                    Ok(Ok(Taken(n))) => {
+                        if let Some(key) = lease_key {
+                            this.keep_lease(key, n - 1);
+                        }
+                        Some(Verdict::Taken)
+                    }
+                    Ok(Ok(Said(v))) => Some(v),
                     Ok(Err(e)) => {
                         this.fall_back(failure(&e));
                         None
@@ -363,6 +422,42 @@ impl Fleet {
             }),
             until,
         )
+    }
+
+    /// Spends a leased token for `host`, if one is left and its lease still holds.
+    fn spend_lease(&self, host: &HostKey, now: Instant) -> bool {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        match leases.get_mut(host.as_bytes()) {
+            Some(l) if l.tokens > 0 && l.until > now => {
+                l.tokens -= 1;
+                true
+            }
+            Some(_) => {
+                leases.remove(host.as_bytes());
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Keeps `tokens` leased for `key`'s calls to come (none kept once `max_hosts` keys hold
+    /// a live lease: those tokens are given up).
+    fn keep_lease(&self, key: Vec<u8>, tokens: u32) {
+        if tokens == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        if leases.len() >= self.max_leases && !leases.contains_key(&key) {
+            leases.retain(|_, l| l.tokens > 0 && l.until > now);
+            if leases.len() >= self.max_leases {
+                return;
+            }
+        }
+        let until = now + self.lease_for;
+        let l = leases.entry(key).or_insert(Lease { tokens: 0, until });
+        l.tokens = l.tokens.saturating_add(tokens);
+        l.until = until;
     }
 
     /// Sets the host's fleet-wide pause (fire and forget: the response is not held for it).
@@ -480,14 +575,28 @@ impl Fleet {
 
 /// What a call in fleet mode does for its token.
 pub(crate) enum CheckOr {
+    /// A leased token was spent: go.
+    Taken,
     /// Ask Redis (the future resolves by the instant given; `None`: use the local fallback).
     Remote(RemoteCheck, Instant),
     /// Use the local fallback now.
     Local,
 }
 
-/// Reads the check script's reply: `[taken, wait_µs, paused]`.
-fn parse(v: &Value) -> Option<Verdict> {
+/// The check script's reply, read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// This many tokens taken (1 to the lease).
+    Taken(u32),
+    /// No token.
+    Said(Verdict),
+}
+
+use Reply::{Said, Taken};
+
+/// Reads the check script's reply, `[taken, wait_µs, paused]`, strictly: anything else (or
+/// more tokens than asked for) is garbage.
+fn parse(v: &Value, asked: u32) -> Option<Reply> {
     let Value::Array(items) = v else {
         return None;
     };
@@ -498,12 +607,12 @@ fn parse(v: &Value) -> Option<Verdict> {
     match items.as_slice() {
         [taken, wait, paused] => {
             let (taken, wait, paused) = (int(taken)?, int(wait)?, int(paused)?);
-            match (taken, paused) {
-                (1, 0) => Some(Verdict::Taken),
-                (0, p @ (0 | 1)) if wait >= 0 => Some(Verdict::Denied(Denied {
-                    wait: Duration::from_micros(u64::try_from(wait).ok()?),
+            match (taken, wait, paused) {
+                (n @ 1.., 0, 0) if n <= i64::from(asked) => Some(Taken(u32::try_from(n).ok()?)),
+                (0, w @ 0.., p @ (0 | 1)) => Some(Said(Verdict::Denied(Denied {
+                    wait: Duration::from_micros(u64::try_from(w).ok()?),
                     paused: p == 1,
-                })),
+                }))),
                 _ => None,
             }
         }
@@ -520,23 +629,25 @@ mod tests {
         let arr = |a: i64, b: i64, c: i64| {
             Value::Array(vec![Value::Int(a), Value::Int(b), Value::Int(c)])
         };
-        assert_eq!(parse(&arr(1, 0, 0)), Some(Verdict::Taken));
+        assert_eq!(parse(&arr(1, 0, 0), 1), Some(Taken(1)));
+        assert_eq!(parse(&arr(3, 0, 0), 4), Some(Taken(3)));
         assert_eq!(
-            parse(&arr(0, 1500, 0)),
-            Some(Verdict::Denied(Denied {
+            parse(&arr(0, 1500, 0), 1),
+            Some(Said(Verdict::Denied(Denied {
                 wait: Duration::from_micros(1500),
                 paused: false
-            }))
+            })))
         );
         assert_eq!(
-            parse(&arr(0, 2_000_000, 1)),
-            Some(Verdict::Denied(Denied {
+            parse(&arr(0, 2_000_000, 1), 1),
+            Some(Said(Verdict::Denied(Denied {
                 wait: Duration::from_secs(2),
                 paused: true
-            }))
+            })))
         );
         for bad in [
             arr(2, 0, 0),
+            arr(1, 5, 0),
             arr(0, -1, 0),
             arr(0, 0, 2),
             arr(1, 0, 1),
@@ -545,7 +656,7 @@ mod tests {
             Value::Nil,
             Value::Array(vec![Value::Int(1), Value::Nil, Value::Int(0)]),
         ] {
-            assert_eq!(parse(&bad), None, "{bad:?}");
+            assert_eq!(parse(&bad, 1), None, "{bad:?}");
         }
     }
 
@@ -563,15 +674,19 @@ mod tests {
 
     #[test]
     fn bad_settings_name_their_field() {
-        let field = |r: Redis| r.validate().unwrap_err().field().to_owned();
+        let field = |r: Redis| r.validate(10).unwrap_err().field().to_owned();
         let ok = Redis::new("redis://127.0.0.1/");
-        assert!(ok.validate().is_ok());
+        assert!(ok.validate(10).is_ok());
+        assert!(ok.clone().lease(10).validate(10).is_ok());
+        for lease in [0, 11] {
+            assert_eq!(field(ok.clone().lease(lease)), "rate_limit.redis.lease");
+        }
         assert_eq!(field(Redis::new("http://x/")), "rate_limit.redis.url");
         assert_eq!(
             field(Redis::new("redis://user:pw@[::1")),
             "rate_limit.redis.url"
         );
-        let e = Redis::new("redis://user:pw@[::1").validate().unwrap_err();
+        let e = Redis::new("redis://user:pw@[::1").validate(10).unwrap_err();
         assert!(!e.to_string().contains("pw"), "{e}");
         assert_eq!(
             field(ok.clone().timeout(Duration::ZERO)),

@@ -301,7 +301,7 @@ impl RateLimit {
         }
         #[cfg(feature = "redis")]
         if let Some(r) = &self.redis {
-            r.validate()?;
+            r.validate(burst)?;
         }
         Ok(())
     }
@@ -354,8 +354,10 @@ impl Shared {
             }
             if fleet.is_shared() {
                 let deadline = context::deadline();
-                if let fleet::CheckOr::Remote(check, until) = fleet.check(key, deadline) {
-                    return Try::Remote(check, until);
+                match fleet.check(key, deadline) {
+                    fleet::CheckOr::Remote(check, until) => return Try::Remote(check, until),
+                    fleet::CheckOr::Taken => return Try::Taken,
+                    fleet::CheckOr::Local => {}
                 }
             }
             return self.take_locally(key);
@@ -544,6 +546,7 @@ impl RateLimitLayer {
                     q.replenish_interval(),
                     q.burst_size().get(),
                     cfg.per_host,
+                    cfg.max_hosts,
                     hook.clone(),
                 );
                 (quota(rate, cfg.per_minute, burst), fleet.map(Arc::new))
