@@ -1,8 +1,9 @@
-//! Shared test support: an in-memory scripted transport, real-socket misbehaving servers, and
-//! a helper to build a client over either.
+//! Shared test support: an in-memory scripted transport, real-socket misbehaving servers and a
+//! helper to build a client over either, and a real Redis for the fleet-mode tests.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod net;
+pub mod redis;
 
 use std::collections::VecDeque;
 use std::future::Future;
