@@ -254,10 +254,13 @@ fn failure(e: &redis::RedisError) -> &'static str {
         "timeout"
     } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
         "unreachable"
-    } else if matches!(e.kind(), redis::ErrorKind::Server(_)) {
-        "error reply"
-    } else {
+    } else if matches!(
+        e.kind(),
+        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
+    ) {
         "bad reply"
+    } else {
+        "error reply"
     }
 }
 

@@ -1,0 +1,541 @@
+//! Fleet mode (feature `redis`) against a real Redis: the local limiter's semantics on the
+//! shared bucket, several clients sharing one quota and one pushback, and the local fallback
+//! when Redis is unreachable, slow, down or answers garbage.
+//!
+//! The shared server comes from `PALISADE_REDIS_URL` (`scripts/test` starts one); the tests
+//! that kill, restart or stall Redis start a private `redis-server` of their own.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use palisade::rate_limit::{RateLimit, Redis};
+use palisade::{Client, ErrorKind, Event, FleetMode};
+use support::redis::{shared_url, unique_prefix, RedisServer};
+use support::{ms, Mock, Step};
+use tokio::time::Instant;
+
+const A: &str = "http://a.test/x";
+const B: &str = "http://b.test/x";
+
+/// A client over `mock` whose limiter is `limit` on the Redis at `url` under `prefix`.
+fn client(mock: &Mock, limit: RateLimit, redis: Redis) -> Client {
+    mock.client(|b| {
+        b.no_retry()
+            .no_circuit_breaker()
+            .rate_limit(limit.redis(redis))
+    })
+}
+
+fn shared(prefix: &str) -> Redis {
+    // Generous: CI machines are loaded, and a spurious fallback would break the counts.
+    Redis::new(shared_url()).prefix(prefix).timeout(ms(500))
+}
+
+/// Fleet-mode events, as `(mode, reason)`.
+#[derive(Clone, Default)]
+struct Modes(Arc<Mutex<Vec<(FleetMode, String)>>>);
+
+impl Modes {
+    fn hook(&self) -> impl Fn(&Event<'_>) + Send + Sync + 'static {
+        let m = self.0.clone();
+        move |e| {
+            if let Event::FleetModeChanged { mode, reason, .. } = e {
+                m.lock().unwrap().push((*mode, (*reason).to_owned()));
+            }
+        }
+    }
+    fn all(&self) -> Vec<(FleetMode, String)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+async fn status(c: &Client, url: &str) -> Result<u16, palisade::Error> {
+    c.get(url).send().await.map(|r| r.status().as_u16())
+}
+
+#[tokio::test]
+async fn the_shared_bucket_gives_its_burst_then_a_hint() {
+    let prefix = unique_prefix("burst");
+    let mock = Mock::default();
+    let c = client(
+        &mock,
+        RateLimit::per_second(10).burst(3).per_host().fail_fast(),
+        shared(&prefix),
+    );
+    for _ in 0..3 {
+        assert_eq!(status(&c, A).await.unwrap(), 200);
+    }
+    let e = status(&c, A).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited);
+    let hint = e.retry_after().expect("a hint");
+    assert!(hint > ms(0) && hint <= ms(100), "{hint:?}");
+    // Another host has a bucket of its own.
+    assert_eq!(status(&c, B).await.unwrap(), 200);
+    assert_eq!(mock.calls(), 4);
+}
+
+#[tokio::test]
+async fn a_call_waits_for_the_next_shared_token() {
+    let prefix = unique_prefix("wait");
+    let mock = Mock::default();
+    let c = client(
+        &mock,
+        RateLimit::per_second(20).burst(1).max_wait(ms(500)),
+        shared(&prefix),
+    );
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+    let start = Instant::now();
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+    let waited = start.elapsed();
+    assert!(waited >= ms(35) && waited < ms(400), "{waited:?}");
+}
+
+#[tokio::test]
+async fn two_clients_share_one_quota_and_other_prefixes_do_not() {
+    let prefix = unique_prefix("two");
+    let mock = Mock::default();
+    let limit = || RateLimit::per_minute(60).burst(3).fail_fast();
+    let (a, b) = (
+        client(&mock, limit(), shared(&prefix)),
+        client(&mock, limit(), shared(&prefix)),
+    );
+    assert_eq!(status(&a, A).await.unwrap(), 200);
+    assert_eq!(status(&b, A).await.unwrap(), 200);
+    assert_eq!(
+        status(&a, B).await.unwrap(),
+        200,
+        "one bucket for all hosts"
+    );
+    assert!(status(&b, A).await.unwrap_err().is_rate_limited());
+    assert!(status(&a, A).await.unwrap_err().is_rate_limited());
+    let other = client(&mock, limit(), shared(&unique_prefix("two-other")));
+    assert_eq!(status(&other, A).await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn a_pushback_seen_by_one_client_pauses_its_host_for_all() {
+    let prefix = unique_prefix("pushback");
+    let seen = Mock::script([Step::retry_after(429, "2")]);
+    let other = Mock::default();
+    let limit = || RateLimit::per_second(100).per_host().fail_fast();
+    let a = client(&seen, limit(), shared(&prefix));
+    let b = client(&other, limit(), shared(&prefix));
+    assert_eq!(status(&a, A).await.unwrap(), 429);
+    // The pause is written in the background: give it a moment.
+    tokio::time::sleep(ms(100)).await;
+    let e = status(&b, A).await.unwrap_err();
+    assert!(e.is_rate_limited(), "{e}");
+    let left = e.retry_after().expect("the pause left");
+    assert!(left > ms(1_000) && left <= ms(2_000), "{left:?}");
+    assert_eq!(
+        status(&b, B).await.unwrap(),
+        200,
+        "other hosts are not paused"
+    );
+    assert_eq!(other.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_longer_pause_is_never_shortened() {
+    let prefix = unique_prefix("longer");
+    let mock = Mock::script([Step::retry_after(429, "3"), Step::retry_after(429, "1")]);
+    let limit = RateLimit::per_second(100).per_host().fail_fast();
+    let a = client(&mock, limit.clone(), shared(&prefix));
+    let b = client(
+        &mock,
+        limit.clone().max_wait(Duration::ZERO),
+        shared(&prefix),
+    );
+    assert_eq!(status(&a, A).await.unwrap(), 429);
+    tokio::time::sleep(ms(100)).await;
+    // A third client, fresh (no pause of its own), sees the fleet's.
+    let c = client(&Mock::default(), limit, shared(&prefix));
+    let left = status(&c, A).await.unwrap_err().retry_after().unwrap();
+    assert!(left > ms(2_000), "{left:?}");
+    drop(b);
+}
+
+#[tokio::test]
+async fn a_wait_past_the_deadline_fails_at_once() {
+    let prefix = unique_prefix("deadline");
+    let mock = Mock::default();
+    let c = mock.client(|b| {
+        b.no_retry()
+            .no_circuit_breaker()
+            .total_timeout(ms(300))
+            .attempt_timeout(ms(300))
+            .rate_limit(RateLimit::per_second(1).burst(1).redis(shared(&prefix)))
+    });
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+    let start = Instant::now();
+    let e = status(&c, A).await.unwrap_err();
+    assert!(e.is_rate_limited(), "{e}");
+    assert!(start.elapsed() < ms(250), "{:?}", start.elapsed());
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_falls_back_to_the_local_share_at_once() {
+    let port = support::net::closed_port().port();
+    let modes = Modes::default();
+    let mock = Mock::default();
+    let c = mock.client(|b| {
+        b.no_retry()
+            .no_circuit_breaker()
+            .on_event(modes.hook())
+            .rate_limit(
+                RateLimit::per_second(8).burst(8).fail_fast().redis(
+                    Redis::new(format!("redis://:s3cret@127.0.0.1:{port}/"))
+                        .timeout(ms(200))
+                        .local_share(0.25),
+                ),
+            )
+    });
+    let start = Instant::now();
+    // The local share: 2 of the burst of 8.
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+    assert!(status(&c, A).await.unwrap_err().is_rate_limited());
+    assert!(start.elapsed() < ms(200), "{:?}", start.elapsed());
+    assert_eq!(modes.all(), [(FleetMode::Local, "unreachable".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_bucket_of_the_wrong_type_falls_back() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("garbage");
+    server.command(&["HSET", &format!("{prefix}:bucket"), "f", "v"]);
+    let modes = Modes::default();
+    let mock = Mock::default();
+    let c = mock.client(|b| {
+        b.no_retry()
+            .no_circuit_breaker()
+            .on_event(modes.hook())
+            .rate_limit(
+                RateLimit::per_second(100)
+                    .redis(Redis::new(server.url()).prefix(&prefix).timeout(ms(500))),
+            )
+    });
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+    assert_eq!(modes.all(), [(FleetMode::Local, "error reply".to_owned())]);
+    // A bucket that is a string but not a number is garbage too.
+    server.command(&["DEL", &format!("{prefix}:bucket")]);
+    server.command(&["SET", &format!("{prefix}:bucket"), "twelve"]);
+    tokio::time::sleep(ms(600)).await;
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn redis_dying_and_coming_back_is_survived() {
+    let mut server = RedisServer::start();
+    let modes = Modes::default();
+    let mock = Mock::default();
+    let c = mock.client(|b| {
+        b.no_retry()
+            .no_circuit_breaker()
+            .total_timeout(ms(2_000))
+            .attempt_timeout(ms(1_000))
+            .on_event(modes.hook())
+            .rate_limit(
+                RateLimit::per_second(1_000).redis(
+                    Redis::new(server.url())
+                        .prefix(&unique_prefix("dies"))
+                        .timeout(ms(100))
+                        .reconnect_every(ms(50)),
+                ),
+            )
+    });
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+    server.kill();
+    for _ in 0..5 {
+        let start = Instant::now();
+        assert_eq!(status(&c, A).await.unwrap(), 200);
+        assert!(start.elapsed() < ms(150), "{:?}", start.elapsed());
+    }
+    assert_eq!(modes.all()[0].0, FleetMode::Local);
+    server.restart();
+    let back = Instant::now();
+    while modes.all().len() < 2 {
+        assert!(
+            back.elapsed() < ms(1_000),
+            "not back within a second: {:?}",
+            modes.all()
+        );
+        tokio::time::sleep(ms(10)).await;
+    }
+    assert_eq!(
+        modes.all()[1],
+        (FleetMode::Shared, "reconnected".to_owned())
+    );
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn a_stalled_redis_costs_a_call_no_more_than_its_timeout() {
+    let server = RedisServer::start();
+    let modes = Modes::default();
+    let mock = Mock::default();
+    let c = mock.client(|b| {
+        b.no_retry()
+            .no_circuit_breaker()
+            .on_event(modes.hook())
+            .rate_limit(
+                RateLimit::per_second(1_000).redis(
+                    Redis::new(server.url())
+                        .prefix(&unique_prefix("stall"))
+                        .timeout(ms(80))
+                        .reconnect_every(ms(50)),
+                ),
+            )
+    });
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+    server.stall(ms(700));
+    tokio::time::sleep(ms(50)).await;
+    let start = Instant::now();
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+    let took = start.elapsed();
+    assert!(took >= ms(60) && took < ms(200), "{took:?}");
+    assert_eq!(modes.all()[0], (FleetMode::Local, "timeout".to_owned()));
+    // Local now: no wait at all.
+    let start = Instant::now();
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+    assert!(start.elapsed() < ms(30), "{:?}", start.elapsed());
+    // Back to shared once the stall is over.
+    let back = Instant::now();
+    while modes.all().len() < 2 {
+        assert!(back.elapsed() < ms(1_700), "not back: {:?}", modes.all());
+        tokio::time::sleep(ms(10)).await;
+    }
+}
+
+/// A fake "Redis" that answers `+OK` to everything: the limiter's script gets a reply it
+/// cannot read.
+#[tokio::test]
+async fn a_reply_that_makes_no_sense_falls_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    // One `+OK` per command (each starts with `*`).
+                    let commands = buf[..n].iter().filter(|&&b| b == b'*').count().max(1);
+                    if s.write_all(&b"+OK\r\n".repeat(commands)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let modes = Modes::default();
+    let mock = Mock::default();
+    let c = mock.client(|b| {
+        b.no_retry().on_event(modes.hook()).rate_limit(
+            RateLimit::per_second(100)
+                .redis(Redis::new(format!("redis://{addr}/")).timeout(ms(300))),
+        )
+    });
+    let start = Instant::now();
+    assert_eq!(status(&c, A).await.unwrap(), 200);
+    assert!(start.elapsed() < ms(300), "{:?}", start.elapsed());
+    assert_eq!(modes.all(), [(FleetMode::Local, "bad reply".to_owned())]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several processes, one quota
+
+/// The settings of a child process of [`four_processes_share_one_quota`], by environment.
+const CHILD_TARGET: &str = "PALISADE_FLEET_CHILD_TARGET";
+const CHILD_REDIS: &str = "PALISADE_FLEET_CHILD_REDIS";
+const CHILD_PREFIX: &str = "PALISADE_FLEET_CHILD_PREFIX";
+const CHILD_MILLIS: &str = "PALISADE_FLEET_CHILD_MILLIS";
+/// How long the processes send: 10 s, or `PALISADE_FLEET_SECS`.
+fn run_for() -> Duration {
+    let secs = std::env::var("PALISADE_FLEET_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    Duration::from_secs(secs)
+}
+
+const RATE: u32 = 50;
+const BURST: u32 = 10;
+
+/// What the counting server saw: requests, and when the first and the last came.
+#[derive(Default)]
+struct Seen {
+    count: std::sync::atomic::AtomicU64,
+    /// Microseconds since `base`, plus one (0: none yet).
+    first: std::sync::atomic::AtomicU64,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Seen {
+    fn record(&self, base: Instant) {
+        use std::sync::atomic::Ordering;
+        let at = base.elapsed().as_micros() as u64 + 1;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .first
+            .compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed);
+        self.last.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// The requests and the seconds from the first to the last, since the last `take`.
+    fn take(&self) -> (f64, f64) {
+        use std::sync::atomic::Ordering;
+        let n = self.count.swap(0, Ordering::Relaxed);
+        let (first, last) = (
+            self.first.swap(0, Ordering::Relaxed),
+            self.last.swap(0, Ordering::Relaxed),
+        );
+        (n as f64, last.saturating_sub(first) as f64 / 1e6)
+    }
+}
+
+/// A counting HTTP/1.1 server (keep-alive, `200 OK`, empty body).
+async fn counting_server() -> (std::net::SocketAddr, Arc<Seen>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let counted = seen.clone();
+    let base = Instant::now();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        counted.record(base);
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(n @ 1..) => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Starts 4 copies of this test binary, each running [`fleet_child`] against `target`.
+fn start_children(target: &str, redis: Option<&str>, prefix: &str) -> Vec<std::process::Child> {
+    let exe = std::env::current_exe().expect("the test binary");
+    (0..4)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(["fleet_child", "--exact", "--ignored", "--nocapture"])
+                .env(CHILD_TARGET, target)
+                .env(CHILD_REDIS, redis.unwrap_or(""))
+                .env(CHILD_PREFIX, prefix)
+                .env(CHILD_MILLIS, run_for().as_millis().to_string())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("a child process")
+        })
+        .collect()
+}
+
+/// One process of the fleet: 8 tasks send through one client, as fast as the limiter lets
+/// them, for the time given, through a `RATE`/s burst `BURST` limiter (on Redis when given).
+#[test]
+#[ignore = "a child process of four_processes_share_one_quota, started by it"]
+fn fleet_child() {
+    let target = std::env::var(CHILD_TARGET).expect("started by four_processes_share_one_quota");
+    let redis = std::env::var(CHILD_REDIS).unwrap_or_default();
+    let prefix = std::env::var(CHILD_PREFIX).unwrap_or_default();
+    let millis: u64 = std::env::var(CHILD_MILLIS).unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut limit = RateLimit::per_second(RATE).burst(BURST);
+        if !redis.is_empty() {
+            limit = limit.redis(Redis::new(redis).prefix(prefix).timeout(ms(500)));
+        }
+        let c = Client::builder()
+            .no_retry()
+            .no_circuit_breaker()
+            .rate_limit(limit)
+            .build()
+            .unwrap();
+        let end = Instant::now() + Duration::from_millis(millis);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, target) = (c.clone(), target.clone());
+                tokio::spawn(async move {
+                    while Instant::now() < end {
+                        match c.get(&target).send().await {
+                            Ok(_) => {}
+                            Err(e) if e.is_rate_limited() => {
+                                let hint = e.retry_after().unwrap_or(ms(5));
+                                tokio::time::sleep(hint.min(end - Instant::now())).await;
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+/// Four processes share one quota on Redis: from its first request to its last, the server
+/// sees at most what the quota allows over that span (`BURST`, plus `RATE` a second), plus a
+/// slack of 1 % and 2 requests for Redis's and the server's clocks; without Redis, each
+/// process has the whole quota, and together they send about four times as much.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_share_one_quota() {
+    let (addr, seen) = counting_server().await;
+    let target = format!("http://{addr}/work");
+    let url = shared_url();
+    let prefix = unique_prefix("four");
+    let quota = |secs: f64| f64::from(BURST) + f64::from(RATE) * secs;
+
+    let run = |redis: Option<String>| {
+        let children = start_children(&target, redis.as_deref(), &prefix);
+        tokio::task::spawn_blocking(move || {
+            for mut c in children {
+                assert!(c.wait().unwrap().success(), "a child failed");
+            }
+        })
+    };
+    run(Some(url)).await.unwrap();
+    let (shared, span) = seen.take();
+    let most = quota(span) * 1.01 + 2.0;
+    eprintln!(
+        "4 processes on Redis: {shared} requests in {span:.2} s (the quota allows {:.0})",
+        quota(span)
+    );
+    assert!(shared <= most, "{shared} requests, more than {most:.0}");
+    assert!(
+        shared >= quota(span) * 0.8,
+        "{shared} requests: the quota was not used"
+    );
+
+    run(None).await.unwrap();
+    let (alone, span) = seen.take();
+    eprintln!(
+        "4 processes without Redis: {alone} requests in {span:.2} s ({:.1}× the quota)",
+        alone / quota(span)
+    );
+    assert!(alone > 3.0 * quota(span), "{alone} requests");
+}
