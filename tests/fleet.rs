@@ -353,6 +353,8 @@ const CHILD_TARGET: &str = "PALISADE_FLEET_CHILD_TARGET";
 const CHILD_REDIS: &str = "PALISADE_FLEET_CHILD_REDIS";
 const CHILD_PREFIX: &str = "PALISADE_FLEET_CHILD_PREFIX";
 const CHILD_MILLIS: &str = "PALISADE_FLEET_CHILD_MILLIS";
+/// A per-host rate instead of `RATE` and `BURST` for all hosts.
+const CHILD_RATE: &str = "PALISADE_FLEET_CHILD_RATE";
 /// How long the processes send: 10 s, or `PALISADE_FLEET_SECS`.
 fn run_for() -> Duration {
     let secs = std::env::var("PALISADE_FLEET_SECS")
@@ -433,15 +435,28 @@ async fn counting_server() -> (std::net::SocketAddr, Arc<Seen>) {
 
 /// Starts 4 copies of this test binary, each running [`fleet_child`] against `target`.
 fn start_children(target: &str, redis: Option<&str>, prefix: &str) -> Vec<std::process::Child> {
+    start_children_with(target, redis, prefix, None, run_for())
+}
+
+fn start_children_with(
+    target: &str,
+    redis: Option<&str>,
+    prefix: &str,
+    per_host_rate: Option<u32>,
+    time: Duration,
+) -> Vec<std::process::Child> {
     let exe = std::env::current_exe().expect("the test binary");
     (0..4)
         .map(|_| {
-            std::process::Command::new(&exe)
-                .args(["fleet_child", "--exact", "--ignored", "--nocapture"])
+            let mut cmd = std::process::Command::new(&exe);
+            if let Some(r) = per_host_rate {
+                cmd.env(CHILD_RATE, r.to_string());
+            }
+            cmd.args(["fleet_child", "--exact", "--ignored", "--nocapture"])
                 .env(CHILD_TARGET, target)
                 .env(CHILD_REDIS, redis.unwrap_or(""))
                 .env(CHILD_PREFIX, prefix)
-                .env(CHILD_MILLIS, run_for().as_millis().to_string())
+                .env(CHILD_MILLIS, time.as_millis().to_string())
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .expect("a child process")
@@ -464,7 +479,10 @@ fn fleet_child() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let mut limit = RateLimit::per_second(RATE).burst(BURST);
+        let mut limit = match std::env::var(CHILD_RATE) {
+            Ok(r) => RateLimit::per_second(r.parse().unwrap()).per_host(),
+            Err(_) => RateLimit::per_second(RATE).burst(BURST),
+        };
         if !redis.is_empty() {
             limit = limit.redis(Redis::new(redis).prefix(prefix).timeout(ms(500)));
         }
@@ -475,9 +493,11 @@ fn fleet_child() {
             .build()
             .unwrap();
         let end = Instant::now() + Duration::from_millis(millis);
+        // One target or several (separated by spaces): the tasks take them in turn.
+        let targets: Vec<String> = target.split(' ').map(str::to_owned).collect();
         let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let (c, target) = (c.clone(), target.clone());
+            .map(|i| {
+                let (c, target) = (c.clone(), targets[i % targets.len()].clone());
                 tokio::spawn(async move {
                     while Instant::now() < end {
                         match c.get(&target).send().await {
@@ -538,4 +558,122 @@ async fn four_processes_share_one_quota() {
         alone / quota(span)
     );
     assert!(alone > 3.0 * quota(span), "{alone} requests");
+}
+
+/// A server that answers `429` with `Retry-After: 2` to the first request for `/x`, then
+/// `200`, and keeps when each request came, by its `Host`.
+async fn pushback_server() -> (
+    std::net::SocketAddr,
+    Arc<Mutex<Vec<(String, Duration)>>>,
+    Instant,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log: Arc<Mutex<Vec<(String, Duration)>>> = Arc::default();
+    let base = Instant::now();
+    let logged = log.clone();
+    tokio::spawn(async move {
+        let throttled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (logged, throttled) = (logged.clone(), throttled.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        buf.drain(..end + 4);
+                        let host = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("host:"))
+                            .unwrap_or("")
+                            .trim()
+                            .to_owned();
+                        let first_x = head.starts_with("get /x ")
+                            && !throttled.swap(true, std::sync::atomic::Ordering::SeqCst);
+                        logged.lock().unwrap().push((host, base.elapsed()));
+                        let reply: &[u8] = if first_x {
+                            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 2\r\ncontent-length: 0\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+                        };
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(n @ 1..) => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, log, base)
+}
+
+/// One process of four receives `429 Retry-After: 2` from a host: for 2 s no process sends
+/// to that host (but what was in flight when the 429 came), while another host keeps
+/// getting calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushback_seen_by_one_process_pauses_its_host_for_all() {
+    let (addr, log, _) = pushback_server().await;
+    let port = addr.port();
+    // Two hosts, one server: `127.0.0.1:port` pushes back, `localhost:port` does not.
+    let targets = format!("http://127.0.0.1:{port}/x http://localhost:{port}/y");
+    let prefix = unique_prefix("pushback4");
+    let children = start_children_with(
+        &targets,
+        Some(&shared_url()),
+        &prefix,
+        Some(200),
+        Duration::from_secs(4),
+    );
+    tokio::task::spawn_blocking(move || {
+        for mut c in children {
+            assert!(c.wait().unwrap().success(), "a child failed");
+        }
+    })
+    .await
+    .unwrap();
+    let log = log.lock().unwrap().clone();
+    let paused_host = format!("127.0.0.1:{port}");
+    let at = |host: &str| -> Vec<Duration> {
+        log.iter()
+            .filter(|(h, _)| h == host)
+            .map(|(_, t)| *t)
+            .collect()
+    };
+    let x = at(&paused_host);
+    let y = at(&format!("localhost:{port}"));
+    let t429 = x[0];
+    // Calls already sent when the 429 came (at most the 8 tasks × 4 processes in flight)
+    // may still arrive just after it.
+    let grace = ms(100);
+    let during: Vec<_> = x
+        .iter()
+        .filter(|t| **t > t429 + grace && **t < t429 + ms(1_950))
+        .collect();
+    eprintln!(
+        "429 at {t429:?}; {} calls to the paused host in the 2 s after it (past {grace:?}), \
+         {} to the other host",
+        during.len(),
+        y.iter()
+            .filter(|t| **t > t429 && **t < t429 + ms(2_000))
+            .count()
+    );
+    assert!(during.is_empty(), "calls during the pause: {during:?}");
+    assert!(
+        x.iter().any(|t| *t >= t429 + ms(1_950)),
+        "the paused host is called again after the pause"
+    );
+    let other = y
+        .iter()
+        .filter(|t| **t > t429 + grace && **t < t429 + ms(1_950))
+        .count();
+    assert!(
+        other > 100,
+        "the other host got {other} calls during the pause"
+    );
 }

@@ -88,6 +88,48 @@
 //! proxy answer for it) is cut to its first 200 bytes, `#` and a hash of the whole, in the
 //! limiter's maps and in its events and logs alike.
 //!
+//! # Fleet mode
+//!
+//! With the `redis` feature, [`RateLimit::redis`] shares the quota and the server pushback
+//! among every instance of an application configured alike (same Redis, same
+//! [`prefix`](Redis::prefix)): `RateLimit::per_second(100).redis(..)` on 8 instances lets
+//! 100 calls a second through for all of them together, not 800.
+//!
+//! - **The bucket** is on Redis: each check is one atomic Lua script (`EVALSHA`) that runs the
+//!   same GCRA as the local limiter on Redis's own clock (`TIME`, so instances whose clocks
+//!   differ agree), under `<prefix>:bucket:<host:port>` (per host) or `<prefix>:bucket`
+//!   (global), which expires once the bucket is full again. It needs no module (unlike
+//!   redis-cell's `CL.THROTTLE`): any Redis 5 or later, or Valkey. `burst`, `max_wait`, the
+//!   deadline bound, `fail_fast` and the `retry_after` hint behave as without Redis; a call
+//!   that waits asks Redis again when it wakes. One round trip per attempt by default;
+//!   [`Redis::lease`] takes several tokens per round trip, with a bound on the overshoot.
+//! - **Pushback** is shared: a throttled response with `Retry-After` pauses its host on this
+//!   instance at once and, in the background, on Redis (`<prefix>:pause:<host:port>`, expiring
+//!   at the pause's end, capped by `max_pushback`, never shortened), which every instance's
+//!   next check reads; an instance that learns of a pause this way keeps it locally too, and
+//!   asks Redis no more until it ends.
+//! - **Redis fails too.** Every Redis call, connecting included, is bounded by
+//!   [`Redis::timeout`] (50 ms by default) and by the request's deadline. When a call times
+//!   out, the connection breaks, or Redis answers with an error or a reply that is not the
+//!   script's, the limiter switches to its **local fallback**: a GCRA of
+//!   [`Redis::local_share`] of the quota (the whole quota by default; `1.0 / n` for `n`
+//!   instances keeps the fleet within it), never unlimited unless
+//!   [`Redis::unlimited_fallback`] says so, and it never waits for Redis again while there:
+//!   a background task tries a `PING` every [`Redis::reconnect_every`] (250 ms) and returns to
+//!   the shared bucket as soon as one answers. So no call waits for Redis longer than one
+//!   Redis timeout, and the shared quota is back within `reconnect_every` (plus a timeout) of
+//!   Redis's return. Each switch is an [`Event::FleetModeChanged`], a `warn` log and, with
+//!   `metrics`, `palisade.rate_limit.fleet.shared` and `palisade.rate_limit.fleet.fallbacks`.
+//!   A deadline that leaves no time for Redis makes that one call use the fallback, without
+//!   switching.
+//! - **Secrets**: the Redis URL's user and password are never logged, shown in `Debug`, or
+//!   quoted in an error or event.
+//!
+//! While the fallback runs, pauses set by other instances are not seen, and this instance's
+//! pushbacks are kept locally only. [`Client::health`](crate::Client::health) shows the
+//! local limiter (the fallback's bucket, and this instance's pauses), not the shared bucket.
+//! Redis Cluster is not supported (the check reads two keys, which may be in two slots).
+//!
 //! # Time
 //!
 //! The limiter reads tokio's clock (governor's `Clock` is implemented on
