@@ -241,7 +241,7 @@ async fn redis_dying_and_coming_back_is_survived() {
             .rate_limit(
                 RateLimit::per_second(1_000).redis(
                     Redis::new(server.url())
-                        .prefix(&unique_prefix("dies"))
+                        .prefix(unique_prefix("dies"))
                         .timeout(ms(100))
                         .reconnect_every(ms(50)),
                 ),
@@ -284,7 +284,7 @@ async fn a_stalled_redis_costs_a_call_no_more_than_its_timeout() {
             .rate_limit(
                 RateLimit::per_second(1_000).redis(
                     Redis::new(server.url())
-                        .prefix(&unique_prefix("stall"))
+                        .prefix(unique_prefix("stall"))
                         .timeout(ms(80))
                         .reconnect_every(ms(50)),
                 ),
