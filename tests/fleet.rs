@@ -77,6 +77,39 @@ async fn the_shared_bucket_gives_its_burst_then_a_hint() {
     assert_eq!(mock.calls(), 4);
 }
 
+/// Over half a second of calls that never wait, the shared bucket admits its burst and then
+/// one call per token interval, as the local limiter does.
+#[tokio::test]
+async fn admissions_over_time_follow_the_rate() {
+    let prefix = unique_prefix("over-time");
+    let mock = Mock::default();
+    let c = client(
+        &mock,
+        RateLimit::per_second(20).burst(2).fail_fast(),
+        shared(&prefix),
+    );
+    let start = Instant::now();
+    let (mut admitted, mut refused) = (0u32, 0u32);
+    while start.elapsed() < ms(500) {
+        match status(&c, A).await {
+            Ok(_) => admitted += 1,
+            Err(e) if e.is_rate_limited() => {
+                refused += 1;
+                tokio::time::sleep(ms(2)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let span = start.elapsed().as_secs_f64();
+    let expected = 2.0 + 20.0 * span;
+    eprintln!("admitted {admitted} (expected {expected:.1}), refused {refused}, in {span:.3} s");
+    assert!(
+        (f64::from(admitted) - expected).abs() <= 1.5,
+        "admitted {admitted}, expected {expected:.1}"
+    );
+    assert!(refused > 0);
+}
+
 #[tokio::test]
 async fn a_call_waits_for_the_next_shared_token() {
     let prefix = unique_prefix("wait");
@@ -265,6 +298,7 @@ async fn redis_dying_and_coming_back_is_survived() {
         );
         tokio::time::sleep(ms(10)).await;
     }
+    eprintln!("shared again {:?} after Redis came back", back.elapsed());
     assert_eq!(
         modes.all()[1],
         (FleetMode::Shared, "reconnected".to_owned())
@@ -291,11 +325,13 @@ async fn a_stalled_redis_costs_a_call_no_more_than_its_timeout() {
             )
     });
     assert_eq!(status(&c, A).await.unwrap(), 200);
+    let stalled = Instant::now();
     server.stall(ms(700));
     tokio::time::sleep(ms(50)).await;
     let start = Instant::now();
     assert_eq!(status(&c, A).await.unwrap(), 200);
     let took = start.elapsed();
+    eprintln!("the call that met the stall took {took:?} (timeout 80 ms)");
     assert!(took >= ms(60) && took < ms(200), "{took:?}");
     assert_eq!(modes.all()[0], (FleetMode::Local, "timeout".to_owned()));
     // Local now: no wait at all.
@@ -303,11 +339,12 @@ async fn a_stalled_redis_costs_a_call_no_more_than_its_timeout() {
     assert_eq!(status(&c, A).await.unwrap(), 200);
     assert!(start.elapsed() < ms(30), "{:?}", start.elapsed());
     // Back to shared once the stall is over.
-    let back = Instant::now();
     while modes.all().len() < 2 {
-        assert!(back.elapsed() < ms(1_700), "not back: {:?}", modes.all());
+        assert!(stalled.elapsed() < ms(1_700), "not back: {:?}", modes.all());
         tokio::time::sleep(ms(10)).await;
     }
+    let over = stalled.elapsed().saturating_sub(ms(700));
+    eprintln!("shared again {over:?} after the 700 ms stall ended");
 }
 
 /// A fake "Redis" that answers `+OK` to everything: the limiter's script gets a reply it
