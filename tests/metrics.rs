@@ -128,11 +128,20 @@ where
     F: FnOnce(Snapshotter) -> Fut,
     Fut: Future<Output = ()>,
 {
+    run_in_time(true, f)
+}
+
+/// [`run`], in paused time or in real time (for real sockets).
+fn run_in_time<F, Fut>(paused: bool, f: F) -> Recorded
+where
+    F: FnOnce(Snapshotter) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let recorder = DebuggingRecorder::new();
     let snap = recorder.snapshotter();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .start_paused(true)
+        .start_paused(paused)
         .build()
         .unwrap();
     metrics::with_local_recorder(&recorder, || rt.block_on(f(snap.clone())));
@@ -547,4 +556,29 @@ fn other_methods_are_other() {
         ("http.response.status_code", "200"),
     ];
     assert_eq!(r.seconds(names::REQUEST_DURATION, &labels).len(), 1);
+}
+
+/// Fleet mode's switch to its local fallback, with Redis unreachable (a closed port): no Redis
+/// needed. In real time: the connection attempt is a real socket's.
+#[test]
+fn a_fleet_fallback_is_counted_and_the_mode_gauge_drops() {
+    use palisade::rate_limit::Redis;
+    let r = run_in_time(false, |_| async {
+        let port = support::net::closed_port().port();
+        let mock = Mock::always(Step::Status(200));
+        let redis = Redis::new(format!("redis://127.0.0.1:{port}/")).timeout(ms(100));
+        let c = metered(&mock, |b| {
+            b.no_retry()
+                .rate_limit(RateLimit::per_second(10).redis(redis))
+        });
+        assert_eq!(c.get(URL).send().await.unwrap().status(), 200);
+    });
+    assert_eq!(r.gauge(names::FLEET_SHARED, &[]), 0.0);
+    assert_eq!(
+        r.counter(
+            names::FLEET_FALLBACKS,
+            &[("palisade.fleet.reason", "unreachable")]
+        ),
+        1
+    );
 }
