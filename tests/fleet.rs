@@ -29,6 +29,34 @@ fn client(mock: &Mock, limit: RateLimit, redis: Redis) -> Client {
     })
 }
 
+/// [`client`] with `modes` watching its limiter's switches.
+fn watched(mock: &Mock, limit: RateLimit, redis: Redis, modes: &Modes) -> Client {
+    mock.client(|b| {
+        b.no_retry()
+            .no_circuit_breaker()
+            .on_event(modes.hook())
+            .rate_limit(limit.redis(redis))
+    })
+}
+
+/// Waits until the limiter is back on the shared quota (its second switch), at most `within`
+/// after `since`; returns when it was, after `since`.
+async fn back_to_shared(modes: &Modes, since: Instant, within: Duration) -> Duration {
+    while modes.all().len() < 2 {
+        assert!(
+            since.elapsed() < within,
+            "not back within {within:?}: {:?}",
+            modes.all()
+        );
+        tokio::time::sleep(ms(10)).await;
+    }
+    assert_eq!(
+        modes.all()[1],
+        (FleetMode::Shared, "reconnected".to_owned())
+    );
+    since.elapsed()
+}
+
 fn shared(prefix: &str) -> Redis {
     // Generous: CI machines are loaded, and a spurious fallback would break the counts.
     Redis::new(shared_url()).prefix(prefix).timeout(ms(500))
@@ -214,18 +242,14 @@ async fn an_unreachable_redis_falls_back_to_the_local_share_at_once() {
     let port = support::net::closed_port().port();
     let modes = Modes::default();
     let mock = Mock::default();
-    let c = mock.client(|b| {
-        b.no_retry()
-            .no_circuit_breaker()
-            .on_event(modes.hook())
-            .rate_limit(
-                RateLimit::per_second(8).burst(8).fail_fast().redis(
-                    Redis::new(format!("redis://:s3cret@127.0.0.1:{port}/"))
-                        .timeout(ms(200))
-                        .local_share(0.25),
-                ),
-            )
-    });
+    let c = watched(
+        &mock,
+        RateLimit::per_second(8).burst(8).fail_fast(),
+        Redis::new(format!("redis://:s3cret@127.0.0.1:{port}/"))
+            .timeout(ms(200))
+            .local_share(0.25),
+        &modes,
+    );
     let start = Instant::now();
     // The local share: 2 of the burst of 8.
     assert_eq!(status(&c, A).await.unwrap(), 200);
@@ -242,15 +266,12 @@ async fn a_bucket_of_the_wrong_type_falls_back() {
     server.command(&["HSET", &format!("{prefix}:bucket"), "f", "v"]);
     let modes = Modes::default();
     let mock = Mock::default();
-    let c = mock.client(|b| {
-        b.no_retry()
-            .no_circuit_breaker()
-            .on_event(modes.hook())
-            .rate_limit(
-                RateLimit::per_second(100)
-                    .redis(Redis::new(server.url()).prefix(&prefix).timeout(ms(500))),
-            )
-    });
+    let c = watched(
+        &mock,
+        RateLimit::per_second(100),
+        Redis::new(server.url()).prefix(&prefix).timeout(ms(500)),
+        &modes,
+    );
     assert_eq!(status(&c, A).await.unwrap(), 200);
     assert_eq!(modes.all(), [(FleetMode::Local, "error reply".to_owned())]);
     // A bucket that is a string but not a number is garbage too.
@@ -265,21 +286,15 @@ async fn redis_dying_and_coming_back_is_survived() {
     let mut server = RedisServer::start();
     let modes = Modes::default();
     let mock = Mock::default();
-    let c = mock.client(|b| {
-        b.no_retry()
-            .no_circuit_breaker()
-            .total_timeout(ms(2_000))
-            .attempt_timeout(ms(1_000))
-            .on_event(modes.hook())
-            .rate_limit(
-                RateLimit::per_second(1_000).redis(
-                    Redis::new(server.url())
-                        .prefix(unique_prefix("dies"))
-                        .timeout(ms(100))
-                        .reconnect_every(ms(50)),
-                ),
-            )
-    });
+    let c = watched(
+        &mock,
+        RateLimit::per_second(1_000),
+        Redis::new(server.url())
+            .prefix(unique_prefix("dies"))
+            .timeout(ms(100))
+            .reconnect_every(ms(50)),
+        &modes,
+    );
     assert_eq!(status(&c, A).await.unwrap(), 200);
     server.kill();
     for _ in 0..5 {
@@ -289,20 +304,8 @@ async fn redis_dying_and_coming_back_is_survived() {
     }
     assert_eq!(modes.all()[0].0, FleetMode::Local);
     server.restart();
-    let back = Instant::now();
-    while modes.all().len() < 2 {
-        assert!(
-            back.elapsed() < ms(1_000),
-            "not back within a second: {:?}",
-            modes.all()
-        );
-        tokio::time::sleep(ms(10)).await;
-    }
-    eprintln!("shared again {:?} after Redis came back", back.elapsed());
-    assert_eq!(
-        modes.all()[1],
-        (FleetMode::Shared, "reconnected".to_owned())
-    );
+    let back = back_to_shared(&modes, Instant::now(), ms(1_000)).await;
+    eprintln!("shared again {back:?} after Redis came back");
     assert_eq!(status(&c, A).await.unwrap(), 200);
 }
 
@@ -311,19 +314,15 @@ async fn a_stalled_redis_costs_a_call_no_more_than_its_timeout() {
     let server = RedisServer::start();
     let modes = Modes::default();
     let mock = Mock::default();
-    let c = mock.client(|b| {
-        b.no_retry()
-            .no_circuit_breaker()
-            .on_event(modes.hook())
-            .rate_limit(
-                RateLimit::per_second(1_000).redis(
-                    Redis::new(server.url())
-                        .prefix(unique_prefix("stall"))
-                        .timeout(ms(80))
-                        .reconnect_every(ms(50)),
-                ),
-            )
-    });
+    let c = watched(
+        &mock,
+        RateLimit::per_second(1_000),
+        Redis::new(server.url())
+            .prefix(unique_prefix("stall"))
+            .timeout(ms(80))
+            .reconnect_every(ms(50)),
+        &modes,
+    );
     assert_eq!(status(&c, A).await.unwrap(), 200);
     let stalled = Instant::now();
     server.stall(ms(700));
@@ -339,11 +338,8 @@ async fn a_stalled_redis_costs_a_call_no_more_than_its_timeout() {
     assert_eq!(status(&c, A).await.unwrap(), 200);
     assert!(start.elapsed() < ms(30), "{:?}", start.elapsed());
     // Back to shared once the stall is over.
-    while modes.all().len() < 2 {
-        assert!(stalled.elapsed() < ms(1_700), "not back: {:?}", modes.all());
-        tokio::time::sleep(ms(10)).await;
-    }
-    let over = stalled.elapsed().saturating_sub(ms(700));
+    let back = back_to_shared(&modes, stalled, ms(1_700)).await;
+    let over = back.saturating_sub(ms(700));
     eprintln!("shared again {over:?} after the 700 ms stall ended");
 }
 
@@ -370,12 +366,12 @@ async fn a_reply_that_makes_no_sense_falls_back() {
     });
     let modes = Modes::default();
     let mock = Mock::default();
-    let c = mock.client(|b| {
-        b.no_retry().on_event(modes.hook()).rate_limit(
-            RateLimit::per_second(100)
-                .redis(Redis::new(format!("redis://{addr}/")).timeout(ms(300))),
-        )
-    });
+    let c = watched(
+        &mock,
+        RateLimit::per_second(100),
+        Redis::new(format!("redis://{addr}/")).timeout(ms(300)),
+        &modes,
+    );
     let start = Instant::now();
     assert_eq!(status(&c, A).await.unwrap(), 200);
     assert!(start.elapsed() < ms(300), "{:?}", start.elapsed());
@@ -436,26 +432,27 @@ impl Seen {
     }
 }
 
-/// A counting HTTP/1.1 server (keep-alive, `200 OK`, empty body).
-async fn counting_server() -> (std::net::SocketAddr, Arc<Seen>) {
+/// An HTTP/1.1 server on loopback (keep-alive, bodiless requests) that answers each request
+/// with what `answer` returns for its head (lowercased).
+async fn http_server<F>(answer: F) -> std::net::SocketAddr
+where
+    F: Fn(&str) -> &'static [u8] + Send + Sync + 'static,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Seen::default());
-    let counted = seen.clone();
-    let base = Instant::now();
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            let counted = counted.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 loop {
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
                         buf.drain(..end + 4);
-                        counted.record(base);
-                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-                        if s.write_all(ok).await.is_err() {
+                        if s.write_all(answer(&head)).await.is_err() {
                             return;
                         }
                     }
@@ -467,6 +464,21 @@ async fn counting_server() -> (std::net::SocketAddr, Arc<Seen>) {
             });
         }
     });
+    addr
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+
+/// A counting HTTP/1.1 server (`200 OK`, empty body).
+async fn counting_server() -> (std::net::SocketAddr, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
+    let counted = seen.clone();
+    let base = Instant::now();
+    let addr = http_server(move |_| {
+        counted.record(base);
+        OK
+    })
+    .await;
     (addr, seen)
 }
 
@@ -597,57 +609,34 @@ async fn four_processes_share_one_quota() {
     assert!(alone > 3.0 * quota(span), "{alone} requests");
 }
 
+/// When each request came (since the server started), by its `Host`.
+type Log = Arc<Mutex<Vec<(String, Duration)>>>;
+
 /// A server that answers `429` with `Retry-After: 2` to the first request for `/x`, then
-/// `200`, and keeps when each request came, by its `Host`.
-async fn pushback_server() -> (
-    std::net::SocketAddr,
-    Arc<Mutex<Vec<(String, Duration)>>>,
-    Instant,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let log: Arc<Mutex<Vec<(String, Duration)>>> = Arc::default();
-    let base = Instant::now();
+/// `200`, and logs each request.
+async fn pushback_server() -> (std::net::SocketAddr, Log) {
+    let log = Log::default();
     let logged = log.clone();
-    tokio::spawn(async move {
-        let throttled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        while let Ok((mut s, _)) = listener.accept().await {
-            let (logged, throttled) = (logged.clone(), throttled.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                        buf.drain(..end + 4);
-                        let host = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("host:"))
-                            .unwrap_or("")
-                            .trim()
-                            .to_owned();
-                        let first_x = head.starts_with("get /x ")
-                            && !throttled.swap(true, std::sync::atomic::Ordering::SeqCst);
-                        logged.lock().unwrap().push((host, base.elapsed()));
-                        let reply: &[u8] = if first_x {
-                            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 2\r\ncontent-length: 0\r\n\r\n"
-                        } else {
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
-                        };
-                        if s.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(n @ 1..) => buf.extend_from_slice(&chunk[..n]),
-                        _ => return,
-                    }
-                }
-            });
+    let throttled = std::sync::atomic::AtomicBool::new(false);
+    let base = Instant::now();
+    let addr = http_server(move |head| {
+        let host = head
+            .lines()
+            .find_map(|l| l.strip_prefix("host:"))
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        logged.lock().unwrap().push((host, base.elapsed()));
+        let first_x = head.starts_with("get /x ")
+            && !throttled.swap(true, std::sync::atomic::Ordering::SeqCst);
+        if first_x {
+            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 2\r\ncontent-length: 0\r\n\r\n"
+        } else {
+            OK
         }
-    });
-    (addr, log, base)
+    })
+    .await;
+    (addr, log)
 }
 
 /// One process of four receives `429 Retry-After: 2` from a host: for 2 s no process sends
@@ -655,7 +644,7 @@ async fn pushback_server() -> (
 /// getting calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pushback_seen_by_one_process_pauses_its_host_for_all() {
-    let (addr, log, _) = pushback_server().await;
+    let (addr, log) = pushback_server().await;
     let port = addr.port();
     // Two hosts, one server: `127.0.0.1:port` pushes back, `localhost:port` does not.
     let targets = format!("http://127.0.0.1:{port}/x http://localhost:{port}/y");
