@@ -83,9 +83,10 @@ impl FailureClass {
     }
 }
 
-impl fmt::Display for FailureClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl FailureClass {
+    /// The class's name, as `Display` writes it (and metrics label it).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
             FailureClass::Success => "success",
             FailureClass::ClientError => "client_error",
             FailureClass::Throttled => "throttled",
@@ -94,7 +95,13 @@ impl fmt::Display for FailureClass {
             FailureClass::Network => "network",
             FailureClass::Cancelled => "cancelled",
             FailureClass::Rejected => "rejected",
-        })
+        }
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

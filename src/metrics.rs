@@ -84,7 +84,6 @@ use tokio::time::Instant;
 use tower_service::Service;
 use url::Url;
 
-use crate::classify::FailureClass;
 use crate::error::{Error, ErrorKind, TimeoutKind};
 use crate::event::{CircuitState, Event, GiveUpReason};
 use crate::fallback::FallbackReason;
@@ -244,7 +243,7 @@ impl Sink {
                 let mut labels = self.url_labels(url);
                 labels.push(Label::from_static_parts(
                     "palisade.retry.reason",
-                    class_name(*class),
+                    class.as_str(),
                 ));
                 counter(names::RETRIES, labels);
             }
@@ -686,19 +685,6 @@ fn error_type(kind: ErrorKind) -> &'static str {
         ErrorKind::CircuitOpen => "circuit_open",
         ErrorKind::RateLimited => "rate_limited",
         ErrorKind::BulkheadFull => "bulkhead_full",
-    }
-}
-
-fn class_name(class: FailureClass) -> &'static str {
-    match class {
-        FailureClass::Success => "success",
-        FailureClass::ClientError => "client_error",
-        FailureClass::Throttled => "throttled",
-        FailureClass::ServerError => "server_error",
-        FailureClass::Timeout => "timeout",
-        FailureClass::Network => "network",
-        FailureClass::Cancelled => "cancelled",
-        FailureClass::Rejected => "rejected",
     }
 }
 
