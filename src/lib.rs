@@ -186,6 +186,8 @@ pub mod metrics;
 pub mod rate_limit;
 mod redact;
 pub mod retry;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod retry_after;
 mod time;
 pub mod timeout;

@@ -1,0 +1,1 @@
+//! Record and replay: HAR 1.2 cassettes.
