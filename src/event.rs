@@ -238,6 +238,11 @@ impl fmt::Debug for Event<'_> {
 
 /// Where a fleet-mode rate limiter takes its tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 #[non_exhaustive]
 pub enum FleetMode {
     /// From the bucket shared on Redis.

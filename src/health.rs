@@ -29,7 +29,8 @@
 //!   "rate_limit": null,
 //!   "bulkhead": null,
 //!   "budget": { "retries_available": 100, "balance": 100.0, "reserve": 100.0 },
-//!   "fallback": { "entries": 1, "stored_bytes": 1338, "copying_bytes": 0, "max_bytes": 33554432 }
+//!   "fallback": { "entries": 1, "stored_bytes": 1338, "copying_bytes": 0, "max_bytes": 33554432 },
+//!   "fleet": null
 //! }
 //! ```
 //!
@@ -104,6 +105,10 @@ pub struct Health {
     pub budget: Option<BudgetHealth>,
     /// The fallback cache's store; `None` without a fallback cache (the default).
     pub fallback: Option<FallbackHealth>,
+    /// Fleet mode (feature `redis`): whether the rate limiter takes its tokens from the quota
+    /// shared on Redis or, while Redis fails, from its local share; `None` without fleet
+    /// mode. The buckets above are the local limiter's (the fallback's), not the shared one.
+    pub fleet: Option<crate::FleetMode>,
 }
 
 /// What the pipeline holds for one host.
@@ -289,6 +294,7 @@ impl Sources {
                 copying_bytes: f.copying_bytes(),
                 max_bytes: f.max_bytes(),
             }),
+            fleet: self.limiter.as_ref().and_then(|l| l.fleet_mode()),
         };
         if let Some(b) = &self.breakers {
             health.circuit = b.health_global();

@@ -257,6 +257,7 @@ async fn an_unreachable_redis_falls_back_to_the_local_share_at_once() {
     assert!(status(&c, A).await.unwrap_err().is_rate_limited());
     assert!(start.elapsed() < ms(200), "{:?}", start.elapsed());
     assert_eq!(modes.all(), [(FleetMode::Local, "unreachable".to_owned())]);
+    assert_eq!(c.health().fleet, Some(FleetMode::Local));
 }
 
 #[tokio::test]
@@ -296,6 +297,7 @@ async fn redis_dying_and_coming_back_is_survived() {
         &modes,
     );
     assert_eq!(status(&c, A).await.unwrap(), 200);
+    assert_eq!(c.health().fleet, Some(FleetMode::Shared));
     server.kill();
     for _ in 0..5 {
         let start = Instant::now();

@@ -543,7 +543,8 @@ async fn the_snapshot_serializes_to_readable_json_with_hosts_only() {
                 "stored_bytes": 0,
                 "copying_bytes": 0,
                 "max_bytes": 33554432
-            }
+            },
+            "fleet": null
         })
     );
 }

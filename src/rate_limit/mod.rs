@@ -637,6 +637,8 @@ impl RateLimitLayer {
     pub(crate) fn view(&self) -> LimiterView {
         LimiterView {
             limiter: self.shared.limiter.clone(),
+            #[cfg(feature = "redis")]
+            fleet: self.shared.fleet.clone(),
         }
     }
 }
@@ -647,9 +649,24 @@ impl RateLimitLayer {
 #[derive(Clone)]
 pub(crate) struct LimiterView {
     limiter: Arc<Limiter<TokioClock>>,
+    #[cfg(feature = "redis")]
+    fleet: Option<Arc<fleet::Fleet>>,
 }
 
 impl LimiterView {
+    /// Where a fleet-mode limiter takes its tokens now; `None` without fleet mode.
+    pub(crate) fn fleet_mode(&self) -> Option<crate::FleetMode> {
+        #[cfg(feature = "redis")]
+        if let Some(f) = &self.fleet {
+            return Some(if f.is_shared() {
+                crate::FleetMode::Shared
+            } else {
+                crate::FleetMode::Local
+            });
+        }
+        None
+    }
+
     fn bucket(&self, tokens: u32) -> LimiterHealth {
         LimiterHealth {
             tokens,
