@@ -410,12 +410,14 @@ impl ChaosLayer {
             let action = match rule.fault {
                 Fault::Status(code) => match StatusCode::from_u16(code) {
                     Ok(s) => Action::Answer(s, None),
-                    Err(_) => return Err(ConfigError::new(
-                        "chaos.rule.fault",
-                        format!(
+                    Err(_) => {
+                        return Err(ConfigError::new(
+                            "chaos.rule.fault",
+                            format!(
                             "of rule `{name}` must be a valid status code (100 to 999), got {code}"
                         ),
-                    )),
+                        ))
+                    }
                 },
                 Fault::TooManyRequests { retry_after } => {
                     let secs = retry_after
