@@ -18,13 +18,13 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let chaos = ChaosLayer::new(
 //!     Chaos::new(42)
-//!         // Every GET under /v1 answers 503: a server error, retried.
+//!         // Every request under /v1 of this host answers 503: a server error.
 //!         .rule(
 //!             Rule::new(Fault::Status(503))
 //!                 .name("v1-down")
 //!                 .when(Match::host("api.example.com").path_prefix("/v1")),
 //!         )
-//!         // One request in ten anywhere else waits 20 ms longer.
+//!         // One request in ten of the others waits 20 ms longer.
 //!         .rule(Rule::new(Fault::Latency(Duration::from_millis(20))).rate(0.1)),
 //! )?;
 //! let handle = chaos.handle();
@@ -98,8 +98,9 @@
 //! transport. Enabled, it takes its number with one atomic add, and each rule costs one atomic
 //! load of its rate and one step of a small generator (`fastrand`'s, seeded per call: nothing
 //! is shared but the counter); a fault costs one more atomic add for its count. A fault is
-//! logged at `debug` (`chaos.rule`, the fault, the method and the URL as palisade shows URLs:
-//! no userinfo, no query value; never a header).
+//! logged at `debug`, target `palisade::testing::chaos` (`chaos.rule`, `chaos.fault`,
+//! `http.request.method` and `url.full` as palisade shows URLs: no userinfo, no query value;
+//! never a header).
 //!
 //! # Where to put it
 //!
@@ -467,6 +468,13 @@ impl<S> tower_layer::Layer<S> for ChaosLayer {
 }
 
 /// The service of a [`ChaosLayer`]: the inner service, with faults injected into its calls.
+///
+/// The inner service must be `Clone` (as `reqwest::Client` and transports given to
+/// [`ClientBuilder::transport`](crate::ClientBuilder::transport) are): a `Latency` fault takes
+/// the service made ready for the call along into its future, to call it after the wait, and
+/// leaves a clone in its place. A fault that does not reach the inner service (a status, a
+/// reset, a hang) leaves the readiness its `poll_ready` gave unused, as tower's `Filter` does
+/// when it rejects a call.
 #[derive(Clone)]
 pub struct ChaosService<S> {
     inner: S,

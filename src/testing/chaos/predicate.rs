@@ -50,9 +50,10 @@ impl Match {
         Match::default()
     }
 
-    /// Requests to this host: a name (compared without regard to case, the port ignored), an
-    /// IP address as URLs write it (`127.0.0.1`, `[::1]`), or `*.example.com` for every host
-    /// under `example.com` (not `example.com` itself).
+    /// Requests to this host, on any port: a name (compared without regard to case), an IP
+    /// address as URLs write it (`127.0.0.1`, `[::1]`), or `*.example.com` for every host
+    /// under `example.com` (not `example.com` itself). Give it without a port: `host:port`
+    /// matches no request.
     pub fn host(host: impl Into<String>) -> Self {
         let host = host.into().to_ascii_lowercase();
         let host = match host.strip_prefix('*') {
