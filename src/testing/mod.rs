@@ -5,3 +5,6 @@
 
 pub mod cassette;
 pub mod chaos;
+
+// Fault injection.
+pub use chaos::{Chaos, ChaosHandle, ChaosLayer};
