@@ -5,3 +5,6 @@
 
 pub mod cassette;
 pub mod chaos;
+
+// Cassettes (record and replay).
+pub use cassette::{Cassette, CassetteError, CassetteTransport};
