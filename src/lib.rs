@@ -186,9 +186,9 @@ pub mod metrics;
 pub mod rate_limit;
 mod redact;
 pub mod retry;
+mod retry_after;
 #[cfg(feature = "testing")]
 pub mod testing;
-mod retry_after;
 mod time;
 pub mod timeout;
 mod transport;

@@ -141,7 +141,12 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.to_string(), "simulated crash before the rename");
-        assert!(used.unwrap().file_name().unwrap().to_string_lossy().ends_with(".tmp"));
+        assert!(used
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with(".tmp"));
         assert_eq!(fs::read(&path).unwrap(), b"{\"first\": true}");
         assert_eq!(listing(&d), ["c.har"]);
         write_atomic(&path, b"{\"third\": 3}").unwrap();
@@ -162,7 +167,10 @@ mod tests {
         let e = read(&d.join("missing.har"), 99).unwrap_err();
         assert_eq!(e.kind(), CassetteErrorKind::NotFound);
         fs::write(&path, [0xff, 0xfe]).unwrap();
-        assert_eq!(read(&path, 99).unwrap_err().kind(), CassetteErrorKind::Malformed);
+        assert_eq!(
+            read(&path, 99).unwrap_err().kind(),
+            CassetteErrorKind::Malformed
+        );
         let _ = fs::remove_dir_all(&d);
     }
 }

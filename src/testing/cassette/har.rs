@@ -252,7 +252,10 @@ pub(crate) struct ReadEntry {
 pub(crate) enum Answer {
     Response(Reply),
     /// No response: the exchange failed, as recorded.
-    Failure { kind: ErrorKind, message: String },
+    Failure {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 #[derive(Clone)]
@@ -384,7 +387,11 @@ pub(crate) fn parse(text: &str) -> Result<Har, CassetteError> {
 /// `identity` loses that header and its `Content-Length` on replay, unless palisade marked the
 /// body as still encoded (`_encoded`), as it does when it records a body it got encoded. A
 /// `Content-Length` that does not match a non-empty body is set to the body's length.
-pub(crate) fn read_entry(v: &Value, index: usize, max_body: usize) -> Result<ReadEntry, CassetteError> {
+pub(crate) fn read_entry(
+    v: &Value,
+    index: usize,
+    max_body: usize,
+) -> Result<ReadEntry, CassetteError> {
     let entry = At {
         v,
         path: format!("log.entries[{index}]"),
@@ -539,11 +546,18 @@ fn read_headers(at: &At<'_>) -> Result<HeaderMap, CassetteError> {
         }
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             let shown: String = name.chars().take(64).collect();
-            bad(&name_at.path, format!("{shown:?} is not a valid header name"))
+            bad(
+                &name_at.path,
+                format!("{shown:?} is not a valid header name"),
+            )
         })?;
         // The value is never shown: it may be a credential.
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| bad(&value_at.path, "not a valid header value (control characters?)"))?;
+        let value = HeaderValue::from_str(value).map_err(|_| {
+            bad(
+                &value_at.path,
+                "not a valid header value (control characters?)",
+            )
+        })?;
         out.append(name, value);
     }
     Ok(out)
@@ -615,7 +629,10 @@ mod tests {
     #[test]
     fn bodies_are_text_or_base64() {
         assert_eq!(body_text(b"hello"), ("hello".to_owned(), None));
-        assert_eq!(body_text(&[0xff, 0, 1]), ("/wAB".to_owned(), Some("base64")));
+        assert_eq!(
+            body_text(&[0xff, 0, 1]),
+            ("/wAB".to_owned(), Some("base64"))
+        );
     }
 
     fn entry(response: Value) -> Value {

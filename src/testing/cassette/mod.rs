@@ -74,7 +74,7 @@
 //!   temporary file in the same directory, synced, then renamed over the cassette), before the
 //!   response is handed on. A crash or a failed test leaves the previous cassette or one with
 //!   every exchange finished so far, always complete JSON. There is no `flush` to forget. A
-//!   write that fails fails the call with an [`Error`](crate::Error) of kind `Request`, whose
+//!   write that fails fails the call with a [`palisade::Error`](crate::Error) of kind `Request`, whose
 //!   source is the [`CassetteError`].
 //! - **Order**: the order in which the requests were sent, whatever order they finished in.
 //! - **Record** starts a new cassette: the previous file is replaced at the first exchange.
@@ -438,7 +438,9 @@ impl Cassette {
     /// Keeps the values of the query parameter named exactly `name` (any case), though its
     /// name looks like a credential's (`country_code`, `keyword`). Default: none kept.
     pub fn keep_query(mut self, name: impl AsRef<str>) -> Self {
-        self.scrub.keep_query.push(name.as_ref().to_ascii_lowercase());
+        self.scrub
+            .keep_query
+            .push(name.as_ref().to_ascii_lowercase());
         self
     }
 
@@ -629,14 +631,17 @@ impl fmt::Debug for Cassette {
             Source::File(p) => d.field("file", p),
             Source::Json(s) => d.field("json_bytes", &s.len()),
         };
-        d.field("mode", &self.mode.map_or("from_env".to_owned(), |m| m.to_string()))
-            .field("scrub", &self.scrub)
-            .field("matchers", &self.matchers)
-            .field("after_last", &self.after_last)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("max_file_bytes", &self.max_file_bytes)
-            .field("simulate_latency", &self.simulate_latency)
-            .finish()
+        d.field(
+            "mode",
+            &self.mode.map_or("from_env".to_owned(), |m| m.to_string()),
+        )
+        .field("scrub", &self.scrub)
+        .field("matchers", &self.matchers)
+        .field("after_last", &self.after_last)
+        .field("max_body_bytes", &self.max_body_bytes)
+        .field("max_file_bytes", &self.max_file_bytes)
+        .field("simulate_latency", &self.simulate_latency)
+        .finish()
     }
 }
 
@@ -764,7 +769,11 @@ where
             Mode::Replay | Mode::ReplayOrRecord => Some(shared.find(&req)),
         };
         match lookup {
-            Some(Lookup::Found { answer, wait, index }) => {
+            Some(Lookup::Found {
+                answer,
+                wait,
+                index,
+            }) => {
                 tracing::debug!(
                     http.request.method = %req.method(),
                     url.full = %DisplayUrl(req.url()),
@@ -887,7 +896,10 @@ impl Shared {
         if let Some(i) = found {
             let slot = &mut st.slots[i];
             slot.used = true;
-            let r = slot.recorded.as_ref().expect("a matched entry is replayable");
+            let r = slot
+                .recorded
+                .as_ref()
+                .expect("a matched entry is replayable");
             let wait = match &r.answer {
                 Answer::Response(reply) => reply.wait,
                 Answer::Failure { .. } => std::time::Duration::ZERO,
@@ -1044,7 +1056,10 @@ mod tests {
             .scrub_request_body(|_, _| {})
             .match_with(|_, _| true);
         let shown = format!("{c:?}");
-        assert!(shown.contains("x-api-key") && shown.contains("Custom"), "{shown}");
+        assert!(
+            shown.contains("x-api-key") && shown.contains("Custom"),
+            "{shown}"
+        );
         let r = RecordedRequest::scrubbed(
             Method::GET,
             &Url::parse("http://u:pw@h/p?token=SECRET1&page=22").unwrap(),

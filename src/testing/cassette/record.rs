@@ -137,7 +137,15 @@ where
     };
     let receive = head.elapsed();
     let too_large = matches!(read, Read::TooLarge);
-    let entry = response_entry(&shared, &sent, &parts, &buf, read, started, (head - t0, receive));
+    let entry = response_entry(
+        &shared,
+        &sent,
+        &parts,
+        &buf,
+        read,
+        started,
+        (head - t0, receive),
+    );
     shared.store(seq, entry).await?;
     let body = if too_large {
         reqwest::Body::wrap(Chained::new(Bytes::from(buf), Tail::Body(body)))
@@ -184,11 +192,7 @@ struct Scrubbed {
     comments: Vec<String>,
 }
 
-fn scrub_exchange(
-    shared: &Shared,
-    sent: &Sent,
-    resp_headers: Option<&mut HeaderMap>,
-) -> Scrubbed {
+fn scrub_exchange(shared: &Shared, sent: &Sent, resp_headers: Option<&mut HeaderMap>) -> Scrubbed {
     let scrub: &Scrub = &shared.scrub;
     let mut found = Found::default();
     let mut url = scrub.url(&sent.url, &mut found);
@@ -336,11 +340,19 @@ fn response_entry(
         }
         Read::Whole | Read::Failed(_) => {
             if let Read::Failed(e) = read {
-                comments.push(format!("the response body failed after {} bytes", body.len()));
+                comments.push(format!(
+                    "the response body failed after {} bytes",
+                    body.len()
+                ));
                 error = Some(s.secrets.scrub(&e).into_owned());
             }
             let mut b = body.to_vec();
-            Scrub::body(shared.scrub.response_body.as_ref(), &mut b, &headers, &s.secrets);
+            Scrub::body(
+                shared.scrub.response_body.as_ref(),
+                &mut b,
+                &headers,
+                &s.secrets,
+            );
             if b.len() > max {
                 comments.push(format!(
                     "the response body is larger than max_body_bytes ({max}) once scrubbed: \

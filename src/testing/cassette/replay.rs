@@ -218,7 +218,12 @@ pub(crate) fn closest<'a>(
         let candidate = if same {
             (0, differences(i, r, matchers).len(), index, r)
         } else {
-            (1, levenshtein(&mine, &short(&r.request.method, &r.key)), index, r)
+            (
+                1,
+                levenshtein(&mine, &short(&r.request.method, &r.key)),
+                index,
+                r,
+            )
         };
         if best.is_none_or(|b| (candidate.0, candidate.1) < (b.0, b.1)) {
             best = Some(candidate);

@@ -275,8 +275,10 @@ mod tests {
         };
         let mut found = Found::default();
         let url = s.url(
-            &u("https://bob:hunter22@h/p?page=2&Access_Token=AAA&X-Amz-Signature=BBB\
-                &my_tenant=CCC&country_code=fr&eyJhbGciOiJ9#frag"),
+            &u(
+                "https://bob:hunter22@h/p?page=2&Access_Token=AAA&X-Amz-Signature=BBB\
+                &my_tenant=CCC&country_code=fr&eyJhbGciOiJ9#frag",
+            ),
             &mut found,
         );
         assert_eq!(
@@ -298,13 +300,22 @@ mod tests {
         };
         let mut h = HeaderMap::new();
         // "alice:wonderland1"
-        h.insert("authorization", "Basic YWxpY2U6d29uZGVybGFuZDE=".parse().unwrap());
+        h.insert(
+            "authorization",
+            "Basic YWxpY2U6d29uZGVybGFuZDE=".parse().unwrap(),
+        );
         h.insert("cookie", "a=cookievalue1; b=cookievalue2".parse().unwrap());
-        h.append("set-cookie", "sid=sessionvalue; Path=/; HttpOnly".parse().unwrap());
+        h.append(
+            "set-cookie",
+            "sid=sessionvalue; Path=/; HttpOnly".parse().unwrap(),
+        );
         h.append("set-cookie", "other=second; Secure".parse().unwrap());
         h.insert("x-api-key", "apikeyvalue".parse().unwrap());
         h.insert("location", "/next?code=oauthcode&x=1".parse().unwrap());
-        h.insert("x-echo", "you sent wonderland1 and apikeyvalue".parse().unwrap());
+        h.insert(
+            "x-echo",
+            "you sent wonderland1 and apikeyvalue".parse().unwrap(),
+        );
         let mut found = Found::default();
         s.headers(&mut h, &mut found);
         s.headers_pass(&mut h, &found.secrets());
