@@ -1133,3 +1133,75 @@ fn debug_shows_no_secret_of_the_real_transport() {
         "{shown}"
     );
 }
+
+#[tokio::test]
+async fn a_body_that_fails_midway_is_recorded_so_and_replays_so() {
+    use support::{chunked_response, BodyEnd};
+    let d = dir("cut");
+    let cassette = d.join("cut.har");
+    // A transport of its own, whose responses carry no URL and whose body is cut short.
+    let inner = tower::service_fn(|_req: reqwest::Request| async {
+        Ok::<_, palisade::Error>(chunked_response(
+            vec![b"first part, ", b"second"],
+            BodyEnd::Fail,
+            None,
+        ))
+    });
+    let t = Cassette::new(&cassette)
+        .mode(Mode::Record)
+        .build(inner)
+        .unwrap();
+    let url = "http://api.test/stream?key=streamKeySecret";
+    let read_all = |resp: reqwest::Response| async move {
+        let mut resp = resp;
+        let mut got = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => got.extend_from_slice(&c),
+                Ok(None) => return (got, None),
+                Err(e) => return (got, Some(e)),
+            }
+        }
+    };
+    let c = Client::builder().transport(t).no_retry().build().unwrap();
+    let resp = c.get(url).send().await.unwrap();
+    assert_eq!(
+        resp.url().as_str(),
+        url,
+        "the request's URL stands in for none"
+    );
+    let (got, err) = read_all(resp).await;
+    assert_eq!(got, b"first part, second");
+    // reqwest's `chunk` reports a body's failure as a decode error over a body error.
+    let err = err.expect("the body fails");
+    assert!(err.is_decode() || err.is_body(), "{err:?}");
+    assert!(format!("{err:?}").contains("body cut short"), "{err:?}");
+
+    let e = &entries(&cassette)[0];
+    assert_eq!(e["response"]["content"]["text"], "first part, second");
+    assert_eq!(e["response"]["_errorKind"], "body");
+    assert!(e["comment"]
+        .as_str()
+        .unwrap()
+        .contains("failed after 18 bytes"));
+    assert!(!std::fs::read_to_string(&cassette)
+        .unwrap()
+        .contains("streamKeySecret"));
+
+    let c = Client::builder()
+        .transport(Cassette::new(&cassette).build_replay().unwrap())
+        .no_retry()
+        .build()
+        .unwrap();
+    let resp = c
+        .get("http://api.test/stream?key=other")
+        .send()
+        .await
+        .unwrap();
+    let (got, err) = read_all(resp).await;
+    assert_eq!(got, b"first part, second");
+    let err = err.expect("the replayed body fails too");
+    assert!(err.is_decode() || err.is_body(), "{err:?}");
+    assert!(format!("{err:?}").contains("body cut short"), "{err:?}");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -77,12 +77,16 @@
 //!   write that fails fails the call with a [`palisade::Error`](crate::Error) of kind `Request`, whose
 //!   source is the [`CassetteError`].
 //! - **Order**: the order in which the requests were sent, whatever order they finished in.
+//! - **One transport per file**: clones of a [`CassetteTransport`] share its cassette, but
+//!   two transports built on one file (two tests recording at once) would each write their
+//!   own entries over the other's. Give each test its own cassette.
 //! - **Record** starts a new cassette: the previous file is replaced at the first exchange.
 //!   **ReplayOrRecord** keeps the file's entries as they are (a browser's extra fields too)
 //!   and adds the new ones after them.
 //! - **Bodies** are read whole to be recorded, up to [`Cassette::max_body_bytes`] (16 MiB by
 //!   default); the response handed on has the same status, version, headers, extensions, URL
-//!   (`Response::url()`, after reqwest's redirects) and body. A larger body is handed on as it
+//!   (`Response::url()`, after reqwest's redirects; the request's when the real transport
+//!   set none) and body. A larger body is handed on as it
 //!   streams, after the part read, and its entry has no `text` and a `comment` that says so:
 //!   it replays empty. A body that fails is handed on as far as it came, then the error; its
 //!   entry keeps that part and the error (`_error`), and replays the same way. A request

@@ -99,7 +99,13 @@ where
         }
     };
 
-    let url = resp.url().clone();
+    // The URL reqwest gave (after its redirects); a transport of another kind may have set
+    // none, and reqwest's placeholder is no URL: the request's stands in for it.
+    let url = if resp.url().host_str() == Some("no.url.provided.local") {
+        sent.url.clone()
+    } else {
+        resp.url().clone()
+    };
     let (parts, mut body) = http::Response::<reqwest::Body>::from(resp).into_parts();
     let mut buf = Vec::new();
     let read = if body.size_hint().exact().is_some_and(|n| n > max as u64) {
