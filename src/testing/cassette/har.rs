@@ -428,14 +428,16 @@ pub(crate) fn read_entry(
         .v
         .as_u64()
         .ok_or_else(|| status_at.expected("an integer status"))?;
-    // In the response, as palisade and Chrome write it; on the entry, leniently.
+    // In the response, as palisade and Chrome write it; on the entry, leniently. An empty
+    // one (as some exporters write for none) is none.
     let error = match response.get("_error")? {
         Some(e) => Some(e.str()?.to_owned()),
         None => match entry.get("_error")? {
             Some(e) => Some(e.str()?.to_owned()),
             None => None,
         },
-    };
+    }
+    .filter(|e| !e.is_empty());
     let kind = match response.get("_errorKind")? {
         Some(k) => {
             let name = k.str()?;
