@@ -73,21 +73,78 @@ fn write_url(out: &mut String, url: &Url) {
 /// value is empty or only `=` (a bare token, or one that ends in base64 padding, as
 /// `?c2VjcmV0=`) is replaced whole.
 fn write_query(f: &mut impl fmt::Write, query: &str) -> fmt::Result {
+    write_query_where(f, query, |_| true)
+}
+
+/// [`write_query`] for the values of the keys that `secret` picks only (it gets the key as it
+/// stands in the URL, percent-encoded): the others are written as they are. A bare parameter
+/// is replaced whole whatever its name, as in [`write_query`].
+pub(crate) fn write_query_where(
+    f: &mut impl fmt::Write,
+    query: &str,
+    secret: impl Fn(&str) -> bool,
+) -> fmt::Result {
     let mut first = true;
     for part in query.split('&').filter(|p| !p.is_empty()) {
         f.write_char(if first { '?' } else { '&' })?;
         first = false;
         match part.split_once('=') {
             Some((key, value)) if !value.bytes().all(|b| b == b'=') => {
-                f.write_str(key)?;
-                f.write_char('=')?;
-                f.write_str(REDACTED)?;
+                if secret(key) {
+                    f.write_str(key)?;
+                    f.write_char('=')?;
+                    f.write_str(REDACTED)?;
+                } else {
+                    f.write_str(part)?;
+                }
             }
             _ => f.write_str(REDACTED)?,
         }
     }
     Ok(())
 }
+
+/// What a query parameter's name holds when its value is a credential (the testing kit's
+/// cassettes scrub these values; everything palisade prints hides every query value anyway).
+/// A name matches when it holds one of these, case-insensitively (`X-Amz-Signature`,
+/// `client_secret`, `refresh_token`, `sessionid`). Broad on purpose: a value scrubbed for
+/// nothing costs little, one kept by mistake is a leak.
+#[cfg(feature = "testing")]
+pub(crate) const CREDENTIAL_NAMES: &[&str] = &[
+    "token",
+    "access_token",
+    "key",
+    "api_key",
+    "apikey",
+    "secret",
+    "signature",
+    "sig",
+    "password",
+    "passwd",
+    "pwd",
+    "auth",
+    "session",
+    "code",
+    "credential",
+    "jwt",
+];
+
+/// Whether a query parameter's name (percent-decoded) is a credential's, by
+/// [`CREDENTIAL_NAMES`].
+#[cfg(feature = "testing")]
+pub(crate) fn is_credential_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    CREDENTIAL_NAMES.iter().any(|c| name.contains(c))
+}
+
+/// The headers whose values are credentials: never shown by palisade, scrubbed from cassettes.
+#[cfg(feature = "testing")]
+pub(crate) const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
 
 /// A secret shorter than this is replaced only where it stands as a word of its own (not
 /// inside a longer run of letters and digits): a short one could be any word of the text.
@@ -121,25 +178,57 @@ pub(crate) struct Secrets {
     list: Vec<Secret>,
 }
 
+/// The list of a [`Secrets`] as it is built: each text once.
+#[derive(Default)]
+struct Collect {
+    list: Vec<Secret>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Collect {
+    fn add(&mut self, text: &str, with: Cow<'static, str>, min: usize) {
+        if text.len() < min.max(1) {
+            return;
+        }
+        // As `Debug` of a string writes it, too.
+        let escaped: String = text.escape_debug().collect();
+        for t in [text.to_owned(), escaped] {
+            if self.seen.insert(t.clone()) {
+                self.list.push(Secret {
+                    text: t,
+                    with: with.clone(),
+                });
+            }
+        }
+    }
+
+    fn done(mut self) -> Secrets {
+        self.list.sort_by_key(|s| std::cmp::Reverse(s.text.len()));
+        Secrets { list: self.list }
+    }
+}
+
 impl Secrets {
+    /// Secret values found elsewhere than in a URL (a header's credentials, a query value the
+    /// testing kit scrubbed), to be replaced by [`REDACTED`] wherever a text shows them, raw or
+    /// percent-decoded, by the rules of the [module docs](self) for a query value: one shorter
+    /// than 4 bytes is not looked for, one shorter than 8 only as a word of its own.
+    #[cfg(feature = "testing")]
+    pub(crate) fn of_values<'a>(values: impl IntoIterator<Item = &'a str>) -> Secrets {
+        let mut c = Collect::default();
+        for v in values {
+            if v == REDACTED {
+                continue;
+            }
+            c.add(v, Cow::Borrowed(REDACTED), MIN_VALUE);
+            c.add(&percent_decoded(v), Cow::Borrowed(REDACTED), MIN_VALUE);
+        }
+        c.done()
+    }
+
     pub(crate) fn of(url: &Url) -> Secrets {
-        let mut list: Vec<Secret> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut add = |text: &str, with: Cow<'static, str>, min: usize| {
-            if text.len() < min.max(1) {
-                return;
-            }
-            // As `Debug` of a string writes it, too.
-            let escaped: String = text.escape_debug().collect();
-            for t in [text.to_owned(), escaped] {
-                if seen.insert(t.clone()) {
-                    list.push(Secret {
-                        text: t,
-                        with: with.clone(),
-                    });
-                }
-            }
-        };
+        let mut c = Collect::default();
+        let mut add = |text: &str, with: Cow<'static, str>, min: usize| c.add(text, with, min);
         let shown = self::url(url);
         if shown != url.as_str() {
             add(url.as_str(), Cow::Owned(shown), 1);
@@ -181,8 +270,7 @@ impl Secrets {
         }
         add(user, Cow::Borrowed(REDACTED), MIN_VALUE);
         add(&percent_decoded(user), Cow::Borrowed(REDACTED), MIN_VALUE);
-        list.sort_by_key(|s| std::cmp::Reverse(s.text.len()));
-        Secrets { list }
+        c.done()
     }
 
     /// Whether `text` shows one of the secrets.
@@ -222,7 +310,7 @@ impl Secrets {
 }
 
 /// `s` with its percent-encodings decoded (invalid UTF-8 replaced); `s` itself when it has none.
-fn percent_decoded(s: &str) -> String {
+pub(crate) fn percent_decoded(s: &str) -> String {
     if !s.contains('%') {
         return s.to_owned();
     }

@@ -6,5 +6,7 @@
 pub mod cassette;
 pub mod chaos;
 
+// Cassettes (record and replay).
+pub use cassette::{Cassette, CassetteError, CassetteTransport};
 // Fault injection.
 pub use chaos::{Chaos, ChaosHandle, ChaosLayer};

@@ -1,1 +1,0 @@
-//! Record and replay: HAR 1.2 cassettes.
