@@ -14,7 +14,9 @@ use crate::classify::{Classifier, FailureClass, Outcome};
 use crate::client::{Client, ClientRef};
 use crate::error::{ConfigError, Error};
 use crate::event::{Event, Hook};
+use crate::client::Pipeline;
 use crate::fallback::{FallbackCache, FallbackCacheLayer};
+use crate::hosts::{HostPolicy, Pattern, Setting};
 use crate::rate_limit::{RateLimit, RateLimitLayer};
 use crate::retry::{Retry, RetryLayer};
 use crate::timeout::{AttemptTimeoutLayer, TotalTimeoutLayer};
@@ -55,6 +57,7 @@ pub struct ClientBuilder {
     rate_limit: Option<RateLimit>,
     bulkhead: Option<Bulkhead>,
     fallback: Option<FallbackCache>,
+    hosts: Vec<(String, HostPolicy)>,
     classifier: Classifier,
     hook: Hook,
     #[cfg(feature = "metrics")]
@@ -82,6 +85,7 @@ impl ClientBuilder {
             rate_limit: None,
             bulkhead: None,
             fallback: None,
+            hosts: Vec::new(),
             classifier: Classifier::default(),
             hook: Hook::default(),
             #[cfg(feature = "metrics")]
@@ -208,6 +212,19 @@ impl ClientBuilder {
         self
     }
 
+    /// A policy for the hosts `pattern` names: `api.example.com` (any port),
+    /// `api.example.com:8443`, or `*.example.com` (its subdomains). The policy overrides any of
+    /// the client's timeouts, retry, circuit breaker, rate limit and bulkhead for them, and
+    /// inherits the rest; the most specific pattern wins, and of two equal patterns the later.
+    /// See [`hosts`](crate::hosts) for the rules, and what is shared.
+    ///
+    /// A bad pattern or value is reported by [`build`](Self::build), named with the host:
+    /// `hosts."api.example.com".retry.max_attempts`.
+    pub fn host(mut self, pattern: impl Into<String>, policy: HostPolicy) -> Self {
+        self.hosts.push((pattern.into(), policy));
+        self
+    }
+
     /// The classifier every stage asks. Default [`Classifier::default`].
     pub fn classifier(mut self, classifier: Classifier) -> Self {
         self.classifier = classifier;
@@ -259,55 +276,9 @@ impl ClientBuilder {
         let hook = self.hook.clone();
         #[cfg(feature = "metrics")]
         let hook = hook.with_metrics(sink.clone());
-        // Without a total timeout the stage stays, for requests with a timeout of their own.
-        let total = match self.total_timeout {
-            Some(t) => TotalTimeoutLayer::new(t)?,
-            None => TotalTimeoutLayer::per_request_only(),
-        }
-        .with_hook(hook.clone());
-        let attempt = self
-            .attempt_timeout
-            .map(AttemptTimeoutLayer::new)
-            .transpose()?
-            .map(|l| l.with_hook(hook.clone()));
-        if let (Some(t), Some(a)) = (self.total_timeout, self.attempt_timeout) {
-            if a > t {
-                return Err(ConfigError::new(
-                    "attempt_timeout",
-                    format!("must not exceed total_timeout ({t:?}), got {a:?}"),
-                ));
-            }
-        }
-        let (classifier, hook) = (&self.classifier, &hook);
-        let retry = self
-            .retry
-            .map(|r| {
-                r.validate()
-                    .map(|()| RetryLayer::from_parts(r, classifier.clone(), hook.clone()))
-            })
-            .transpose()?;
-        let breaker = self
-            .breaker
-            .map(|b| {
-                b.validate()
-                    .map(|()| CircuitBreakerLayer::from_parts(b, classifier.clone(), hook.clone()))
-            })
-            .transpose()?;
-        let limiter = self
-            .rate_limit
-            .map(|r| {
-                r.validate()
-                    .map(|()| RateLimitLayer::from_parts(r, classifier.clone(), hook.clone()))
-            })
-            .transpose()?;
-        let bulkhead = self
-            .bulkhead
-            .map(|b| {
-                b.validate()
-                    .map(|()| BulkheadLayer::from_parts(b, hook.clone()))
-            })
-            .transpose()?;
+        let stages = Stages::client(&self, &self.classifier, &hook)?;
         let total_timeout = self.total_timeout;
+        let (classifier, hook) = (&self.classifier, &hook);
         let fallback = self
             .fallback
             .map(|f| {
@@ -317,6 +288,15 @@ impl ClientBuilder {
                 })
             })
             .transpose()?;
+        let mut policies = Vec::with_capacity(self.hosts.len());
+        for (text, policy) in &self.hosts {
+            let prefix = crate::hosts::config_prefix(text);
+            let pattern =
+                Pattern::parse(text).map_err(|rule| ConfigError::new(prefix.clone(), rule))?;
+            let own = Stages::policy(&stages, policy, classifier, hook)
+                .map_err(|e| e.within(&prefix))?;
+            policies.push((pattern, own));
+        }
 
         let http = match self.http {
             Http::Client(c) => c,
@@ -332,73 +312,80 @@ impl ClientBuilder {
         if fallback.is_some() {
             summary.push("fallback_cache".to_owned());
         }
-        if let Some(t) = self.total_timeout {
+        if let Some(t) = stages.total_timeout {
             summary.push(format!("total_timeout({t:?})"));
         }
-        if bulkhead.is_some() {
+        if stages.bulkhead.is_some() {
             summary.push("bulkhead".to_owned());
         }
         if let Some(r) = retry_summary {
             summary.push(r);
         }
-        if breaker.is_some() {
+        if stages.breaker.is_some() {
             summary.push("circuit_breaker".to_owned());
         }
-        if limiter.is_some() {
+        if stages.limiter.is_some() {
             summary.push("rate_limit".to_owned());
         }
-        if let Some(a) = self.attempt_timeout {
+        if let Some(a) = stages.attempt_timeout {
             summary.push(format!("attempt_timeout({a:?})"));
         }
         summary.push(match transport {
             Transport::Reqwest(_) => "reqwest".to_owned(),
             Transport::Custom(_) => "custom transport".to_owned(),
         });
+        let mut summary = summary.join(" → ");
+        if !policies.is_empty() {
+            let names: Vec<String> = policies.iter().map(|(p, _)| p.to_string()).collect();
+            summary.push_str(&format!("; own policies for {}", names.join(", ")));
+        }
 
-        // What `Client::health` reads: a handle on each stage's state.
-        let health = crate::health::Sources {
-            breakers: breaker.as_ref().map(CircuitBreakerLayer::handle),
-            limiter: limiter.as_ref().map(RateLimitLayer::view),
-            bulkhead: bulkhead.as_ref().map(BulkheadLayer::view),
-            budget: retry.as_ref().and_then(RetryLayer::budget_view),
-            fallback: fallback.as_ref().map(FallbackCacheLayer::handle),
+        // What `Client::health` reads: a handle on each stage's state, the policies' own.
+        let mut health = stages.sources();
+        health.fallback = fallback.as_ref().map(FallbackCacheLayer::handle);
+        health.policies = policies
+            .iter()
+            .map(|(p, own)| crate::health::PolicySources {
+                pattern: p.to_string(),
+                stages: own.sources(),
+                own: own.own,
+            })
+            .collect();
+        if !policies.is_empty() {
+            let routes = policies.iter().enumerate().map(|(i, (p, _))| (p.clone(), i));
+            health.routes = Some(std::sync::Arc::new(crate::hosts::Table::new(routes.collect())));
+        }
+        let breakers = crate::circuit_breaker::CircuitBreakerHandle::routed(
+            stages.breaker.as_ref().map(CircuitBreakerLayer::handle),
+            policies
+                .iter()
+                .map(|(p, own)| (p.clone(), own.breaker.as_ref().map(CircuitBreakerLayer::handle)))
+                .collect(),
+        );
+        #[cfg(not(feature = "metrics"))]
+        let sink = ();
+        let pipeline = stages.assemble(transport.clone(), fallback.as_ref(), &sink);
+        let hosts = if policies.is_empty() {
+            None
+        } else {
+            let entries = policies
+                .into_iter()
+                .map(|(p, own)| {
+                    let pipeline = own.assemble(transport.clone(), fallback.as_ref(), &sink);
+                    (p, pipeline)
+                })
+                .collect();
+            Some(Box::new(crate::hosts::Table::new(entries)))
         };
-        let stage = match attempt {
-            Some(l) => Either::Left(l.layer(transport)),
-            None => Either::Right(transport),
-        };
-        #[cfg(feature = "metrics")]
-        let stage = crate::metrics::Measured::new(stage, sink.clone());
-        let stage = match limiter {
-            Some(l) => Either::Left(l.layer(stage)),
-            None => Either::Right(stage),
-        };
-        let breakers = breaker.as_ref().map(CircuitBreakerLayer::handle);
-        let stage = match breaker {
-            Some(l) => Either::Left(l.layer(stage)),
-            None => Either::Right(stage),
-        };
-        let stage = match retry {
-            Some(l) => Either::Left(l.layer(stage)),
-            None => Either::Right(Boxed(stage)),
-        };
-        let stage = match bulkhead {
-            Some(l) => Either::Left(l.layer(stage)),
-            None => Either::Right(stage),
-        };
-        let stage = total.layer(stage);
         let fallback_handle = fallback.as_ref().map(FallbackCacheLayer::handle);
-        let pipeline = match fallback {
-            Some(l) => Either::Left(l.layer(stage)),
-            None => Either::Right(stage),
-        };
         Ok(Client::from_ref(ClientRef {
             http,
             pipeline,
+            hosts,
             breakers,
             fallback: fallback_handle,
             health,
-            summary: summary.join(" → "),
+            summary,
             #[cfg(feature = "metrics")]
             metrics: sink,
         }))
@@ -409,6 +396,218 @@ impl ClientBuilder {
             .as_ref()
             .map(|r| format!("retry(max_attempts={})", r.max_attempts))
     }
+}
+
+#[cfg(feature = "metrics")]
+type SinkRef = Option<std::sync::Arc<crate::metrics::Sink>>;
+#[cfg(not(feature = "metrics"))]
+type SinkRef = ();
+
+/// The stages of one pipeline, validated: the client's, or a host policy's (its own stages and
+/// the client's it inherits, which share the client's state).
+pub(crate) struct Stages {
+    total_timeout: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+    total: TotalTimeoutLayer,
+    attempt: Option<AttemptTimeoutLayer>,
+    pub(crate) retry: Option<RetryLayer>,
+    pub(crate) breaker: Option<CircuitBreakerLayer>,
+    pub(crate) limiter: Option<RateLimitLayer>,
+    pub(crate) bulkhead: Option<BulkheadLayer>,
+    /// Which of the four above are this pipeline's own (a policy's inherited ones are not).
+    own: [bool; 4],
+}
+
+impl Stages {
+    /// The client's stages, validated.
+    fn client(b: &ClientBuilder, classifier: &Classifier, hook: &Hook) -> Result<Self, ConfigError> {
+        let (total_timeout, attempt_timeout) = timeouts(b.total_timeout, b.attempt_timeout)?;
+        let total = total_layer(total_timeout, hook)?;
+        let attempt = attempt_layer(attempt_timeout, hook)?;
+        Ok(Stages {
+            total_timeout,
+            attempt_timeout,
+            total,
+            attempt,
+            retry: b.retry.clone().map(|r| retry_layer(r, classifier, hook)).transpose()?,
+            breaker: b
+                .breaker
+                .clone()
+                .map(|c| breaker_layer(c, classifier, hook))
+                .transpose()?,
+            limiter: b
+                .rate_limit
+                .clone()
+                .map(|r| limiter_layer(r, classifier, hook))
+                .transpose()?,
+            bulkhead: b.bulkhead.clone().map(|c| bulkhead_layer(c, hook)).transpose()?,
+            own: [true; 4],
+        })
+    }
+
+    /// A host policy's stages over the `client`'s, validated (errors name the field within
+    /// the policy; the caller adds the host).
+    fn policy(
+        client: &Stages,
+        p: &HostPolicy,
+        classifier: &Classifier,
+        hook: &Hook,
+    ) -> Result<Self, ConfigError> {
+        fn pick<C: Clone, L: Clone>(
+            setting: &Setting<C>,
+            client: Option<&L>,
+            make: impl FnOnce(C) -> Result<L, ConfigError>,
+        ) -> Result<(Option<L>, bool), ConfigError> {
+            Ok(match setting {
+                Setting::Inherit => (client.cloned(), false),
+                Setting::Set(c) => (Some(make(c.clone())?), true),
+                Setting::Off => (None, true),
+            })
+        }
+        let over = |s: &Setting<Duration>, c: Option<Duration>| match s {
+            Setting::Inherit => c,
+            Setting::Set(d) => Some(*d),
+            Setting::Off => None,
+        };
+        let (total_timeout, attempt_timeout) = timeouts(
+            over(&p.total_timeout, client.total_timeout),
+            over(&p.attempt_timeout, client.attempt_timeout),
+        )?;
+        let total = total_layer(total_timeout, hook)?;
+        let attempt = attempt_layer(attempt_timeout, hook)?;
+        let (retry, own_retry) =
+            pick(&p.retry, client.retry.as_ref(), |r| retry_layer(r, classifier, hook))?;
+        let (breaker, own_breaker) = pick(&p.breaker, client.breaker.as_ref(), |c| {
+            breaker_layer(c, classifier, hook)
+        })?;
+        let (limiter, own_limiter) = pick(&p.rate_limit, client.limiter.as_ref(), |r| {
+            limiter_layer(r, classifier, hook)
+        })?;
+        let (bulkhead, own_bulkhead) =
+            pick(&p.bulkhead, client.bulkhead.as_ref(), |c| bulkhead_layer(c, hook))?;
+        Ok(Stages {
+            total_timeout,
+            attempt_timeout,
+            total,
+            attempt,
+            retry,
+            breaker,
+            limiter,
+            bulkhead,
+            own: [own_retry, own_breaker, own_limiter, own_bulkhead],
+        })
+    }
+
+    /// What `Client::health` reads of these stages.
+    fn sources(&self) -> crate::health::Sources {
+        crate::health::Sources {
+            breakers: self.breaker.as_ref().map(CircuitBreakerLayer::handle),
+            limiter: self.limiter.as_ref().map(RateLimitLayer::view),
+            bulkhead: self.bulkhead.as_ref().map(BulkheadLayer::view),
+            budget: self.retry.as_ref().and_then(RetryLayer::budget_view),
+            ..Default::default()
+        }
+    }
+
+    /// The pipeline, in the standard order, over `transport`.
+    #[cfg_attr(not(feature = "metrics"), allow(clippy::let_unit_value))]
+    fn assemble(
+        &self,
+        transport: Transport,
+        fallback: Option<&FallbackCacheLayer>,
+        sink: &SinkRef,
+    ) -> Pipeline {
+        let stage = match &self.attempt {
+            Some(l) => Either::Left(l.layer(transport)),
+            None => Either::Right(transport),
+        };
+        #[cfg(feature = "metrics")]
+        let stage = crate::metrics::Measured::new(stage, sink.clone());
+        #[cfg(not(feature = "metrics"))]
+        let () = *sink;
+        let stage = match &self.limiter {
+            Some(l) => Either::Left(l.layer(stage)),
+            None => Either::Right(stage),
+        };
+        let stage = match &self.breaker {
+            Some(l) => Either::Left(l.layer(stage)),
+            None => Either::Right(stage),
+        };
+        let stage = match &self.retry {
+            Some(l) => Either::Left(l.layer(stage)),
+            None => Either::Right(Boxed(stage)),
+        };
+        let stage = match &self.bulkhead {
+            Some(l) => Either::Left(l.layer(stage)),
+            None => Either::Right(stage),
+        };
+        let stage = self.total.layer(stage);
+        match fallback {
+            Some(l) => Either::Left(l.layer(stage)),
+            None => Either::Right(stage),
+        }
+    }
+}
+
+/// The two timeouts, checked against each other.
+fn timeouts(
+    total: Option<Duration>,
+    attempt: Option<Duration>,
+) -> Result<(Option<Duration>, Option<Duration>), ConfigError> {
+    if let (Some(t), Some(a)) = (total, attempt) {
+        if a > t && !t.is_zero() && !a.is_zero() {
+            return Err(ConfigError::new(
+                "attempt_timeout",
+                format!("must not exceed total_timeout ({t:?}), got {a:?}"),
+            ));
+        }
+    }
+    Ok((total, attempt))
+}
+
+fn total_layer(t: Option<Duration>, hook: &Hook) -> Result<TotalTimeoutLayer, ConfigError> {
+    // Without a total timeout the stage stays, for requests with a timeout of their own.
+    Ok(match t {
+        Some(t) => TotalTimeoutLayer::new(t)?,
+        None => TotalTimeoutLayer::per_request_only(),
+    }
+    .with_hook(hook.clone()))
+}
+
+fn attempt_layer(
+    t: Option<Duration>,
+    hook: &Hook,
+) -> Result<Option<AttemptTimeoutLayer>, ConfigError> {
+    t.map(|t| AttemptTimeoutLayer::new(t).map(|l| l.with_hook(hook.clone())))
+        .transpose()
+}
+
+fn retry_layer(r: Retry, classifier: &Classifier, hook: &Hook) -> Result<RetryLayer, ConfigError> {
+    r.validate()?;
+    Ok(RetryLayer::from_parts(r, classifier.clone(), hook.clone()))
+}
+
+fn breaker_layer(
+    b: CircuitBreaker,
+    classifier: &Classifier,
+    hook: &Hook,
+) -> Result<CircuitBreakerLayer, ConfigError> {
+    b.validate()?;
+    Ok(CircuitBreakerLayer::from_parts(b, classifier.clone(), hook.clone()))
+}
+
+fn limiter_layer(
+    r: RateLimit,
+    classifier: &Classifier,
+    hook: &Hook,
+) -> Result<RateLimitLayer, ConfigError> {
+    r.validate()?;
+    Ok(RateLimitLayer::from_parts(r, classifier.clone(), hook.clone()))
+}
+
+fn bulkhead_layer(b: Bulkhead, hook: &Hook) -> Result<BulkheadLayer, ConfigError> {
+    b.validate()?;
+    Ok(BulkheadLayer::from_parts(b, hook.clone()))
 }
 
 fn build_http(b: reqwest::ClientBuilder) -> Result<reqwest::Client, ConfigError> {
@@ -427,6 +626,7 @@ impl fmt::Debug for ClientBuilder {
             .field("rate_limit", &self.rate_limit)
             .field("bulkhead", &self.bulkhead)
             .field("fallback_cache", &self.fallback)
+            .field("hosts", &self.hosts)
             .field("classifier", &self.classifier)
             .field("custom_transport", &self.transport.is_some())
             .finish_non_exhaustive()

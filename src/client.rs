@@ -69,6 +69,8 @@ pub struct Client {
 pub(crate) struct ClientRef {
     pub(crate) http: reqwest::Client,
     pub(crate) pipeline: Pipeline,
+    /// The host policies' pipelines, if there are any: `None` costs the hot path one branch.
+    pub(crate) hosts: Option<Box<crate::hosts::Table<Pipeline>>>,
     pub(crate) breakers: Option<CircuitBreakerHandle>,
     pub(crate) fallback: Option<FallbackCacheHandle>,
     pub(crate) health: crate::health::Sources,
@@ -161,7 +163,13 @@ impl Client {
             .map(|sink| Box::new(crate::metrics::Timer::call(sink, &req)));
         let span = request_span(&req);
         let url = req.url().clone();
-        let mut svc = self.inner.pipeline.clone();
+        let mut svc = match &self.inner.hosts {
+            None => self.inner.pipeline.clone(),
+            Some(hosts) => hosts
+                .for_url(&url)
+                .map_or(&self.inner.pipeline, |(_, p)| p)
+                .clone(),
+        };
         // The stages are ready at once, and so is reqwest: call the pipeline now (as reqwest's
         // own `execute` starts its request, and its timeout, at once), so that the future holds
         // neither the service nor the request. Only a custom transport that is not ready at

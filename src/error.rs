@@ -1,6 +1,7 @@
 //! The error types: [`Error`] for a request that produced no response, and
 //! [`ConfigError`] for a configuration that cannot work.
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
@@ -412,21 +413,32 @@ impl StdError for Error {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: `{field}` {rule}")]
 pub struct ConfigError {
-    field: &'static str,
+    field: Cow<'static, str>,
     rule: String,
 }
 
 impl ConfigError {
-    pub(crate) fn new(field: &'static str, rule: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<Cow<'static, str>>, rule: impl Into<String>) -> Self {
         ConfigError {
-            field,
+            field: field.into(),
             rule: rule.into(),
         }
     }
 
-    /// The field at fault, as `stage.field` (for example `retry.max_attempts`).
-    pub fn field(&self) -> &'static str {
-        self.field
+    /// The same error for a field of `prefix`: `retry.max_attempts` within
+    /// `hosts."api.example.com"` is `hosts."api.example.com".retry.max_attempts`.
+    pub(crate) fn within(self, prefix: &str) -> Self {
+        ConfigError {
+            field: Cow::Owned(format!("{prefix}.{}", self.field)),
+            rule: self.rule,
+        }
+    }
+
+    /// The field at fault, as `stage.field` (for example `retry.max_attempts`), within the
+    /// policy of a host when it is there (`hosts."api.example.com".retry.max_attempts`), or
+    /// the path in a configuration file.
+    pub fn field(&self) -> &str {
+        &self.field
     }
 
     /// The rule the value broke, in words.

@@ -73,12 +73,14 @@
 //! figures after every insert so far (the snapshot does not call it: it would evict).
 
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bulkhead::Load;
 use crate::circuit_breaker::CircuitBreakerHandle;
 use crate::event::CircuitState;
 use crate::fallback::FallbackCacheHandle;
+use crate::hosts::Table;
 
 /// A snapshot of a [`Client`](crate::Client)'s pipeline, from
 /// [`Client::health`](crate::Client::health). See the [module docs](self) for what it holds
@@ -109,6 +111,32 @@ pub struct Health {
     /// shared on Redis or, while Redis fails, from its local share; `None` without fleet
     /// mode. The buckets above are the local limiter's (the fallback's), not the shared one.
     pub fleet: Option<crate::FleetMode>,
+    /// The host policies' own stages shared by all the hosts a policy covers
+    /// ([`ClientBuilder::host`](crate::ClientBuilder::host)), in the order they were given;
+    /// their per-host parts are in [`hosts`](Self::hosts), and the stages a policy inherits
+    /// are the client's, above.
+    pub policies: Vec<PolicyHealth>,
+}
+
+/// What a host policy holds for all its hosts at once: those of its own stages that are
+/// shared by all its hosts, and its retry budget. A stage it inherits from the client, or
+/// keeps per host, is `None` here.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct PolicyHealth {
+    /// The policy's pattern, normalised (`"*.example.com"`, `"api.example.com:8443"`).
+    pub pattern: String,
+    /// Its own circuit breaker, shared by its hosts.
+    pub circuit: Option<CircuitHealth>,
+    /// Its own rate limiter's bucket, shared by its hosts.
+    pub rate_limit: Option<LimiterHealth>,
+    /// Its own bulkhead's load, shared by its hosts.
+    pub bulkhead: Option<Load>,
+    /// Its own retry policy's budget.
+    pub budget: Option<BudgetHealth>,
+    /// Its own rate limiter's fleet mode (feature `redis`).
+    pub fleet: Option<crate::FleetMode>,
 }
 
 /// What the pipeline holds for one host.
@@ -119,6 +147,9 @@ pub struct HostHealth {
     /// The host's key, `host:port` with the scheme's default port (`"api.example.com:443"`),
     /// as in events.
     pub host: String,
+    /// The pattern of the host policy the host's calls go through
+    /// ([`ClientBuilder::host`](crate::ClientBuilder::host)); `None` for the client's own.
+    pub policy: Option<String>,
     /// The host's circuit breaker; `None` without a breaker or with one shared by all hosts.
     pub circuit: Option<CircuitHealth>,
     /// The host's token bucket; `None` without a rate limiter or with one shared by all hosts.
@@ -247,6 +278,19 @@ pub(crate) struct Sources {
     pub(crate) bulkhead: Option<crate::bulkhead::BulkheadView>,
     pub(crate) budget: Option<crate::retry::BudgetView>,
     pub(crate) fallback: Option<FallbackCacheHandle>,
+    /// The host policies, in the client's order, and the table that finds a host's.
+    pub(crate) policies: Vec<PolicySources>,
+    pub(crate) routes: Option<Arc<Table<usize>>>,
+}
+
+/// A host policy's stages, as its pipeline has them (its own, or the client's it inherits),
+/// and which are its own: only those are read for it (the client's are read once, for all).
+#[derive(Clone)]
+pub(crate) struct PolicySources {
+    pub(crate) pattern: String,
+    pub(crate) stages: Sources,
+    /// Retry (budget), breaker, limiter, bulkhead.
+    pub(crate) own: [bool; 4],
 }
 
 /// The per-host parts, by host, as the stages are read one after the other. A host's key is
@@ -269,12 +313,57 @@ impl Hosts {
             )
             .or_insert_with(|| HostHealth {
                 host: host.to_owned(),
+                policy: None,
                 circuit: None,
                 rate_limit: None,
                 paused_for: None,
                 bulkhead: None,
             })
             .into_mut()
+    }
+
+    /// Reads the per-host parts of `s`'s breakers, limiter and bulkhead, those `read` names.
+    fn read(&mut self, s: &Sources, [breaker, limiter, bulkhead]: [bool; 3]) {
+        if let Some(b) = s.breakers.as_ref().filter(|_| breaker) {
+            b.health_hosts(|host, c| self.entry(host).circuit = Some(c));
+        }
+        if let Some(l) = s.limiter.as_ref().filter(|_| limiter) {
+            l.buckets(|host, bucket| self.entry(host).rate_limit = Some(bucket));
+            l.pauses(|host, pause| self.entry(host).paused_for = Some(pause));
+        }
+        if let Some(b) = s.bulkhead.as_ref().filter(|_| bulkhead) {
+            b.hosts(|host, load| self.entry(host).bulkhead = Some(load));
+        }
+    }
+}
+
+/// What a host's stages give a host they hold nothing for: a new host's state, for a stage
+/// that keeps state per host.
+struct Defaults {
+    breakers_per_host: bool,
+    full: Option<LimiterHealth>,
+    bulkhead_per_host: bool,
+}
+
+impl Defaults {
+    fn of(s: &Sources) -> Defaults {
+        Defaults {
+            breakers_per_host: s.breakers.as_ref().is_some_and(|b| b.is_per_host()),
+            full: s.limiter.as_ref().and_then(|l| l.full_bucket()),
+            bulkhead_per_host: s.bulkhead.as_ref().is_some_and(|b| b.is_per_host()),
+        }
+    }
+
+    fn fill(&self, h: &mut HostHealth) {
+        if self.breakers_per_host && h.circuit.is_none() {
+            h.circuit = Some(CircuitHealth::closed());
+        }
+        if h.rate_limit.is_none() {
+            h.rate_limit.clone_from(&self.full);
+        }
+        if self.bulkhead_per_host && h.bulkhead.is_none() {
+            h.bulkhead = Some(Load::default());
+        }
     }
 }
 
@@ -295,36 +384,62 @@ impl Sources {
                 max_bytes: f.max_bytes(),
             }),
             fleet: self.limiter.as_ref().and_then(|l| l.fleet_mode()),
+            policies: Vec::new(),
         };
-        if let Some(b) = &self.breakers {
-            health.circuit = b.health_global();
-            b.health_hosts(|host, c| hosts.entry(host).circuit = Some(c));
+        health.circuit = self.breakers.as_ref().and_then(|b| b.health_global());
+        health.rate_limit = self.limiter.as_ref().and_then(|l| l.global());
+        health.bulkhead = self.bulkhead.as_ref().and_then(|b| b.global());
+        hosts.read(self, [true; 3]);
+        // A host is in one pipeline's maps only: each host has one policy (or none).
+        for p in &self.policies {
+            let [retry, breaker, limiter, bulkhead] = p.own;
+            hosts.read(&p.stages, [breaker, limiter, bulkhead]);
+            let s = &p.stages;
+            health.policies.push(PolicyHealth {
+                pattern: p.pattern.clone(),
+                circuit: s
+                    .breakers
+                    .as_ref()
+                    .filter(|_| breaker)
+                    .and_then(|b| b.health_global()),
+                rate_limit: s
+                    .limiter
+                    .as_ref()
+                    .filter(|_| limiter)
+                    .and_then(|l| l.global()),
+                bulkhead: s
+                    .bulkhead
+                    .as_ref()
+                    .filter(|_| bulkhead)
+                    .and_then(|b| b.global()),
+                budget: s
+                    .budget
+                    .as_ref()
+                    .filter(|_| retry)
+                    .map(|b| b.health()),
+                fleet: s
+                    .limiter
+                    .as_ref()
+                    .filter(|_| limiter)
+                    .and_then(|l| l.fleet_mode()),
+            });
         }
-        if let Some(l) = &self.limiter {
-            health.rate_limit = l.global();
-            l.buckets(|host, bucket| hosts.entry(host).rate_limit = Some(bucket));
-            l.pauses(|host, pause| hosts.entry(host).paused_for = Some(pause));
-        }
-        if let Some(b) = &self.bulkhead {
-            health.bulkhead = b.global();
-            b.hosts(|host, load| hosts.entry(host).bulkhead = Some(load));
-        }
-        // A stage that keeps state per host gives a new host's state to the hosts it holds
-        // nothing for.
-        let breakers_per_host = self.breakers.as_ref().is_some_and(|b| b.is_per_host());
-        let full = self.limiter.as_ref().and_then(|l| l.full_bucket());
-        let bulkhead_per_host = self.bulkhead.as_ref().is_some_and(|b| b.is_per_host());
+        let client = Defaults::of(self);
+        let policies: Vec<Defaults> = self.policies.iter().map(|p| Defaults::of(&p.stages)).collect();
         let mut list: Vec<HostHealth> = hosts.table.into_iter().collect();
         list.sort_unstable_by(|a, b| a.host.cmp(&b.host));
         for h in &mut list {
-            if breakers_per_host && h.circuit.is_none() {
-                h.circuit = Some(CircuitHealth::closed());
-            }
-            if h.rate_limit.is_none() {
-                h.rate_limit.clone_from(&full);
-            }
-            if bulkhead_per_host && h.bulkhead.is_none() {
-                h.bulkhead = Some(Load::default());
+            let policy = self
+                .routes
+                .as_ref()
+                .and_then(|r| r.for_key(&h.host))
+                .map(|&(_, i)| i);
+            match policy {
+                Some(i) => {
+                    h.policy = Some(self.policies[i].pattern.clone());
+                    policies[i].fill(h);
+                }
+                None => client.fill(h),
             }
         }
         health.hosts = list;

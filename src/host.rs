@@ -17,7 +17,8 @@ pub(crate) const KEPT: usize = 200;
 
 /// The key of per-host state (breakers, limiters, bulkheads): `host:port`, with the scheme's
 /// default port when the URL gives none, so `https://a` and `https://a:443` share state and
-/// `http://a` does not. Credentials, path and query play no part. A key longer than any DNS
+/// `http://a` does not. The host is the URL's (lower case, IDNA), without a trailing dot
+/// (`https://a./` is `a:443`). Credentials, path and query play no part. A key longer than any DNS
 /// name's is cut to a bounded size ([`MAX_WHOLE`]).
 pub(crate) fn host_key(url: &Url) -> String {
     with_host_key(url, str::to_owned)
@@ -47,6 +48,7 @@ pub(crate) fn with_host_key<R>(url: &Url, f: impl FnOnce(&str) -> R) -> R {
     let Some(host) = url.host_str() else {
         return f("");
     };
+    let host = crate::hosts::trim_dot(host);
     let Some(port) = url.port_or_known_default() else {
         if host.len() > MAX_WHOLE {
             return f(&cut(host.to_owned()));

@@ -180,6 +180,7 @@ mod event;
 mod ext;
 pub mod fallback;
 pub mod health;
+pub mod hosts;
 mod host;
 #[cfg(feature = "metrics")]
 pub mod metrics;
@@ -200,6 +201,7 @@ pub use crate::error::{ConfigError, Error, ErrorKind, TimeoutKind};
 pub use crate::event::{CircuitState, Event, FleetMode, GiveUpReason};
 pub use crate::ext::ResponseExt;
 pub use crate::health::Health;
+pub use crate::hosts::HostPolicy;
 
 /// The stages as tower layers, for those who build their own stacks.
 ///

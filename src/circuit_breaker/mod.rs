@@ -62,7 +62,6 @@ mod breaker;
 mod future;
 mod keyed;
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -80,7 +79,7 @@ use crate::classify::Classifier;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::event::{CircuitState, Event, Hook};
 use crate::health::CircuitHealth;
-use crate::host::{host_key, with_host_key};
+use crate::host::with_host_key;
 
 /// What trips a closed breaker.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -501,7 +500,7 @@ impl CircuitBreakerLayer {
     /// A handle on this layer's breakers, to read their state, isolate and reset hosts.
     pub fn handle(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle {
-            shared: self.shared.clone(),
+            inner: HandleInner::One(self.shared.clone()),
         }
     }
 }
@@ -521,59 +520,161 @@ crate::shared_layer!(CircuitBreakerLayer => CircuitBreakerService);
 /// A cloneable handle on a layer's breakers: read a host's state, isolate it, reset it.
 ///
 /// A host is named by its key, `host:port` with the scheme's default port
-/// (`"api.example.com:443"`, as in events), or by a URL (`"https://api.example.com/"`), whose
-/// key is taken. A bare host without a port names no breaker. With a [global](CircuitBreaker::global)
-/// breaker, the host is ignored: every method acts on the one breaker.
+/// (`"api.example.com:443"`, as in events), by a URL (`"https://api.example.com/"`), whose key
+/// is taken, or by a bare host (`"api.example.com"`), which names its breakers on the default
+/// ports of `https` and `http` (`:443` and `:80`): [`state`](Self::state) gives the more
+/// open of the two, [`isolate`](Self::isolate) and [`reset`](Self::reset) act on both. Names
+/// are normalised as requests' hosts are (case, IDNA, a trailing dot, IPv6's form: see
+/// [`hosts`](crate::hosts)), so `"API.Example.com."` names the breaker that calls to
+/// `https://api.example.com/` use. Text that is not a host names no breaker.
+///
+/// With a [global](CircuitBreaker::global) breaker, the host is ignored: every method acts on
+/// the one breaker. The handle of a [`Client`](crate::Client) with
+/// [host policies](crate::ClientBuilder::host) finds each host's breaker in its policy's
+/// pipeline (a host whose policy has no breaker names none).
 #[derive(Clone)]
 pub struct CircuitBreakerHandle {
-    shared: Arc<Shared>,
+    inner: HandleInner,
+}
+
+#[derive(Clone)]
+enum HandleInner {
+    /// One layer's breakers.
+    One(Arc<Shared>),
+    /// A client's with host policies: the client's own (if any), and each policy's pipeline's.
+    Routed(Arc<Routed>),
+}
+
+struct Routed {
+    client: Option<Arc<Shared>>,
+    table: crate::hosts::Table<Option<Arc<Shared>>>,
 }
 
 impl fmt::Debug for CircuitBreakerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CircuitBreakerHandle")
-            .field("policy", &self.shared.cfg)
-            .finish_non_exhaustive()
+        match &self.inner {
+            HandleInner::One(shared) => f
+                .debug_struct("CircuitBreakerHandle")
+                .field("policy", &shared.cfg)
+                .finish_non_exhaustive(),
+            HandleInner::Routed(r) => f
+                .debug_struct("CircuitBreakerHandle")
+                .field("policy", &r.client.as_ref().map(|s| &s.cfg))
+                .field("hosts", &r.table)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
-fn key_of(host: &str) -> Cow<'_, str> {
-    if host.contains("://") {
-        if let Ok(url) = Url::parse(host) {
-            return Cow::Owned(host_key(&url));
-        }
+/// How open a state is, to give the more open of two.
+fn openness(s: CircuitState) -> u8 {
+    match s {
+        CircuitState::Closed => 0,
+        CircuitState::HalfOpen => 1,
+        CircuitState::Open => 2,
     }
-    Cow::Borrowed(host)
 }
 
 impl CircuitBreakerHandle {
+    /// A client's handle: its own breakers, and with host policies, each policy's pipeline's
+    /// (`None` where a policy has no breaker). `None` if no pipeline has a breaker.
+    pub(crate) fn routed(
+        client: Option<CircuitBreakerHandle>,
+        policies: Vec<(crate::hosts::Pattern, Option<CircuitBreakerHandle>)>,
+    ) -> Option<CircuitBreakerHandle> {
+        if policies.is_empty() {
+            return client;
+        }
+        if client.is_none() && policies.iter().all(|(_, h)| h.is_none()) {
+            return None;
+        }
+        let one = |h: CircuitBreakerHandle| match h.inner {
+            HandleInner::One(s) => Some(s),
+            HandleInner::Routed(r) => r.client.clone(),
+        };
+        let table = crate::hosts::Table::new(
+            policies
+                .into_iter()
+                .map(|(p, h)| (p, h.and_then(one)))
+                .collect(),
+        );
+        Some(CircuitBreakerHandle {
+            inner: HandleInner::Routed(Arc::new(Routed {
+                client: client.and_then(one),
+                table,
+            })),
+        })
+    }
+
+    /// The breakers `host` names: each with its key (`""` for a global breaker), once each.
+    fn targets(&self, host: &str) -> Vec<(Arc<Shared>, String)> {
+        let mut out: Vec<(Arc<Shared>, String)> = Vec::with_capacity(2);
+        let mut add = |shared: &Arc<Shared>, key: &str| {
+            let key = match shared.state.breakers {
+                Breakers::Global(_) => "",
+                Breakers::PerHost(_) => key,
+            };
+            if !out
+                .iter()
+                .any(|(s, k)| Arc::ptr_eq(s, shared) && k.as_str() == key)
+            {
+                out.push((shared.clone(), key.to_owned()));
+            }
+        };
+        match &self.inner {
+            HandleInner::One(shared) => {
+                if let Breakers::Global(_) = shared.state.breakers {
+                    add(shared, "");
+                } else {
+                    for key in crate::hosts::keys_named(host) {
+                        add(shared, &key);
+                    }
+                }
+            }
+            HandleInner::Routed(r) => {
+                for key in crate::hosts::keys_named(host) {
+                    let shared = match r.table.for_key(&key) {
+                        Some((_, policy)) => policy.as_ref(),
+                        None => r.client.as_ref(),
+                    };
+                    if let Some(shared) = shared {
+                        add(shared, &key);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The state of `host`'s breaker; `Closed` for a host without one (never called, or
     /// evicted). The move from open to half-open is made by the next call: a breaker whose
     /// break is over reads `Open` until then.
     pub fn state(&self, host: &str) -> CircuitState {
-        match &self.shared.state.breakers {
-            Breakers::Global(b) => b.state(),
-            Breakers::PerHost(map) => map
-                .peek(&key_of(host))
-                .map_or(CircuitState::Closed, |b| b.state()),
+        let mut state = CircuitState::Closed;
+        for (shared, key) in self.targets(host) {
+            let s = match &shared.state.breakers {
+                Breakers::Global(b) => b.state(),
+                Breakers::PerHost(map) => map.peek(&key).map_or(CircuitState::Closed, |b| b.state()),
+            };
+            if openness(s) > openness(state) {
+                state = s;
+            }
         }
+        state
     }
 
     /// Opens `host`'s breaker until [`reset`](Self::reset): every call to it is rejected,
     /// with no `retry_after` hint. An isolated host is kept in memory whatever
     /// [`max_hosts`](CircuitBreaker::max_hosts) says.
     pub fn isolate(&self, host: &str) {
-        let key = key_of(host);
-        let t = match &self.shared.state.breakers {
-            Breakers::Global(b) => b.isolate(),
-            Breakers::PerHost(map) => map.isolate(&key, self.shared.rec.now()),
-        };
-        if let Some(t) = t {
-            let key = match &self.shared.state.breakers {
-                Breakers::Global(_) => "",
-                Breakers::PerHost(_) => &key,
+        for (shared, key) in self.targets(host) {
+            let t = match &shared.state.breakers {
+                Breakers::Global(b) => b.isolate(),
+                Breakers::PerHost(map) => map.isolate(&key, shared.rec.now()),
             };
-            self.shared.rec.report(key, t);
+            if let Some(t) = t {
+                shared.rec.report(&key, t);
+            }
         }
     }
 
@@ -581,36 +682,59 @@ impl CircuitBreakerHandle {
     /// to [`break_duration`](CircuitBreaker::break_duration). Outcomes of calls made before
     /// are dropped.
     pub fn reset(&self, host: &str) {
-        let (b, key) = match &self.shared.state.breakers {
-            Breakers::Global(b) => (Some(b.clone()), Cow::Borrowed("")),
-            Breakers::PerHost(map) => {
-                let key = key_of(host);
-                (map.peek(&key), key)
+        for (shared, key) in self.targets(host) {
+            let b = match &shared.state.breakers {
+                Breakers::Global(b) => Some(b.clone()),
+                Breakers::PerHost(map) => map.peek(&key),
+            };
+            if let Some(t) = b.and_then(|b| b.reset()) {
+                shared.rec.report(&key, t);
             }
-        };
-        if let Some(t) = b.and_then(|b| b.reset()) {
-            self.shared.rec.report(&key, t);
         }
     }
 
     /// How many breakers are held in memory: the hosts seen and not evicted (1 for a global
-    /// breaker). Idle hosts are evicted by the calls that follow, not by a timer.
+    /// breaker), in all the client's pipelines for a client with host policies. Idle hosts
+    /// are evicted by the calls that follow, not by a timer.
     pub fn tracked_hosts(&self) -> usize {
-        match &self.shared.state.breakers {
+        let count = |shared: &Arc<Shared>| match &shared.state.breakers {
             Breakers::Global(_) => 1,
             Breakers::PerHost(map) => map.len(),
+        };
+        match &self.inner {
+            HandleInner::One(shared) => count(shared),
+            HandleInner::Routed(r) => {
+                let mut seen: Vec<&Arc<Shared>> = Vec::new();
+                let all = r.client.iter().chain(r.table.entries.iter().filter_map(|(_, s)| s.as_ref()));
+                for s in all {
+                    if !seen.iter().any(|t| Arc::ptr_eq(t, s)) {
+                        seen.push(s);
+                    }
+                }
+                seen.into_iter().map(count).sum()
+            }
+        }
+    }
+
+    /// The one layer's state this handle reads for health (a layer's handle is always one).
+    fn shared(&self) -> Option<&Arc<Shared>> {
+        match &self.inner {
+            HandleInner::One(s) => Some(s),
+            HandleInner::Routed(r) => r.client.as_ref(),
         }
     }
 
     /// Whether there is a breaker per host (rather than one for all).
     pub(crate) fn is_per_host(&self) -> bool {
-        matches!(self.shared.state.breakers, Breakers::PerHost(_))
+        self.shared()
+            .is_some_and(|s| matches!(s.state.breakers, Breakers::PerHost(_)))
     }
 
     /// The state of the one breaker shared by all hosts; `None` per host. Read only.
     pub(crate) fn health_global(&self) -> Option<CircuitHealth> {
-        match &self.shared.state.breakers {
-            Breakers::Global(b) => Some(health(b.snapshot(self.shared.rec.now()))),
+        let shared = self.shared()?;
+        match &shared.state.breakers {
+            Breakers::Global(b) => Some(health(b.snapshot(shared.rec.now()))),
             Breakers::PerHost(_) => None,
         }
     }
@@ -619,8 +743,11 @@ impl CircuitBreakerHandle {
     /// for a global breaker. Read only: no sweep, no eviction, no move to half-open, no touch
     /// of the last-use marks, and no lock held while `f` runs.
     pub(crate) fn health_hosts(&self, mut f: impl FnMut(&str, CircuitHealth)) {
-        if let Breakers::PerHost(map) = &self.shared.state.breakers {
-            let now = self.shared.rec.now();
+        let Some(shared) = self.shared() else {
+            return;
+        };
+        if let Breakers::PerHost(map) = &shared.state.breakers {
+            let now = shared.rec.now();
             map.for_each(|b| f(b.key(), health(b.snapshot(now))));
         }
     }

@@ -38,7 +38,7 @@ impl HostKey {
         let Some(host) = url.host_str() else {
             return HostKey::default();
         };
-        let host = host.as_bytes();
+        let host = crate::hosts::trim_dot(host).as_bytes();
         let port = url.port_or_known_default().map(PortDigits::of);
         let digits = port.as_ref().map_or(&[][..], PortDigits::as_bytes);
         let colon = usize::from(!digits.is_empty());
