@@ -20,6 +20,10 @@
 //!     100 ms capped at 10 s) → circuit breaker (its defaults) → rate limiter (token bucket,
 //!     10⁹ per second, burst 10⁹, never reached) → time limiter (10 s), in palisade's order,
 //!     over the same transport (`svc.clone().oneshot(req)`);
+//!   - `palisade_host_policies` (this group only): `palisade_standard` with eight host policies
+//!     (`ClientBuilder::host`: four exact hosts, four wildcards), the request's host matched by
+//!     `*.example.com`, which inherits every stage: what picking a host's pipeline costs (an
+//!     exact lookup that misses, then one per suffix of the host);
 //!   - `palisade_metrics` (this group only): `palisade_standard` with metrics on
 //!     (`ClientBuilder::metrics`) and no recorder installed, so the `metrics` facade's no-op:
 //!     what recording costs palisade itself, before any exporter's own cost.
@@ -267,6 +271,8 @@ struct InMemory<D, T> {
     palisade: Palisade,
     /// The same pipeline with metrics on, and no recorder installed (the facade's no-op).
     metrics: Palisade,
+    /// The same pipeline with eight host policies, the request's host under a wildcard.
+    hosts: Palisade,
     tower_resilience: T,
 }
 
@@ -283,6 +289,32 @@ fn in_memory_variants() -> InMemory<impl Variant, impl Variant> {
         .metrics(palisade::metrics::Metrics::new())
         .build()
         .expect("standard pipeline with metrics");
+    let mut with_hosts = builder();
+    for (i, pattern) in [
+        "a.example.net",
+        "b.example.net:8443",
+        "c.example.org",
+        "d.example.org",
+        "*.example.org",
+        "*.example.net",
+        "*.internal.example.com",
+        "*.example.com",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let policy = palisade::HostPolicy::new();
+        // Each policy overrides something but the one the request goes through.
+        let policy = if pattern == "*.example.com" {
+            policy
+        } else {
+            policy.attempt_timeout(Duration::from_secs(1 + i as u64))
+        };
+        with_hosts = with_hosts.host(pattern, policy);
+    }
+    let with_hosts = with_hosts
+        .build()
+        .expect("standard pipeline with host policies");
     InMemory {
         direct: TransportDirect {
             url: url.clone(),
@@ -296,6 +328,11 @@ fn in_memory_variants() -> InMemory<impl Variant, impl Variant> {
         metrics: Palisade {
             url: url.clone(),
             client: metered,
+            read_body: false,
+        },
+        hosts: Palisade {
+            url: url.clone(),
+            client: with_hosts,
             read_body: false,
         },
         tower_resilience: TowerResilience {
@@ -547,12 +584,14 @@ const IN_MEMORY: [&str; 3] = [
     "tower_resilience_stack",
 ];
 
-/// The variants of `in_memory`: those of `in_memory_2_threads` and palisade with metrics on.
-const IN_MEMORY_1: [&str; 4] = [
+/// The variants of `in_memory`: those of `in_memory_2_threads`, palisade with metrics on, and
+/// with host policies.
+const IN_MEMORY_1: [&str; 5] = [
     "transport_direct",
     "palisade_standard",
     "tower_resilience_stack",
     "palisade_metrics",
+    "palisade_host_policies",
 ];
 
 /// The variants of `loopback` and `loopback_2_threads`, palisade at [`PALISADE`].
@@ -571,6 +610,7 @@ fn in_memory(c: &mut Criterion) {
         print_allocations(&rt, "in_memory/palisade_standard", &v.palisade);
         print_allocations(&rt, "in_memory/tower_resilience_stack", &v.tower_resilience);
         print_allocations(&rt, "in_memory/palisade_metrics", &v.metrics);
+        print_allocations(&rt, "in_memory/palisade_host_policies", &v.hosts);
         print_interleaved(
             "in_memory",
             200,
@@ -580,6 +620,7 @@ fn in_memory(c: &mut Criterion) {
                 serial(&rt, "palisade_standard", &v.palisade),
                 serial(&rt, "tower_resilience_stack", &v.tower_resilience),
                 serial(&rt, "palisade_metrics", &v.metrics),
+                serial(&rt, "palisade_host_policies", &v.hosts),
             ],
         );
     }
@@ -589,6 +630,7 @@ fn in_memory(c: &mut Criterion) {
     let tower_resilience = &v.tower_resilience;
     single(&mut group, &rt, "tower_resilience_stack", tower_resilience);
     single(&mut group, &rt, "palisade_metrics", &v.metrics);
+    single(&mut group, &rt, "palisade_host_policies", &v.hosts);
     group.finish();
 }
 
@@ -683,6 +725,7 @@ fn callgrind(variant: &str) {
                 "palisade_standard" => send_n(&rt, &v.palisade, n),
                 "tower_resilience_stack" => send_n(&rt, &v.tower_resilience, n),
                 "palisade_metrics" => send_n(&rt, &v.metrics, n),
+                "palisade_host_policies" => send_n(&rt, &v.hosts, n),
                 _ => panic!("unknown variant {variant}"),
             }
         }

@@ -11,10 +11,10 @@ use tower_service::Service;
 use crate::bulkhead::{Bulkhead, BulkheadLayer};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::classify::{Classifier, FailureClass, Outcome};
+use crate::client::Pipeline;
 use crate::client::{Client, ClientRef};
 use crate::error::{ConfigError, Error};
 use crate::event::{Event, Hook};
-use crate::client::Pipeline;
 use crate::fallback::{FallbackCache, FallbackCacheLayer};
 use crate::hosts::{HostPolicy, Pattern, Setting};
 use crate::rate_limit::{RateLimit, RateLimitLayer};
@@ -293,8 +293,8 @@ impl ClientBuilder {
             let prefix = crate::hosts::config_prefix(text);
             let pattern =
                 Pattern::parse(text).map_err(|rule| ConfigError::new(prefix.clone(), rule))?;
-            let own = Stages::policy(&stages, policy, classifier, hook)
-                .map_err(|e| e.within(&prefix))?;
+            let own =
+                Stages::policy(&stages, policy, classifier, hook).map_err(|e| e.within(&prefix))?;
             policies.push((pattern, own));
         }
 
@@ -352,14 +352,24 @@ impl ClientBuilder {
             })
             .collect();
         if !policies.is_empty() {
-            let routes = policies.iter().enumerate().map(|(i, (p, _))| (p.clone(), i));
-            health.routes = Some(std::sync::Arc::new(crate::hosts::Table::new(routes.collect())));
+            let routes = policies
+                .iter()
+                .enumerate()
+                .map(|(i, (p, _))| (p.clone(), i));
+            health.routes = Some(std::sync::Arc::new(crate::hosts::Table::new(
+                routes.collect(),
+            )));
         }
         let breakers = crate::circuit_breaker::CircuitBreakerHandle::routed(
             stages.breaker.as_ref().map(CircuitBreakerLayer::handle),
             policies
                 .iter()
-                .map(|(p, own)| (p.clone(), own.breaker.as_ref().map(CircuitBreakerLayer::handle)))
+                .map(|(p, own)| {
+                    (
+                        p.clone(),
+                        own.breaker.as_ref().map(CircuitBreakerLayer::handle),
+                    )
+                })
                 .collect(),
         );
         #[cfg(not(feature = "metrics"))]
@@ -420,7 +430,11 @@ pub(crate) struct Stages {
 
 impl Stages {
     /// The client's stages, validated.
-    fn client(b: &ClientBuilder, classifier: &Classifier, hook: &Hook) -> Result<Self, ConfigError> {
+    fn client(
+        b: &ClientBuilder,
+        classifier: &Classifier,
+        hook: &Hook,
+    ) -> Result<Self, ConfigError> {
         let (total_timeout, attempt_timeout) = timeouts(b.total_timeout, b.attempt_timeout)?;
         let total = total_layer(total_timeout, hook)?;
         let attempt = attempt_layer(attempt_timeout, hook)?;
@@ -429,7 +443,11 @@ impl Stages {
             attempt_timeout,
             total,
             attempt,
-            retry: b.retry.clone().map(|r| retry_layer(r, classifier, hook)).transpose()?,
+            retry: b
+                .retry
+                .clone()
+                .map(|r| retry_layer(r, classifier, hook))
+                .transpose()?,
             breaker: b
                 .breaker
                 .clone()
@@ -440,7 +458,11 @@ impl Stages {
                 .clone()
                 .map(|r| limiter_layer(r, classifier, hook))
                 .transpose()?,
-            bulkhead: b.bulkhead.clone().map(|c| bulkhead_layer(c, hook)).transpose()?,
+            bulkhead: b
+                .bulkhead
+                .clone()
+                .map(|c| bulkhead_layer(c, hook))
+                .transpose()?,
             own: [true; 4],
         })
     }
@@ -472,19 +494,34 @@ impl Stages {
         let (total_timeout, attempt_timeout) = timeouts(
             over(&p.total_timeout, client.total_timeout),
             over(&p.attempt_timeout, client.attempt_timeout),
-        )?;
+        )
+        .map_err(|e| {
+            if matches!(p.attempt_timeout, Setting::Inherit) {
+                ConfigError::new(
+                    e.field().to_owned(),
+                    format!(
+                        "{}: the client's, inherited; set one for this host",
+                        e.rule()
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
         let total = total_layer(total_timeout, hook)?;
         let attempt = attempt_layer(attempt_timeout, hook)?;
-        let (retry, own_retry) =
-            pick(&p.retry, client.retry.as_ref(), |r| retry_layer(r, classifier, hook))?;
+        let (retry, own_retry) = pick(&p.retry, client.retry.as_ref(), |r| {
+            retry_layer(r, classifier, hook)
+        })?;
         let (breaker, own_breaker) = pick(&p.breaker, client.breaker.as_ref(), |c| {
             breaker_layer(c, classifier, hook)
         })?;
         let (limiter, own_limiter) = pick(&p.rate_limit, client.limiter.as_ref(), |r| {
             limiter_layer(r, classifier, hook)
         })?;
-        let (bulkhead, own_bulkhead) =
-            pick(&p.bulkhead, client.bulkhead.as_ref(), |c| bulkhead_layer(c, hook))?;
+        let (bulkhead, own_bulkhead) = pick(&p.bulkhead, client.bulkhead.as_ref(), |c| {
+            bulkhead_layer(c, hook)
+        })?;
         Ok(Stages {
             total_timeout,
             attempt_timeout,
@@ -593,7 +630,11 @@ fn breaker_layer(
     hook: &Hook,
 ) -> Result<CircuitBreakerLayer, ConfigError> {
     b.validate()?;
-    Ok(CircuitBreakerLayer::from_parts(b, classifier.clone(), hook.clone()))
+    Ok(CircuitBreakerLayer::from_parts(
+        b,
+        classifier.clone(),
+        hook.clone(),
+    ))
 }
 
 fn limiter_layer(
@@ -602,7 +643,11 @@ fn limiter_layer(
     hook: &Hook,
 ) -> Result<RateLimitLayer, ConfigError> {
     r.validate()?;
-    Ok(RateLimitLayer::from_parts(r, classifier.clone(), hook.clone()))
+    Ok(RateLimitLayer::from_parts(
+        r,
+        classifier.clone(),
+        hook.clone(),
+    ))
 }
 
 fn bulkhead_layer(b: Bulkhead, hook: &Hook) -> Result<BulkheadLayer, ConfigError> {

@@ -11,6 +11,7 @@
 //!   "hosts": [
 //!     {
 //!       "host": "127.0.0.1:44695",
+//!       "policy": null,
 //!       "circuit": {
 //!         "state": "open",
 //!         "failure_ratio": 1.0,
@@ -30,7 +31,8 @@
 //!   "bulkhead": null,
 //!   "budget": { "retries_available": 100, "balance": 100.0, "reserve": 100.0 },
 //!   "fallback": { "entries": 1, "stored_bytes": 1338, "copying_bytes": 0, "max_bytes": 33554432 },
-//!   "fleet": null
+//!   "fleet": null,
+//!   "policies": []
 //! }
 //! ```
 //!
@@ -412,11 +414,7 @@ impl Sources {
                     .as_ref()
                     .filter(|_| bulkhead)
                     .and_then(|b| b.global()),
-                budget: s
-                    .budget
-                    .as_ref()
-                    .filter(|_| retry)
-                    .map(|b| b.health()),
+                budget: s.budget.as_ref().filter(|_| retry).map(|b| b.health()),
                 fleet: s
                     .limiter
                     .as_ref()
@@ -425,7 +423,11 @@ impl Sources {
             });
         }
         let client = Defaults::of(self);
-        let policies: Vec<Defaults> = self.policies.iter().map(|p| Defaults::of(&p.stages)).collect();
+        let policies: Vec<Defaults> = self
+            .policies
+            .iter()
+            .map(|p| Defaults::of(&p.stages))
+            .collect();
         let mut list: Vec<HostHealth> = hosts.table.into_iter().collect();
         list.sort_unstable_by(|a, b| a.host.cmp(&b.host));
         for h in &mut list {

@@ -236,8 +236,8 @@ impl Pattern {
         if rest.contains('*') {
             return Err("may hold one `*`, as its first label (`*.example.com`)".into());
         }
-        let (host, port) = normalise(rest)
-            .ok_or_else(|| "is not a valid host (or `host:port`)".to_owned())?;
+        let (host, port) =
+            normalise(rest).ok_or_else(|| "is not a valid host (or `host:port`)".to_owned())?;
         if wildcard && !host.contains('.') {
             return Err(
                 "names a whole top-level domain: a wildcard needs a domain of two labels or more (`*.example.com`)"
@@ -447,7 +447,10 @@ mod tests {
     fn patterns_are_normalised() {
         assert_eq!(p("API.Example.COM").to_string(), "api.example.com");
         assert_eq!(p("api.example.com.").to_string(), "api.example.com");
-        assert_eq!(p("api.example.com:8443").to_string(), "api.example.com:8443");
+        assert_eq!(
+            p("api.example.com:8443").to_string(),
+            "api.example.com:8443"
+        );
         assert_eq!(p("*.Example.com").to_string(), "*.example.com");
         assert_eq!(p("*.example.com:443").to_string(), "*.example.com:443");
         assert_eq!(p("bücher.example").to_string(), "xn--bcher-kva.example");
@@ -498,7 +501,11 @@ mod tests {
         assert_eq!(get("a.b.api.example.com", 443), Some("wild-api"));
         assert_eq!(get("www.example.com", 443), Some("wild"));
         assert_eq!(get("www.example.com", 8443), Some("wild-8443"));
-        assert_eq!(get("example.com", 443), None, "a wildcard does not cover its domain");
+        assert_eq!(
+            get("example.com", 443),
+            None,
+            "a wildcard does not cover its domain"
+        );
         assert_eq!(get("notexample.com", 443), None);
         assert_eq!(get("example.org", 443), None);
         assert_eq!(get("[::1]", 443), None);
@@ -519,11 +526,23 @@ mod tests {
 
     #[test]
     fn urls_and_keys_find_their_policy() {
-        let t = Table::new(vec![(p("api.example.com:443"), "https"), (p("a.test"), "any")]);
+        let t = Table::new(vec![
+            (p("api.example.com:443"), "https"),
+            (p("a.test"), "any"),
+        ]);
         let url = |s: &str| Url::parse(s).unwrap();
-        assert_eq!(t.for_url(&url("https://API.example.com./x")).map(|e| e.1), Some("https"));
-        assert_eq!(t.for_url(&url("http://api.example.com/")).map(|e| e.1), None);
-        assert_eq!(t.for_url(&url("http://a.test:9/")).map(|e| e.1), Some("any"));
+        assert_eq!(
+            t.for_url(&url("https://API.example.com./x")).map(|e| e.1),
+            Some("https")
+        );
+        assert_eq!(
+            t.for_url(&url("http://api.example.com/")).map(|e| e.1),
+            None
+        );
+        assert_eq!(
+            t.for_url(&url("http://a.test:9/")).map(|e| e.1),
+            Some("any")
+        );
         assert_eq!(t.for_key("api.example.com:443").map(|e| e.1), Some("https"));
         assert_eq!(t.for_key("a.test:80").map(|e| e.1), Some("any"));
     }
@@ -531,7 +550,10 @@ mod tests {
     #[test]
     fn named_hosts_give_their_keys() {
         assert_eq!(keys_named("API.Example.com:443"), ["api.example.com:443"]);
-        assert_eq!(keys_named("https://API.example.com./x"), ["api.example.com:443"]);
+        assert_eq!(
+            keys_named("https://API.example.com./x"),
+            ["api.example.com:443"]
+        );
         assert_eq!(
             keys_named("api.example.com."),
             ["api.example.com:443", "api.example.com:80"]
@@ -543,6 +565,9 @@ mod tests {
 
     #[test]
     fn config_prefixes_quote_the_pattern() {
-        assert_eq!(config_prefix("api.example.com"), "hosts.\"api.example.com\"");
+        assert_eq!(
+            config_prefix("api.example.com"),
+            "hosts.\"api.example.com\""
+        );
     }
 }

@@ -180,8 +180,8 @@ mod event;
 mod ext;
 pub mod fallback;
 pub mod health;
-pub mod hosts;
 mod host;
+pub mod hosts;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod rate_limit;

@@ -513,7 +513,7 @@ async fn per_host_queues_are_per_host() {
 
 #[test]
 fn bad_configuration_is_a_config_error_naming_the_field() {
-    let field = |b: Bulkhead| BulkheadLayer::new(b).unwrap_err().field();
+    let field = |b: Bulkhead| BulkheadLayer::new(b).unwrap_err().field().to_owned();
     assert_eq!(field(Bulkhead::new(0)), "bulkhead.max_concurrent");
     assert_eq!(
         field(Bulkhead::new(4).max_concurrent(0)),

@@ -483,7 +483,12 @@ async fn the_classifier_decides_what_counts() {
 
 #[test]
 fn bad_configuration_is_a_config_error_naming_the_field() {
-    let field = |cfg: CircuitBreaker| CircuitBreakerLayer::new(cfg).unwrap_err().field();
+    let field = |cfg: CircuitBreaker| {
+        CircuitBreakerLayer::new(cfg)
+            .unwrap_err()
+            .field()
+            .to_owned()
+    };
     let d = CircuitBreaker::default;
     for r in [0.0, 1.5, f64::NAN, -1.0] {
         assert_eq!(field(d().failure_ratio(r)), "circuit_breaker.failure_ratio");

@@ -505,6 +505,7 @@ async fn the_snapshot_serializes_to_readable_json_with_hosts_only() {
             "hosts": [
                 {
                     "host": "api.example.com:443",
+                    "policy": null,
                     "circuit": {
                         "state": "open",
                         "failure_ratio": 0.0,
@@ -520,6 +521,7 @@ async fn the_snapshot_serializes_to_readable_json_with_hosts_only() {
                 },
                 {
                     "host": "b.test:80",
+                    "policy": null,
                     "circuit": {
                         "state": "closed",
                         "failure_ratio": 0.0,
@@ -544,7 +546,8 @@ async fn the_snapshot_serializes_to_readable_json_with_hosts_only() {
                 "copying_bytes": 0,
                 "max_bytes": 33554432
             },
-            "fleet": null
+            "fleet": null,
+            "policies": []
         })
     );
 }

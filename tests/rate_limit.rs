@@ -697,7 +697,7 @@ async fn max_hosts_caps_the_per_host_limiter_and_nothing_is_evicted_below_it() {
 
 #[test]
 fn bad_configuration_is_a_config_error_naming_the_field() {
-    let field = |limit: RateLimit| RateLimitLayer::new(limit).unwrap_err().field();
+    let field = |limit: RateLimit| RateLimitLayer::new(limit).unwrap_err().field().to_owned();
     assert_eq!(field(RateLimit::per_second(0)), "rate_limit.rate");
     assert_eq!(field(RateLimit::per_minute(0).burst(5)), "rate_limit.rate");
     assert_eq!(

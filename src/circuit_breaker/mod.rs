@@ -654,7 +654,9 @@ impl CircuitBreakerHandle {
         for (shared, key) in self.targets(host) {
             let s = match &shared.state.breakers {
                 Breakers::Global(b) => b.state(),
-                Breakers::PerHost(map) => map.peek(&key).map_or(CircuitState::Closed, |b| b.state()),
+                Breakers::PerHost(map) => {
+                    map.peek(&key).map_or(CircuitState::Closed, |b| b.state())
+                }
             };
             if openness(s) > openness(state) {
                 state = s;
@@ -705,7 +707,10 @@ impl CircuitBreakerHandle {
             HandleInner::One(shared) => count(shared),
             HandleInner::Routed(r) => {
                 let mut seen: Vec<&Arc<Shared>> = Vec::new();
-                let all = r.client.iter().chain(r.table.entries.iter().filter_map(|(_, s)| s.as_ref()));
+                let all = r
+                    .client
+                    .iter()
+                    .chain(r.table.entries.iter().filter_map(|(_, s)| s.as_ref()));
                 for s in all {
                     if !seen.iter().any(|t| Arc::ptr_eq(t, s)) {
                         seen.push(s);
