@@ -346,11 +346,12 @@ impl Error {
 
     /// Whether a request or response body failed.
     ///
-    /// From reqwest, reqwest's [`is_body`](reqwest::Error::is_body) (a request body's stream
-    /// failed, a response body's read timed out). Otherwise an error of kind
-    /// [`Body`](ErrorKind::Body) (a custom transport's). Reading a response's body is reqwest's
-    /// business, not palisade's: `Response::bytes` and `text` return reqwest's errors, which
-    /// are mostly [`is_decode`](Error::is_decode).
+    /// From reqwest, reqwest's [`is_body`](reqwest::Error::is_body): the error of a
+    /// `reqwest::Body` itself, as polling one as an `http_body::Body` gives (its read timeout
+    /// among them). Otherwise an error of kind [`Body`](ErrorKind::Body) (a custom
+    /// transport's). Reading a response's body is reqwest's business, not palisade's, and
+    /// `Response`'s own methods (`bytes`, `text`, `chunk`, `bytes_stream`) report its failures
+    /// as [`is_decode`](Error::is_decode) errors, a body timeout included.
     pub fn is_body(&self) -> bool {
         match self.inner.reqwest {
             Some(r) => r.body,
@@ -359,8 +360,8 @@ impl Error {
     }
 
     /// Whether decoding a response's body failed: the reqwest error says
-    /// [`is_decode`](reqwest::Error::is_decode) (JSON that does not parse, a body cut short
-    /// while it was read whole). Its [`kind`](Error::kind) is [`Body`](ErrorKind::Body).
+    /// [`is_decode`](reqwest::Error::is_decode) (JSON that does not parse, a body that failed
+    /// or timed out while `Response`'s methods read it). Its [`kind`](Error::kind) is [`Body`](ErrorKind::Body).
     pub fn is_decode(&self) -> bool {
         self.inner.reqwest.is_some_and(|r| r.decode)
     }
@@ -460,11 +461,11 @@ impl ReqwestMarks {
 fn chain<'a>(
     err: &'a (dyn StdError + 'static),
 ) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
-    std::iter::successors(Some(err), |&e: &&'a (dyn StdError + 'static)| {
-        match e.downcast_ref::<io::Error>() {
-            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
-            None => e.source(),
-        }
+    std::iter::successors(Some(err), |&e: &&'a (dyn StdError + 'static)| match e
+        .downcast_ref::<io::Error>()
+    {
+        Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+        None => e.source(),
     })
 }
 
@@ -496,7 +497,10 @@ fn detach_url(source: BoxError) -> (BoxError, Option<Url>) {
         Err(source) => return (source, None),
     };
     let kind = io.kind();
-    match io.into_inner().map(|inner| inner.downcast::<reqwest::Error>()) {
+    match io
+        .into_inner()
+        .map(|inner| inner.downcast::<reqwest::Error>())
+    {
         Some(Ok(r)) => {
             let url = r.url().cloned();
             (Box::new(io::Error::new(kind, r.without_url())), url)
@@ -826,7 +830,9 @@ mod tests {
         let e = same(response(404).error_for_status().unwrap_err());
         assert!(e.is_status() && !e.is_request() && !e.is_builder());
         assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
-        assert!(e.to_string().starts_with("HTTP status client error (404 Not Found)"));
+        assert!(e
+            .to_string()
+            .starts_with("HTTP status client error (404 Not Found)"));
         let e = same(response(503).error_for_status().unwrap_err());
         assert_eq!(e.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
         assert!(e.to_string().starts_with("HTTP status server error (503"));
@@ -836,7 +842,10 @@ mod tests {
     async fn body_and_decode_errors_are_told_apart() {
         use http_body_util::BodyExt as _;
         // Polling a body that fails: reqwest's body error.
-        let r = reqwest::Body::wrap(FailingBody).collect().await.unwrap_err();
+        let r = reqwest::Body::wrap(FailingBody)
+            .collect()
+            .await
+            .unwrap_err();
         assert!(r.is_body());
         let e = same(r);
         assert!(e.is_body() && !e.is_decode() && !e.is_request());
@@ -916,7 +925,10 @@ mod tests {
             Error::from(io::Error::from(io::ErrorKind::ConnectionReset)),
             Error::from_source(ErrorKind::Connect, "refused"),
         ] {
-            assert_eq!(marks(&e)[..8], [false, true, false, false, false, false, false, false]);
+            assert_eq!(
+                marks(&e)[..8],
+                [false, true, false, false, false, false, false, false]
+            );
         }
         let e = Error::from_source(ErrorKind::Body, "cut");
         assert!(e.is_body() && !e.is_request() && !e.is_decode());
@@ -974,13 +986,19 @@ mod tests {
         ] {
             assert_eq!(e.url(), Some(&url), "the reqwest error gave its URL");
             let text = shows(&e);
-            assert!(text.contains("h.test/private/path?token=REDACTED"), "{text}");
+            assert!(
+                text.contains("h.test/private/path?token=REDACTED"),
+                "{text}"
+            );
             assert!(!text.contains("s3cret") && !text.contains("pw@"), "{text}");
             assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
             let e = e.without_url();
             assert_eq!(e.url(), None);
             let text = shows(&e);
-            assert!(!text.contains("h.test") && !text.contains("no.url"), "{text}");
+            assert!(
+                !text.contains("h.test") && !text.contains("no.url"),
+                "{text}"
+            );
             assert_eq!(e.status(), Some(StatusCode::NOT_FOUND), "the rest is kept");
         }
     }
@@ -989,7 +1007,9 @@ mod tests {
     fn url_mut_and_with_url_change_the_url_shown_redacted() {
         let mut e = Error::from(response(404).error_for_status().unwrap_err());
         e.url_mut().unwrap().set_path("/changed");
-        assert!(e.to_string().ends_with("for url (http://no.url.provided.local/changed)"));
+        assert!(e
+            .to_string()
+            .ends_with("for url (http://no.url.provided.local/changed)"));
         let e = e.with_url(Url::parse(SECRET_URL).unwrap());
         assert_eq!(e.url().map(Url::as_str), Some(SECRET_URL));
         assert!(!shows(&e).contains("s3cret"));

@@ -66,7 +66,10 @@ impl Respond for Echo {
 
 async fn servers() -> (MockServer, Servers) {
     let mock = MockServer::start().await;
-    Mock::given(path("/echo")).respond_with(Echo).mount(&mock).await;
+    Mock::given(path("/echo"))
+        .respond_with(Echo)
+        .mount(&mock)
+        .await;
     Mock::given(method("GET"))
         .and(path("/status/404"))
         .respond_with(ResponseTemplate::new(404).set_body_string("missing"))
@@ -342,10 +345,16 @@ async fn a_reqwest_program_runs_the_same_over_palisade() {
     assert!(multipart["content-length"].is_string(), "{multipart}");
     assert_eq!(line("built"), "built: DELETE /echo");
     let deleted = echo(10);
-    assert_eq!((&deleted["method"], &deleted["x-one"]), (&"DELETE".into(), &"built".into()));
+    assert_eq!(
+        (&deleted["method"], &deleted["x-one"]),
+        (&"DELETE".into(), &"built".into())
+    );
     assert_eq!(line("head:"), "head: 200 OK");
     let parts = echo(13);
-    assert_eq!((&parts["method"], &parts["x-one"]), (&"OPTIONS".into(), &"parts".into()));
+    assert_eq!(
+        (&parts["method"], &parts["x-one"]),
+        (&"OPTIONS".into(), &"parts".into())
+    );
     assert_eq!(ours[14], ours[15], "a clone sends the same request");
     assert_eq!(echo(14)["x-one"], "clone");
     assert_eq!(line("404:"), "404: 404 Not Found");
