@@ -144,6 +144,7 @@ impl Client {
         RequestBuilder {
             client: self.clone(),
             inner: self.inner.http.request(method, url),
+            from_parts: false,
         }
     }
 
@@ -369,11 +370,19 @@ impl Future for Pending {
 /// A request being built, as with `reqwest::RequestBuilder`; [`send`](RequestBuilder::send)
 /// puts it through the pipeline.
 ///
+/// It has every method of reqwest's (but the WebAssembly-only ones), with the same signatures
+/// but for palisade's [`Client`] and [`Error`] in place of reqwest's, so code written against
+/// reqwest's request API compiles against palisade's with the client's type changed.
+///
 /// A request whose body is a stream cannot be cloned, so it is sent once and never retried.
 #[must_use = "a RequestBuilder does nothing until sent"]
 pub struct RequestBuilder {
     client: Client,
     inner: reqwest::RequestBuilder,
+    /// Made by [`from_parts`](RequestBuilder::from_parts): the request may carry extensions
+    /// of its own, which the retry stage's copy of a request this builder made from scratch
+    /// leaves out (see `context::take_built`), so `send` hands it on as `execute` does.
+    from_parts: bool,
 }
 
 impl RequestBuilder {
@@ -381,6 +390,34 @@ impl RequestBuilder {
         RequestBuilder {
             client: self.client,
             inner: f(self.inner),
+            from_parts: self.from_parts,
+        }
+    }
+
+    /// A builder that starts from a request, to send through `client`'s pipeline (as
+    /// reqwest's `RequestBuilder::from_parts`): its method, URL, headers, body, version,
+    /// timeout and extensions are kept, and the builder's methods add to them.
+    ///
+    /// Sent, it goes through the pipeline as [`Client::execute`] sends a request: each retry
+    /// is a copy made by `reqwest::Request::try_clone`, which keeps its extensions. Unlike
+    /// [`Client::request`], userinfo in the request's URL is not turned into basic
+    /// authentication (reqwest's `from_parts` does not either).
+    ///
+    /// ```
+    /// let client = palisade::Client::new();
+    /// let req = reqwest::Request::new(http::Method::GET, "http://api.test/v1".parse()?);
+    /// let req = palisade::RequestBuilder::from_parts(client, req)
+    ///     .header("x-trace", "1")
+    ///     .build()?;
+    /// assert_eq!(req.headers()["x-trace"], "1");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_parts(client: Client, request: Request) -> RequestBuilder {
+        let inner = reqwest::RequestBuilder::from_parts(client.inner.http.clone(), request);
+        RequestBuilder {
+            client,
+            inner,
+            from_parts: true,
         }
     }
 
@@ -461,29 +498,52 @@ impl RequestBuilder {
         self.map(|b| b.json(json))
     }
 
-    /// Builds the `reqwest::Request` without sending it.
+    /// Sets a `multipart/form-data` body (requires the `multipart` feature), with its
+    /// `Content-Type` and, when the length of every part is known, its `Content-Length`.
+    ///
+    /// A form's body is a stream, so the request cannot be copied: it is sent once, never
+    /// retried (not even after a connect failure), and [`try_clone`](RequestBuilder::try_clone)
+    /// gives `None`.
+    #[cfg(feature = "multipart")]
+    pub fn multipart(self, form: reqwest::multipart::Form) -> Self {
+        self.map(|b| b.multipart(form))
+    }
+
+    /// Builds the `reqwest::Request` without sending it, to look at or change before
+    /// [`Client::execute`].
     ///
     /// # Errors
     ///
     /// An [`Error`] of kind [`Request`](crate::ErrorKind::Request) when a part of the request
-    /// was invalid (a bad URL or header).
+    /// was invalid (a bad URL or header): [`is_builder`](Error::is_builder) is `true`.
     pub fn build(self) -> Result<Request, Error> {
         self.inner.build().map_err(Error::from)
+    }
+
+    /// Builds the `reqwest::Request`, as [`build`](RequestBuilder::build) does, and gives back
+    /// the [`Client`] too, to [`execute`](Client::execute) it with (as reqwest's
+    /// `build_split`).
+    pub fn build_split(self) -> (Client, Result<Request, Error>) {
+        (self.client, self.inner.build().map_err(Error::from))
     }
 
     /// Sends the request through the pipeline.
     pub fn send(self) -> Pending {
         match self.inner.build() {
+            // A request from `from_parts` may carry extensions: no fast copy for it.
+            Ok(req) if self.from_parts => self.client.execute(req),
             Ok(req) => crate::context::built(|| self.client.execute(req)),
             Err(e) => Pending::failed(Error::from(e)),
         }
     }
 
-    /// A copy of the builder, unless its body is a stream.
+    /// A copy of the builder, unless its body is a stream (or a builder error was met, as
+    /// with reqwest's).
     pub fn try_clone(&self) -> Option<Self> {
         Some(RequestBuilder {
             client: self.client.clone(),
             inner: self.inner.try_clone()?,
+            from_parts: self.from_parts,
         })
     }
 }

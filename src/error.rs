@@ -7,6 +7,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use http::StatusCode;
 use url::Url;
 
 use crate::redact;
@@ -26,6 +27,28 @@ pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// [`attempts`](Error::attempts) tells how many attempts the pipeline made before it gave up.
 /// The underlying reqwest or I/O error, where there is one, is the `source()`.
 ///
+/// reqwest's own predicates are mirrored, so that code written against `reqwest::Error` reads
+/// a palisade `Error` the same: [`is_builder`](Error::is_builder),
+/// [`is_request`](Error::is_request), [`is_redirect`](Error::is_redirect),
+/// [`is_status`](Error::is_status) and [`status`](Error::status), [`is_body`](Error::is_body),
+/// [`is_decode`](Error::is_decode), [`is_upgrade`](Error::is_upgrade),
+/// [`is_dns`](Error::is_dns), [`url`](Error::url), [`url_mut`](Error::url_mut),
+/// [`with_url`](Error::with_url) and [`without_url`](Error::without_url). An error that came
+/// from reqwest (a `reqwest::Error` in its source chain) answers as that reqwest error does;
+/// one that did not (palisade's own timeouts and rejections, a custom transport's errors)
+/// answers by its [`kind`](Error::kind), as each predicate's docs say. They are read when the
+/// error is made, so they hold for a source that was scrubbed (below) too.
+///
+/// ```
+/// // A 404 made an error by reqwest's `error_for_status`, then converted into palisade's
+/// // (as `?` does in a function that returns `palisade::Error`).
+/// let resp = reqwest::Response::from(http::Response::builder().status(404).body("")?);
+/// let e = palisade::Error::from(resp.error_for_status().unwrap_err());
+/// assert!(e.is_status() && !e.is_request());
+/// assert_eq!(e.status(), Some(http::StatusCode::NOT_FOUND));
+/// # Ok::<(), http::Error>(())
+/// ```
+///
 /// No formatting of an `Error` shows a secret of its request: `Display` and `Debug` (plain or
 /// alternate) show the URL without userinfo and with every query value replaced by
 /// `REDACTED`, and so does every error in the `source()` chain. A reqwest error is kept as the
@@ -42,6 +65,8 @@ struct Inner {
     timeout: Option<TimeoutKind>,
     connect: bool,
     source: Option<BoxError>,
+    /// What the reqwest error in the source chain said of itself, if there is one.
+    reqwest: Option<ReqwestMarks>,
     url: Option<Url>,
     attempts: u32,
     retry_after: Option<Duration>,
@@ -115,6 +140,7 @@ impl Error {
                 timeout: None,
                 connect: false,
                 source: None,
+                reqwest: None,
                 url: None,
                 attempts: 1,
                 retry_after: None,
@@ -158,13 +184,23 @@ impl Error {
 
     /// An error the transport gave: a transport timeout when `timeout`, connect-time when
     /// `connect` (nothing reached the server).
+    ///
+    /// A reqwest error that is the source, or that an I/O error source wraps, gives its URL
+    /// here and keeps none (its `Display` would show it whole): the URL is [`Error::url`],
+    /// shown by the rules of `redact`, and [`Error::without_url`] removes it from every place.
     fn transport(kind: ErrorKind, timeout: bool, connect: bool, source: BoxError) -> Self {
+        let (source, url) = detach_url(source);
         let mut e = Error::new(kind);
         if timeout {
             e.inner.timeout = Some(TimeoutKind::Transport);
         }
         e.inner.connect = connect;
+        e.inner.reqwest = ReqwestMarks::of(source.as_ref());
         e.inner.source = Some(source);
+        if url.is_some() {
+            e.inner.url = url;
+            e.scrub_source();
+        }
         e
     }
 
@@ -220,9 +256,128 @@ impl Error {
         self.inner.attempts
     }
 
-    /// The URL of the request, where known.
+    /// The URL of the request, where known: the URL the pipeline was called with, or the one
+    /// the reqwest error gave (after redirects, the URL that failed).
+    ///
+    /// `Display` and `Debug` show it without userinfo and with its query values replaced by
+    /// `REDACTED`; this returns it whole.
     pub fn url(&self) -> Option<&Url> {
         self.inner.url.as_ref()
+    }
+
+    /// The URL of the request, to change, where known (as reqwest's `url_mut`). `Display` and
+    /// `Debug` show the changed URL, by the same redaction rules.
+    pub fn url_mut(&mut self) -> Option<&mut Url> {
+        self.inner.url.as_mut()
+    }
+
+    /// This error with `url` as its URL, in place of any it had (as reqwest's `with_url`).
+    /// A source whose text shows a secret of `url` is scrubbed of it, as when the pipeline
+    /// gives an error its URL.
+    pub fn with_url(mut self, url: Url) -> Self {
+        self.inner.url = Some(url);
+        self.scrub_source();
+        self
+    }
+
+    /// This error without its URL (as reqwest's `without_url`): neither [`url`](Error::url)
+    /// nor `Display` nor `Debug` has it any more, nor does the reqwest error in the source,
+    /// which gave its URL to this error when it was made.
+    ///
+    /// The text of a source of another kind (a custom transport's message that quotes the
+    /// URL) is kept as it was: scrubbed of the URL's userinfo and query values when the error
+    /// learned its URL, but not of its host and path. An error handed back through a
+    /// [`Client`](crate::Client) learns the URL of its request again.
+    pub fn without_url(mut self) -> Self {
+        self.inner.url = None;
+        self
+    }
+
+    /// Whether this is a builder error: the reqwest error says
+    /// [`is_builder`](reqwest::Error::is_builder) (an invalid header, method or URL given to a
+    /// [`RequestBuilder`](crate::RequestBuilder)). Its [`kind`](Error::kind) is
+    /// [`Request`](ErrorKind::Request).
+    pub fn is_builder(&self) -> bool {
+        self.inner.reqwest.is_some_and(|r| r.builder)
+    }
+
+    /// Whether sending the request, or waiting for its response, failed.
+    ///
+    /// From reqwest, reqwest's [`is_request`](reqwest::Error::is_request): a connect or
+    /// transport failure, or reqwest's own total timeout. Otherwise, an error of kind
+    /// [`Connect`](ErrorKind::Connect), [`Transport`](ErrorKind::Transport) or
+    /// [`Timeout`](ErrorKind::Timeout): palisade's attempt and total timeouts are `true`, as
+    /// reqwest's timeout is, and so are a custom transport's failures. A call that a stage
+    /// refused without sending it (an open circuit, a rate limit, a full bulkhead) is `false`.
+    pub fn is_request(&self) -> bool {
+        match self.inner.reqwest {
+            Some(r) => r.request,
+            None => matches!(
+                self.inner.kind,
+                ErrorKind::Connect | ErrorKind::Transport | ErrorKind::Timeout
+            ),
+        }
+    }
+
+    /// Whether following a redirect failed: the reqwest error says
+    /// [`is_redirect`](reqwest::Error::is_redirect) (a loop, too many redirects, a policy's
+    /// error). Its [`kind`](Error::kind) is [`Request`](ErrorKind::Request).
+    pub fn is_redirect(&self) -> bool {
+        self.inner.reqwest.is_some_and(|r| r.redirect)
+    }
+
+    /// Whether this error stands for an HTTP status: the reqwest error says
+    /// [`is_status`](reqwest::Error::is_status), which only reqwest's
+    /// `Response::error_for_status` makes. palisade itself returns a response of any status as
+    /// `Ok`, so this is `true` only for such an error converted into palisade's (by `?` in a
+    /// function that returns `palisade::Error`, say); see [`status`](Error::status).
+    pub fn is_status(&self) -> bool {
+        self.inner.reqwest.is_some_and(|r| r.status.is_some())
+    }
+
+    /// The status of the response this error stands for, as reqwest's
+    /// [`status`](reqwest::Error::status): `Some` only when the error came from reqwest's
+    /// `Response::error_for_status` (see [`is_status`](Error::is_status)), `None` for
+    /// everything palisade returns itself, since any HTTP response, a 503 after the retries
+    /// are spent included, is `Ok`. Such an error's [`kind`](Error::kind) is
+    /// [`Transport`](ErrorKind::Transport).
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.reqwest.and_then(|r| r.status)
+    }
+
+    /// Whether a request or response body failed.
+    ///
+    /// From reqwest, reqwest's [`is_body`](reqwest::Error::is_body): the error of a
+    /// `reqwest::Body` itself, as polling one as an `http_body::Body` gives (its read timeout
+    /// among them). Otherwise an error of kind [`Body`](ErrorKind::Body) (a custom
+    /// transport's). Reading a response's body is reqwest's business, not palisade's, and
+    /// `Response`'s own methods (`bytes`, `text`, `chunk`, `bytes_stream`) report its failures
+    /// as [`is_decode`](Error::is_decode) errors, a body timeout included.
+    pub fn is_body(&self) -> bool {
+        match self.inner.reqwest {
+            Some(r) => r.body,
+            None => self.inner.kind == ErrorKind::Body,
+        }
+    }
+
+    /// Whether decoding a response's body failed: the reqwest error says
+    /// [`is_decode`](reqwest::Error::is_decode) (JSON that does not parse, a body that failed
+    /// or timed out while `Response`'s methods read it). Its [`kind`](Error::kind) is [`Body`](ErrorKind::Body).
+    pub fn is_decode(&self) -> bool {
+        self.inner.reqwest.is_some_and(|r| r.decode)
+    }
+
+    /// Whether upgrading the connection failed: the reqwest error says
+    /// [`is_upgrade`](reqwest::Error::is_upgrade) (`Response::upgrade`).
+    pub fn is_upgrade(&self) -> bool {
+        self.inner.reqwest.is_some_and(|r| r.upgrade)
+    }
+
+    /// Whether resolving the host's name failed: the reqwest error says
+    /// [`is_dns`](reqwest::Error::is_dns). Such an error is a connect error too
+    /// ([`is_connect`](Error::is_connect)).
+    pub fn is_dns(&self) -> bool {
+        self.inner.reqwest.is_some_and(|r| r.dns)
     }
 
     pub(crate) fn set_left_limiter(&mut self, at: tokio::time::Instant) {
@@ -271,6 +426,91 @@ impl Error {
     }
 }
 
+/// What a reqwest error says of itself, read when a palisade [`Error`] is made from it (a
+/// source scrubbed of a secret can no longer be downcast to ask).
+#[derive(Debug, Clone, Copy)]
+struct ReqwestMarks {
+    builder: bool,
+    request: bool,
+    redirect: bool,
+    body: bool,
+    decode: bool,
+    upgrade: bool,
+    dns: bool,
+    status: Option<StatusCode>,
+}
+
+impl ReqwestMarks {
+    /// The marks of the first reqwest error in `err`'s source chain, `err` included.
+    fn of(err: &(dyn StdError + 'static)) -> Option<ReqwestMarks> {
+        let r = chain(err).find_map(|e| e.downcast_ref::<reqwest::Error>())?;
+        Some(ReqwestMarks {
+            builder: r.is_builder(),
+            request: r.is_request(),
+            redirect: r.is_redirect(),
+            body: r.is_body(),
+            decode: r.is_decode(),
+            upgrade: r.is_upgrade(),
+            dns: r.is_dns(),
+            status: r.status(),
+        })
+    }
+}
+
+/// An error and the errors below it. `io::Error::source` skips the error it wraps (it
+/// returns that error's source); `get_ref` returns it, so it is taken instead.
+fn chain<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(err), |&e: &&'a (dyn StdError + 'static)| match e
+        .downcast_ref::<io::Error>()
+    {
+        Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+        None => e.source(),
+    })
+}
+
+/// Takes the URL out of a reqwest error that is `source`, or that an I/O error `source`
+/// wraps, and returns the source without it: see [`Error::transport`].
+fn detach_url(source: BoxError) -> (BoxError, Option<Url>) {
+    let has_url = |e: &(dyn StdError + Send + Sync + 'static)| {
+        e.downcast_ref::<reqwest::Error>()
+            .is_some_and(|r| r.url().is_some())
+    };
+    if has_url(source.as_ref()) {
+        return match source.downcast::<reqwest::Error>() {
+            Ok(r) => {
+                let url = r.url().cloned();
+                (Box::new(r.without_url()), url)
+            }
+            Err(source) => (source, None),
+        };
+    }
+    let wraps = source
+        .downcast_ref::<io::Error>()
+        .and_then(io::Error::get_ref)
+        .is_some_and(has_url);
+    if !wraps {
+        return (source, None);
+    }
+    let io = match source.downcast::<io::Error>() {
+        Ok(io) => *io,
+        Err(source) => return (source, None),
+    };
+    let kind = io.kind();
+    match io
+        .into_inner()
+        .map(|inner| inner.downcast::<reqwest::Error>())
+    {
+        Some(Ok(r)) => {
+            let url = r.url().cloned();
+            (Box::new(io::Error::new(kind, r.without_url())), url)
+        }
+        Some(Err(inner)) => (Box::new(io::Error::new(kind, inner)), None),
+        None => (Box::new(io::Error::from(kind)), None),
+    }
+}
+
 /// Walks an error's source chain and reports whether any link is a timeout, and whether the
 /// error is certainly a connect failure: one that happened before any byte of the request left.
 ///
@@ -283,10 +523,8 @@ impl Error {
 /// and processed. When in doubt, it is not a connect failure.
 fn scan_chain(err: &(dyn StdError + 'static)) -> (bool, bool) {
     let (mut timeout, mut connect) = (false, false);
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        let io = e.downcast_ref::<io::Error>();
-        if let Some(io) = io {
+    for e in chain(err) {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
             match io.kind() {
                 io::ErrorKind::TimedOut => timeout = true,
                 io::ErrorKind::AddrNotAvailable => connect = true,
@@ -297,11 +535,6 @@ fn scan_chain(err: &(dyn StdError + 'static)) -> (bool, bool) {
             timeout |= r.is_timeout();
             connect |= r.is_connect();
         }
-        // `io::Error::source` skips the error it wraps; `get_ref` returns it.
-        cur = match io {
-            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
-            None => e.source(),
-        };
     }
     (timeout, connect)
 }
@@ -324,8 +557,10 @@ impl From<reqwest::Error> for Error {
         // whole in its `Display` and `Debug`.
         let url = err.url().cloned();
         let mut e = Error::transport(kind, timeout, connect, Box::new(err.without_url()));
-        e.inner.url = url;
-        e.scrub_source();
+        if url.is_some() {
+            e.inner.url = url;
+            e.scrub_source();
+        }
         e
     }
 }
@@ -385,7 +620,12 @@ impl fmt::Display for Error {
             Some(TimeoutKind::Attempt) => f.write_str("attempt timed out")?,
             Some(TimeoutKind::Total) => f.write_str("total timeout elapsed")?,
             Some(TimeoutKind::Transport) => f.write_str("transport timed out")?,
-            None => fmt::Display::fmt(&self.inner.kind, f)?,
+            None => match self.status() {
+                // reqwest's words for an `error_for_status` error, not "transport error".
+                Some(s) if s.is_client_error() => write!(f, "HTTP status client error ({s})")?,
+                Some(s) => write!(f, "HTTP status server error ({s})")?,
+                None => fmt::Display::fmt(&self.inner.kind, f)?,
+            },
         }
         if self.inner.attempts > 1 {
             write!(f, " after {} attempts", self.inner.attempts)?;
@@ -525,6 +765,268 @@ mod tests {
         let e = Error::rejected(ErrorKind::RateLimited, None);
         assert!(e.is_rate_limited());
         assert!(Error::rejected(ErrorKind::BulkheadFull, None).is_bulkhead_full());
+    }
+
+    /// A body whose first frame fails, as a connection cut mid-body does.
+    struct FailingBody;
+
+    impl http_body::Body for FailingBody {
+        type Data = bytes::Bytes;
+        type Error = io::Error;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
+            std::task::Poll::Ready(Some(Err(io::Error::other("cut short"))))
+        }
+    }
+
+    fn response(status: u16) -> reqwest::Response {
+        let mut resp = http::Response::new(reqwest::Body::from("x"));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+        reqwest::Response::from(resp)
+    }
+
+    /// The reqwest predicates, in one line, for the assertions below.
+    fn marks(e: &Error) -> [bool; 9] {
+        [
+            e.is_builder(),
+            e.is_request(),
+            e.is_redirect(),
+            e.is_status(),
+            e.is_body(),
+            e.is_decode(),
+            e.is_upgrade(),
+            e.is_dns(),
+            e.is_connect(),
+        ]
+    }
+
+    fn reqwest_marks(e: &reqwest::Error) -> [bool; 9] {
+        [
+            e.is_builder(),
+            e.is_request(),
+            e.is_redirect(),
+            e.is_status(),
+            e.is_body(),
+            e.is_decode(),
+            e.is_upgrade(),
+            e.is_dns(),
+            e.is_connect(),
+        ]
+    }
+
+    /// Converts a real reqwest error and checks that palisade's says what reqwest's says.
+    fn same(r: reqwest::Error) -> Error {
+        let want = (reqwest_marks(&r), r.status(), r.is_timeout());
+        let e = Error::from(r);
+        assert_eq!((marks(&e), e.status(), e.is_timeout()), want, "{e:?}");
+        e
+    }
+
+    #[test]
+    fn a_builder_error_is_a_builder_error() {
+        let r = reqwest::Client::new()
+            .get("http://a.test/")
+            .header("bad name", "v")
+            .build()
+            .unwrap_err();
+        let e = same(r);
+        assert!(e.is_builder() && !e.is_request() && e.status().is_none());
+        assert_eq!(e.kind(), ErrorKind::Request);
+    }
+
+    #[test]
+    fn a_status_error_has_its_status_and_says_so() {
+        let e = same(response(404).error_for_status().unwrap_err());
+        assert!(e.is_status() && !e.is_request() && !e.is_builder());
+        assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
+        assert!(e
+            .to_string()
+            .starts_with("HTTP status client error (404 Not Found)"));
+        let e = same(response(503).error_for_status().unwrap_err());
+        assert_eq!(e.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(e.to_string().starts_with("HTTP status server error (503"));
+    }
+
+    #[tokio::test]
+    async fn body_and_decode_errors_are_told_apart() {
+        use http_body_util::BodyExt as _;
+        // Polling a body that fails: reqwest's body error.
+        let r = reqwest::Body::wrap(FailingBody)
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(r.is_body());
+        let e = same(r);
+        assert!(e.is_body() && !e.is_decode() && !e.is_request());
+        assert_eq!(e.kind(), ErrorKind::Body);
+        // Reading a failing body whole: reqwest calls it a decode error.
+        let resp = reqwest::Response::from(http::Response::new(reqwest::Body::wrap(FailingBody)));
+        let e = same(resp.bytes().await.unwrap_err());
+        assert!(e.is_decode() && !e.is_body());
+        assert_eq!(e.kind(), ErrorKind::Body);
+    }
+
+    #[cfg(feature = "json")]
+    #[tokio::test]
+    async fn a_json_that_does_not_parse_is_a_decode_error() {
+        let r = response(200)
+            .json::<std::collections::HashMap<String, u8>>()
+            .await
+            .unwrap_err();
+        let e = same(r);
+        assert!(e.is_decode() && !e.is_body() && !e.is_status());
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_that_fails_is_an_upgrade_error() {
+        let e = same(response(200).upgrade().await.unwrap_err());
+        assert!(e.is_upgrade() && !e.is_request());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_request_and_connect_error() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{port}/p?token=s3cret"))
+            .send()
+            .await
+            .unwrap_err();
+        let e = same(r);
+        assert!(e.is_request() && e.is_connect() && !e.is_dns() && !e.is_builder());
+        assert_eq!(e.kind(), ErrorKind::Connect);
+    }
+
+    #[tokio::test]
+    async fn a_failed_resolution_is_a_dns_error() {
+        struct NoSuchHost;
+        impl reqwest::dns::Resolve for NoSuchHost {
+            fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+                Box::pin(async { Err(io::Error::other("no such host").into()) })
+            }
+        }
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .dns_resolver(NoSuchHost)
+            .build()
+            .unwrap()
+            .get("http://nowhere.test/")
+            .send()
+            .await
+            .unwrap_err();
+        let e = same(r);
+        assert!(e.is_dns() && e.is_connect() && e.is_request());
+    }
+
+    #[test]
+    fn palisade_own_errors_answer_by_their_kind() {
+        for e in [
+            Error::timeout(TimeoutKind::Attempt),
+            Error::timeout(TimeoutKind::Total),
+            Error::from(io::Error::from(io::ErrorKind::TimedOut)),
+            Error::from(io::Error::from(io::ErrorKind::ConnectionReset)),
+            Error::from_source(ErrorKind::Connect, "refused"),
+        ] {
+            assert_eq!(
+                marks(&e)[..8],
+                [false, true, false, false, false, false, false, false]
+            );
+        }
+        let e = Error::from_source(ErrorKind::Body, "cut");
+        assert!(e.is_body() && !e.is_request() && !e.is_decode());
+        for kind in [
+            ErrorKind::CircuitOpen,
+            ErrorKind::RateLimited,
+            ErrorKind::BulkheadFull,
+        ] {
+            let e = Error::rejected(kind, None);
+            assert_eq!(marks(&e), [false; 9], "{kind:?}: nothing was sent");
+            assert_eq!(e.status(), None);
+        }
+        let e = Error::from_source(ErrorKind::Request, "no match");
+        assert_eq!(marks(&e), [false; 9]);
+    }
+
+    /// A reqwest error reached through another error (a custom transport's `from_source`, an
+    /// I/O error that wraps one) is read as well.
+    #[test]
+    fn a_reqwest_error_below_another_is_read_too() {
+        let r = || response(429).error_for_status().unwrap_err();
+        let e = Error::from_source(ErrorKind::Transport, r());
+        assert_eq!(e.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+        assert!(!e.is_request(), "reqwest's word, not the kind's");
+        let e = Error::from(io::Error::other(r()));
+        assert_eq!(e.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+    }
+
+    const SECRET_URL: &str = "http://user:pw@h.test/private/path?token=s3cret";
+
+    fn shows(e: &Error) -> String {
+        let mut all = format!("{e} {e:?} {e:#?}");
+        let mut cur = e.source();
+        while let Some(s) = cur {
+            all.push_str(&format!(" {s} {s:?}"));
+            cur = s.source();
+        }
+        all
+    }
+
+    #[test]
+    fn without_url_takes_the_url_from_every_place() {
+        let url = Url::parse(SECRET_URL).unwrap();
+        let with = |e: reqwest::Error| e.with_url(url.clone());
+        for e in [
+            Error::from(with(response(404).error_for_status().unwrap_err())),
+            Error::from_source(
+                ErrorKind::Transport,
+                with(response(404).error_for_status().unwrap_err()),
+            ),
+            Error::from(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                with(response(404).error_for_status().unwrap_err()),
+            )),
+        ] {
+            assert_eq!(e.url(), Some(&url), "the reqwest error gave its URL");
+            let text = shows(&e);
+            assert!(
+                text.contains("h.test/private/path?token=REDACTED"),
+                "{text}"
+            );
+            assert!(!text.contains("s3cret") && !text.contains("pw@"), "{text}");
+            assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
+            let e = e.without_url();
+            assert_eq!(e.url(), None);
+            let text = shows(&e);
+            assert!(
+                !text.contains("h.test") && !text.contains("no.url"),
+                "{text}"
+            );
+            assert_eq!(e.status(), Some(StatusCode::NOT_FOUND), "the rest is kept");
+        }
+    }
+
+    #[test]
+    fn url_mut_and_with_url_change_the_url_shown_redacted() {
+        let mut e = Error::from(response(404).error_for_status().unwrap_err());
+        e.url_mut().unwrap().set_path("/changed");
+        assert!(e
+            .to_string()
+            .ends_with("for url (http://no.url.provided.local/changed)"));
+        let e = e.with_url(Url::parse(SECRET_URL).unwrap());
+        assert_eq!(e.url().map(Url::as_str), Some(SECRET_URL));
+        assert!(!shows(&e).contains("s3cret"));
+        let mut e = Error::timeout(TimeoutKind::Total);
+        assert!(e.url_mut().is_none());
     }
 
     #[test]

@@ -100,11 +100,16 @@
 //!
 //! # Features
 //!
-//! `default-tls`, `rustls`, `native-tls`, `http2`, `charset` and `system-proxy` are forwarded
-//! to reqwest (the first, `http2`, `charset` and `system-proxy` are on by default, as in
-//! reqwest). `json`, `query` and `form` forward to reqwest and enable
-//! `RequestBuilder::json`, `RequestBuilder::query` and `RequestBuilder::form`. `serde`
-//! implements `serde::Serialize` for the snapshot of [`Client::health`] (see [`health`]).
+//! reqwest's features are forwarded under their own names: `default-tls`, `rustls`,
+//! `rustls-no-provider`, `native-tls`, `native-tls-no-alpn`, `http2`, `charset`,
+//! `system-proxy` (`default-tls`, `http2`, `charset` and `system-proxy` are on by default, as
+//! in reqwest), `gzip`, `brotli`, `zstd`, `deflate`, `cookies`, `stream`, `socks` and
+//! `hickory-dns`. `json`, `query`, `form` and `multipart` forward to reqwest and enable
+//! `RequestBuilder::json`, `RequestBuilder::query`, `RequestBuilder::form` and
+//! `RequestBuilder::multipart`. `blocking`, `http3` (unstable in reqwest) and
+//! `native-tls-vendored` are not forwarded: depend on reqwest with them and Cargo switches
+//! them on for palisade's reqwest too. `serde` implements `serde::Serialize` for the snapshot
+//! of [`Client::health`] (see [`health`]).
 //!
 //! # MSRV
 //!
