@@ -12,7 +12,7 @@ use crate::bulkhead::{Bulkhead, BulkheadLayer};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::classify::{Classifier, FailureClass, Outcome};
 use crate::client::Pipeline;
-use crate::client::{Client, ClientRef};
+use crate::client::{Client, ClientRef, Core};
 use crate::error::{ConfigError, Error};
 use crate::event::{Event, Hook};
 use crate::fallback::{FallbackCache, FallbackCacheLayer};
@@ -22,7 +22,7 @@ use crate::retry::{Retry, RetryLayer};
 use crate::timeout::{AttemptTimeoutLayer, TotalTimeoutLayer};
 use crate::transport::{Boxed, Transport};
 
-enum Http {
+pub(crate) enum Http {
     Default,
     Client(reqwest::Client),
     Builder(Box<reqwest::ClientBuilder>),
@@ -267,6 +267,32 @@ impl ClientBuilder {
     /// the total timeout, a stage's policy is invalid (see [`RetryLayer::new`] and the other
     /// layers' `new`), or the `reqwest::Client` cannot be built (`http_client`).
     pub fn build(self) -> Result<Client, ConfigError> {
+        let (http, core) = self.build_core(|http, custom| {
+            let http = match http {
+                Http::Client(c) => c,
+                Http::Builder(b) => build_http(*b)?,
+                Http::Default => build_http(reqwest::Client::builder())?,
+            };
+            let (transport, label) = match custom {
+                Some(t) => (Transport::Custom(t), "custom transport"),
+                None => (Transport::Reqwest(http.clone()), "reqwest"),
+            };
+            Ok((http, transport, label))
+        })?;
+        Ok(Client::from_ref(ClientRef { http, core }))
+    }
+
+    /// Validates the configuration and builds the pipeline (and the host policies' pipelines)
+    /// over the transport `bottom` makes (from the builder's `http_client` and `transport`)
+    /// once every stage is valid; `bottom` also gives the transport's name in the pipeline's
+    /// summary, and anything else the caller wants made at that point (the `reqwest::Client`).
+    pub(crate) fn build_core<B>(
+        self,
+        bottom: impl FnOnce(
+            Http,
+            Option<BoxCloneSyncService<Request, Response, Error>>,
+        ) -> Result<(B, Transport, &'static str), ConfigError>,
+    ) -> Result<(B, Core), ConfigError> {
         let retry_summary = self.retry_summary();
         #[cfg(feature = "metrics")]
         let sink = self
@@ -298,15 +324,7 @@ impl ClientBuilder {
             policies.push((pattern, own));
         }
 
-        let http = match self.http {
-            Http::Client(c) => c,
-            Http::Builder(b) => build_http(*b)?,
-            Http::Default => build_http(reqwest::Client::builder())?,
-        };
-        let transport = match self.transport {
-            Some(t) => Transport::Custom(t),
-            None => Transport::Reqwest(http.clone()),
-        };
+        let (made, transport, label) = bottom(self.http, self.transport)?;
 
         let mut summary = Vec::new();
         if fallback.is_some() {
@@ -330,10 +348,7 @@ impl ClientBuilder {
         if let Some(a) = stages.attempt_timeout {
             summary.push(format!("attempt_timeout({a:?})"));
         }
-        summary.push(match transport {
-            Transport::Reqwest(_) => "reqwest".to_owned(),
-            Transport::Custom(_) => "custom transport".to_owned(),
-        });
+        summary.push(label.to_owned());
         let mut summary = summary.join(" → ");
         if !policies.is_empty() {
             let names: Vec<String> = policies.iter().map(|(p, _)| p.to_string()).collect();
@@ -388,17 +403,19 @@ impl ClientBuilder {
             Some(Box::new(crate::hosts::Table::new(entries)))
         };
         let fallback_handle = fallback.as_ref().map(FallbackCacheLayer::handle);
-        Ok(Client::from_ref(ClientRef {
-            http,
-            pipeline,
-            hosts,
-            breakers,
-            fallback: fallback_handle,
-            health,
-            summary,
-            #[cfg(feature = "metrics")]
-            metrics: sink,
-        }))
+        Ok((
+            made,
+            Core {
+                pipeline,
+                hosts,
+                breakers,
+                fallback: fallback_handle,
+                health,
+                summary,
+                #[cfg(feature = "metrics")]
+                metrics: sink,
+            },
+        ))
     }
 
     fn retry_summary(&self) -> Option<String> {

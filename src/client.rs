@@ -68,6 +68,12 @@ pub struct Client {
 
 pub(crate) struct ClientRef {
     pub(crate) http: reqwest::Client,
+    pub(crate) core: Core,
+}
+
+/// The pipeline and the handles on its stages' state: all of a [`Client`] but the
+/// `reqwest::Client` it builds requests with (a `reqwest-middleware` adapter has none).
+pub(crate) struct Core {
     pub(crate) pipeline: Pipeline,
     /// The host policies' pipelines, if there are any: `None` costs the hot path one branch.
     pub(crate) hosts: Option<Box<crate::hosts::Table<Pipeline>>>,
@@ -154,54 +160,20 @@ impl Client {
     /// starts now, as with reqwest's `execute`: its total timeout counts from this call, not
     /// from the first poll of the future.
     pub fn execute(&self, req: Request) -> Pending {
-        #[cfg(not(feature = "metrics"))]
-        let timer = ();
-        #[cfg(feature = "metrics")]
-        let timer = self
-            .inner
-            .metrics
-            .as_ref()
-            .map(|sink| Box::new(crate::metrics::Timer::call(sink, &req)));
         let span = request_span(&req);
-        let url = req.url().clone();
-        let mut svc = match &self.inner.hosts {
-            None => self.inner.pipeline.clone(),
-            Some(hosts) => hosts
-                .for_url(&url)
-                .map_or(&self.inner.pipeline, |(_, p)| p)
-                .clone(),
-        };
-        // The stages are ready at once, and so is reqwest: call the pipeline now (as reqwest's
-        // own `execute` starts its request, and its timeout, at once), so that the future holds
-        // neither the service nor the request. Only a custom transport that is not ready at
-        // once gets a `Oneshot` (boxed) to drive it to readiness.
-        let mut noop = Context::from_waker(std::task::Waker::noop());
-        let state = match svc.poll_ready(&mut noop) {
-            Poll::Ready(Ok(())) => {
-                let fut = span
-                    .in_scope(|| context::calling(|| svc.call(req)))
-                    .instrument(span);
-                State::Running { fut, url }
-            }
-            Poll::Ready(Err(err)) => State::Failed { err: Some(err) },
-            Poll::Pending => State::NotReady {
-                fut: Box::pin(svc.oneshot(req).instrument(span)),
-                url,
-            },
-        };
-        Pending { state, timer }
+        self.inner.core.execute(req, span)
     }
 
     /// The circuit breakers, to read a host's state or to isolate or reset it by hand; `None`
     /// when the client has no breaker (`no_circuit_breaker`).
     pub fn circuit_breaker(&self) -> Option<&CircuitBreakerHandle> {
-        self.inner.breakers.as_ref()
+        self.inner.core.breakers.as_ref()
     }
 
     /// The fallback cache's store, to read its size or empty it; `None` when the client has
     /// no fallback cache (the default).
     pub fn fallback_cache(&self) -> Option<&FallbackCacheHandle> {
-        self.inner.fallback.as_ref()
+        self.inner.core.fallback.as_ref()
     }
 
     /// A snapshot of the pipeline's state, for a health endpoint: per host, the circuit
@@ -229,13 +201,54 @@ impl Client {
     /// # Ok::<(), palisade::ConfigError>(())
     /// ```
     pub fn health(&self) -> crate::Health {
-        self.inner.health.snapshot()
+        self.inner.core.health.snapshot()
     }
 
     /// The `reqwest::Client` under the pipeline (for building requests with reqwest's own
     /// builder, say).
     pub fn http_client(&self) -> &reqwest::Client {
         &self.inner.http
+    }
+}
+
+impl Core {
+    /// Sends a request through the pipeline (the host policy's, if one matches), in `span`
+    /// ([`request_span`]): the body of [`Client::execute`].
+    pub(crate) fn execute(&self, req: Request, span: tracing::Span) -> Pending {
+        #[cfg(not(feature = "metrics"))]
+        let timer = ();
+        #[cfg(feature = "metrics")]
+        let timer = self
+            .metrics
+            .as_ref()
+            .map(|sink| Box::new(crate::metrics::Timer::call(sink, &req)));
+        let url = req.url().clone();
+        let mut svc = match &self.hosts {
+            None => self.pipeline.clone(),
+            Some(hosts) => hosts
+                .for_url(&url)
+                .map_or(&self.pipeline, |(_, p)| p)
+                .clone(),
+        };
+        // The stages are ready at once, and so is reqwest: call the pipeline now (as reqwest's
+        // own `execute` starts its request, and its timeout, at once), so that the future holds
+        // neither the service nor the request. Only a custom transport that is not ready at
+        // once gets a `Oneshot` (boxed) to drive it to readiness.
+        let mut noop = Context::from_waker(std::task::Waker::noop());
+        let state = match svc.poll_ready(&mut noop) {
+            Poll::Ready(Ok(())) => {
+                let fut = span
+                    .in_scope(|| context::calling(|| svc.call(req)))
+                    .instrument(span);
+                State::Running { fut, url }
+            }
+            Poll::Ready(Err(err)) => State::Failed { err: Some(err) },
+            Poll::Pending => State::NotReady {
+                fut: Box::pin(svc.oneshot(req).instrument(span)),
+                url,
+            },
+        };
+        Pending { state, timer }
     }
 }
 
@@ -265,14 +278,14 @@ impl Default for Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("palisade::Client")
-            .field("pipeline", &self.inner.summary)
+            .field("pipeline", &self.inner.core.summary)
             .finish()
     }
 }
 
 /// The span of one request, with the OpenTelemetry HTTP client attribute names. Header values
 /// are never recorded, and `url.full` follows the redaction rules (`crate::redact`).
-fn request_span(req: &Request) -> tracing::Span {
+pub(crate) fn request_span(req: &Request) -> tracing::Span {
     let span = tracing::debug_span!(
         "http.request",
         http.request.method = %req.method(),
