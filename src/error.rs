@@ -204,6 +204,51 @@ impl Error {
         e
     }
 
+    /// An error a middleware below palisade's in a `reqwest-middleware` chain gave (feature
+    /// `middleware`), classed by the reqwest and I/O errors in its source chain as the
+    /// transport's own would be: a timeout, a connect failure, or what the first reqwest error
+    /// says; [`ErrorKind::Request`] (not retried, no failure of the host) when it holds neither
+    /// a timeout, nor a connect failure, nor a reqwest error.
+    #[cfg(feature = "middleware")]
+    pub(crate) fn from_middleware(source: BoxError) -> Self {
+        let (timeout, connect) = scan_chain(source.as_ref());
+        let mut reqwest = None;
+        let mut cur: Option<&(dyn StdError + 'static)> = Some(source.as_ref());
+        while let Some(e) = cur {
+            if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+                reqwest = Some(r);
+                break;
+            }
+            cur = e.source();
+        }
+        let kind = if timeout {
+            ErrorKind::Timeout
+        } else if connect {
+            ErrorKind::Connect
+        } else {
+            match reqwest {
+                Some(r) if r.is_builder() || r.is_redirect() => ErrorKind::Request,
+                Some(r) if r.is_body() || r.is_decode() => ErrorKind::Body,
+                Some(_) => ErrorKind::Transport,
+                None => ErrorKind::Request,
+            }
+        };
+        Error::transport(kind, timeout, connect, source)
+    }
+
+    /// Takes the source out, for the `reqwest-middleware` adapter to hand back the error it
+    /// came from.
+    #[cfg(feature = "middleware")]
+    pub(crate) fn take_source(&mut self) -> Option<BoxError> {
+        self.inner.source.take()
+    }
+
+    /// Puts back a source [`take_source`](Self::take_source) took.
+    #[cfg(feature = "middleware")]
+    pub(crate) fn put_source(&mut self, source: BoxError) {
+        self.inner.source = Some(source);
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.inner.kind

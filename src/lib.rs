@@ -189,6 +189,8 @@ mod host;
 pub mod hosts;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "middleware")]
+pub mod middleware;
 pub mod rate_limit;
 mod redact;
 pub mod retry;
