@@ -109,7 +109,8 @@
 //! `RequestBuilder::multipart`. `blocking`, `http3` (unstable in reqwest) and
 //! `native-tls-vendored` are not forwarded: depend on reqwest with them and Cargo switches
 //! them on for palisade's reqwest too. `serde` implements `serde::Serialize` for the snapshot
-//! of [`Client::health`] (see [`health`]).
+//! of [`Client::health`] (see [`health`]). `middleware` gives the pipeline as a
+//! `reqwest-middleware` middleware (see `middleware`).
 //!
 //! # MSRV
 //!
