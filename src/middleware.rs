@@ -43,7 +43,10 @@
 //! | [`reqwest-retry`] | **never in the same chain**: see below | **never** |
 //!
 //! palisade's own `http.request` span (at `debug`) covers the call; with a tracing middleware
-//! after palisade, each attempt's span is a child of it.
+//! after palisade, each attempt's span is a child of it. reqwest-tracing records a failed
+//! request's error text in `error.message`: after palisade, that is the text of reqwest's own
+//! error, which shows the whole URL, query values included (palisade cannot scrub what runs
+//! below it); before palisade, that of the error palisade hands back, whose URL is redacted.
 //!
 //! # One retrier in a chain
 //!
@@ -75,10 +78,10 @@
 //! - `reqwest_middleware::Error::Reqwest(e)` exactly as the same error from a `Client`'s
 //!   reqwest: a timeout, a connect failure (retried for any method), a transport failure;
 //! - `reqwest_middleware::Error::Middleware(e)`, a middleware below failing, by the reqwest and
-//!   I/O errors in its source chain: a timeout or a connect failure is one, and a wrapped
-//!   reqwest error is classed as that error; one with none of them is
-//!   [`ErrorKind::Request`](crate::ErrorKind::Request), which is neither retried nor counted
-//!   against the host by the breaker, as reqwest-retry holds every middleware error fatal. A
+//!   I/O errors in its source chain: one that holds a timeout or a connect failure is classed
+//!   as one, one that wraps a reqwest error as that error, and one with none of them is
+//!   [`ErrorKind::Request`], which is neither retried nor counted against the host by the
+//!   breaker (reqwest-retry, too, holds every middleware error fatal). A
 //!   [`classify_fn`](ClientBuilder::classify_fn) can say otherwise: the error's `source()`
 //!   chain leads to the middleware's own error.
 //!
@@ -94,14 +97,17 @@
 //!   it. `reqwest_middleware::Error::is_timeout()` looks at reqwest errors only, so it says
 //!   `false` for palisade's own timeouts: ask the palisade error.
 //!
-//! A response says how many attempts it took ([`ResponseExt::attempts`](crate::ResponseExt));
-//! an error of palisade's own says it with [`Error::attempts`](crate::Error::attempts).
+//! A response says how many attempts it took
+//! ([`ResponseExt::attempts`](crate::ResponseExt::attempts)); an error of palisade's own says
+//! it with [`Error::attempts`](crate::Error::attempts); an error of the chain below, handed
+//! back as it came, has no room for the count.
 //!
 //! # Cancellation
 //!
 //! An attempt that palisade gives up (its attempt timeout fires, the total timeout, the caller
 //! drops the call) drops the chain below's future for it, as a `Client` drops reqwest's: the
-//! request is cancelled, and a middleware below sees its future dropped.
+//! request is cancelled, and a middleware below sees its future dropped. The attempts run
+//! inside the call's own future, on the caller's task: nothing is spawned.
 //!
 //! [`reqwest-retry`]: https://docs.rs/reqwest-retry
 
