@@ -5,7 +5,8 @@
 //! (fallback cache, total timeout, bulkhead, retry with its budget, circuit breaker, rate limit,
 //! attempt timeout), built from the same [`ClientBuilder`]; what it sends each attempt through
 //! is the rest of the chain: the middleware attached after it, then the `reqwest::Client` at
-//! the end. Every attempt, retries included, runs the middleware below palisade again.
+//! the end. Every attempt, retries included, runs the middleware below palisade again. Host
+//! policies ([`ClientBuilder::host`]) pick each call's pipeline by its host, as a `Client`'s do.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -738,3 +738,23 @@ async fn two_palisades_in_one_chain_each_run_their_own_attempts() {
     assert_eq!(below.get(), 6);
     assert_eq!(server.received_requests().await.unwrap().len(), 6);
 }
+
+#[tokio::test]
+async fn host_policies_pick_the_pipeline_as_a_clients_do() {
+    let server = flaky_server(2).await;
+    let below = Counting::default();
+    let palisade = palisade::Client::builder()
+        .retry(quick_retry(3))
+        .host("127.0.0.1", palisade::HostPolicy::new().no_retry())
+        .build_middleware()
+        .unwrap();
+    let client = chain(vec![], palisade, vec![Arc::new(below.clone())]);
+
+    let resp = client
+        .get(format!("{}/flaky", server.uri()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503, "the host's policy sends once");
+    assert_eq!(below.get(), 1);
+}
