@@ -130,6 +130,10 @@ pub enum TimeoutKind {
     /// The transport's own timeout: reqwest's `timeout`, `connect_timeout` or `read_timeout`, or
     /// an I/O error of kind `TimedOut`.
     Transport,
+    /// A half-open circuit breaker's probe ran past its own timeout
+    /// ([`CircuitBreaker::probe_timeout`](crate::circuit_breaker::CircuitBreaker::probe_timeout)):
+    /// the call was cancelled and the breaker opened again.
+    Probe,
 }
 
 impl Error {
@@ -665,6 +669,7 @@ impl fmt::Display for Error {
             Some(TimeoutKind::Attempt) => f.write_str("attempt timed out")?,
             Some(TimeoutKind::Total) => f.write_str("total timeout elapsed")?,
             Some(TimeoutKind::Transport) => f.write_str("transport timed out")?,
+            Some(TimeoutKind::Probe) => f.write_str("circuit breaker probe timed out")?,
             None => match self.status() {
                 // reqwest's words for an `error_for_status` error, not "transport error".
                 Some(s) if s.is_client_error() => write!(f, "HTTP status client error ({s})")?,

@@ -130,9 +130,11 @@ pub enum Event<'a> {
         /// `reconnected`.
         reason: &'a str,
     },
-    /// palisade's attempt or total timeout fired. The transport's own timeouts (reqwest's
-    /// `timeout`, `connect_timeout`, `read_timeout`) are seen as an `Attempt` whose class is
-    /// `Timeout`, not as this event.
+    /// palisade's attempt or total timeout fired, or a circuit breaker's probe timeout
+    /// ([`TimeoutKind::Probe`]: the probe was cancelled and the breaker opened again, which is
+    /// a [`CircuitStateChanged`](Event::CircuitStateChanged) of its own). The transport's own
+    /// timeouts (reqwest's `timeout`, `connect_timeout`, `read_timeout`) are seen as an
+    /// `Attempt` whose class is `Timeout`, not as this event.
     #[non_exhaustive]
     Timeout {
         /// Which timeout.

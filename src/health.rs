@@ -17,7 +17,7 @@
 //!         "failure_ratio": 1.0,
 //!         "calls": 3,
 //!         "failures": 3,
-//!         "consecutive_failures": null,
+//!         "consecutive_failures": 3,
 //!         "half_open_in_secs": 29.798,
 //!         "isolated": false
 //!       },
@@ -180,17 +180,21 @@ pub struct CircuitHealth {
     /// [`half_open_in`](Self::half_open_in) zero.
     pub state: CircuitState,
     /// Failures over calls in the window ([`window`](crate::circuit_breaker::CircuitBreaker::window),
-    /// 30 s by default); 0 when the window holds no call, and in the consecutive-failures
-    /// mode, which keeps no window. The window is not cleared when the breaker opens: it tells
-    /// what tripped it until it ages out.
+    /// 30 s by default); 0 when the window holds no call, and without the ratio rule
+    /// ([`no_failure_ratio`](crate::circuit_breaker::CircuitBreaker::no_failure_ratio)),
+    /// which keeps no window. The window is not cleared when the breaker opens: it tells what
+    /// tripped it until it ages out.
     pub failure_ratio: f64,
     /// The calls counted in the window (outcomes the breaker ignores, such as a 429, are not
-    /// counted); 0 in the consecutive-failures mode.
+    /// counted); 0 without the ratio rule.
     pub calls: u64,
     /// The failures among [`calls`](Self::calls).
     pub failures: u64,
-    /// In the [consecutive-failures](crate::circuit_breaker::CircuitBreaker::consecutive_failures)
-    /// mode, the failures in a row so far; `None` in the ratio mode.
+    /// The failures in a row so far, which open the breaker at
+    /// [`consecutive_failures`](crate::circuit_breaker::CircuitBreaker::consecutive_failures)
+    /// (12 by default; a success resets the run, and closing the breaker does); `None` without
+    /// the run rule
+    /// ([`no_consecutive_failures`](crate::circuit_breaker::CircuitBreaker::no_consecutive_failures)).
     pub consecutive_failures: Option<u32>,
     /// When open, how long until the break is over and the next call may probe the host
     /// (zero once it is); `None` when closed, half-open or isolated. Serialized in seconds, as
@@ -207,14 +211,14 @@ pub struct CircuitHealth {
 }
 
 impl CircuitHealth {
-    /// A breaker with nothing recorded: closed, no calls.
-    pub(crate) fn closed() -> Self {
+    /// A breaker with nothing recorded: closed, no calls, no run (`Some(0)` if it counts runs).
+    pub(crate) fn closed(counts_runs: bool) -> Self {
         CircuitHealth {
             state: CircuitState::Closed,
             failure_ratio: 0.0,
             calls: 0,
             failures: 0,
-            consecutive_failures: None,
+            consecutive_failures: counts_runs.then_some(0),
             half_open_in: None,
             isolated: false,
         }
@@ -342,7 +346,8 @@ impl Hosts {
 /// What a host's stages give a host they hold nothing for: a new host's state, for a stage
 /// that keeps state per host.
 struct Defaults {
-    breakers_per_host: bool,
+    /// Per-host breakers, and whether they count runs of failures.
+    breakers_per_host: Option<bool>,
     full: Option<LimiterHealth>,
     bulkhead_per_host: bool,
 }
@@ -350,15 +355,19 @@ struct Defaults {
 impl Defaults {
     fn of(s: &Sources) -> Defaults {
         Defaults {
-            breakers_per_host: s.breakers.as_ref().is_some_and(|b| b.is_per_host()),
+            breakers_per_host: s
+                .breakers
+                .as_ref()
+                .filter(|b| b.is_per_host())
+                .map(|b| b.counts_runs()),
             full: s.limiter.as_ref().and_then(|l| l.full_bucket()),
             bulkhead_per_host: s.bulkhead.as_ref().is_some_and(|b| b.is_per_host()),
         }
     }
 
     fn fill(&self, h: &mut HostHealth) {
-        if self.breakers_per_host && h.circuit.is_none() {
-            h.circuit = Some(CircuitHealth::closed());
+        if let (Some(runs), None) = (self.breakers_per_host, &h.circuit) {
+            h.circuit = Some(CircuitHealth::closed(runs));
         }
         if h.rate_limit.is_none() {
             h.rate_limit.clone_from(&self.full);

@@ -49,7 +49,7 @@
 //! | `palisade.bulkhead.in_flight` | gauge | calls holding a bulkhead permit | `server.address` (per-host bulkhead) |
 //! | `palisade.bulkhead.rejections` | counter | calls the bulkhead refused | `server.address` |
 //! | `palisade.fallback.served` | counter | failed requests answered by the fallback cache | `server.address`, `palisade.fallback.reason`, `palisade.fallback.source` (`stored` or `static`) |
-//! | `palisade.timeouts` | counter | palisade's own timeouts that fired | `palisade.timeout.kind` (`attempt` or `total`) |
+//! | `palisade.timeouts` | counter | palisade's own timeouts that fired | `palisade.timeout.kind` (`attempt`, `total` or `probe`) |
 //! | `palisade.rate_limit.fleet.shared` | gauge | fleet mode: 1 on the quota shared on Redis, 0 on the local fallback | none |
 //! | `palisade.rate_limit.fleet.fallbacks` | counter | fleet mode: switches to the local fallback | `palisade.fleet.reason` (`timeout`, `unreachable`, `error reply`, `bad reply`) |
 //!
@@ -323,6 +323,7 @@ impl Sink {
                     TimeoutKind::Attempt => "attempt",
                     TimeoutKind::Total => "total",
                     TimeoutKind::Transport => "transport",
+                    TimeoutKind::Probe => "probe",
                 };
                 counter(
                     names::TIMEOUTS,

@@ -2,13 +2,18 @@
 
 mod support;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade::circuit_breaker::{
     CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerService,
 };
 use palisade::classify::{Classifier, FailureClass};
-use palisade::{CircuitState, Error, ErrorKind};
+use palisade::{CircuitState, Error, ErrorKind, TimeoutKind};
 use reqwest::{Method, Request, Response};
 use support::{ms, secs, Events, Mock, Step};
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -87,9 +92,15 @@ fn steps(n: usize, step: Step) -> impl Iterator<Item = Step> {
     std::iter::repeat_n(step, n)
 }
 
+/// The default breaker with the ratio rule alone (the run rule would trip the tests of the
+/// ratio at the 12th failure in a row).
+fn ratio_only() -> CircuitBreaker {
+    CircuitBreaker::default().no_consecutive_failures()
+}
+
 #[tokio::test(start_paused = true)]
 async fn opens_when_the_ratio_is_reached_with_the_minimum_throughput() {
-    let mut r = rig(CircuitBreaker::default(), Mock::always(Step::Status(500)));
+    let mut r = rig(ratio_only(), Mock::always(Step::Status(500)));
     for _ in 0..19 {
         assert_eq!(r.served(A).await, 500);
     }
@@ -116,7 +127,7 @@ async fn opens_when_the_ratio_is_reached_with_the_minimum_throughput() {
 #[tokio::test(start_paused = true)]
 async fn ten_failures_of_twenty_open_nine_do_not() {
     let mock = Mock::script(steps(10, Step::Status(200)).chain(steps(10, Step::Status(503))));
-    let mut r = rig(CircuitBreaker::default(), mock);
+    let mut r = rig(ratio_only(), mock);
     for _ in 0..19 {
         r.served(A).await;
     }
@@ -125,7 +136,7 @@ async fn ten_failures_of_twenty_open_nine_do_not() {
     assert_eq!(r.state("a.test:80"), CircuitState::Open);
 
     let mock = Mock::script(steps(11, Step::Status(200)).chain(steps(9, Step::Status(502))));
-    let mut r = rig(CircuitBreaker::default(), mock);
+    let mut r = rig(ratio_only(), mock);
     for _ in 0..200 {
         r.served(A).await;
     }
@@ -134,7 +145,7 @@ async fn ten_failures_of_twenty_open_nine_do_not() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn consecutive_mode_opens_on_the_nth_failure_and_a_success_resets_the_run() {
+async fn a_run_opens_on_the_nth_failure_and_a_success_resets_it() {
     let s = Step::Status;
     let mock = Mock::script([s(500), s(500), s(200), s(500), s(500), s(500)]);
     let mut r = rig(CircuitBreaker::default().consecutive_failures(3), mock);
@@ -212,6 +223,10 @@ async fn a_cancelled_probe_frees_its_permit() {
     assert_eq!(r.state("a.test:80"), CircuitState::HalfOpen);
     assert!(r.rejected(A).await.is_some(), "the only permit is taken");
     drop(probe);
+    // Its timer went with it: past the probe timeout (2 s), nothing reopens the breaker.
+    tokio::time::advance(secs(3)).await;
+    assert_eq!(r.state("a.test:80"), CircuitState::HalfOpen);
+    assert_eq!(r.events.count("Timeout"), 0);
     // The next call is admitted as a probe, succeeds, and closes the breaker.
     assert_eq!(r.served(A).await, 200);
     assert_eq!(r.state("a.test:80"), CircuitState::Closed);
@@ -244,7 +259,7 @@ async fn client_errors_never_count_and_429_is_ignored() {
             .chain(steps(1_000, Step::Status(429)))
             .chain([Step::Status(500)]),
     );
-    let mut r = rig(CircuitBreaker::default(), mock);
+    let mut r = rig(ratio_only(), mock);
     for _ in 0..1_019 {
         r.served(A).await;
     }
@@ -316,10 +331,12 @@ async fn late_results_from_calls_started_before_a_trip_do_not_retrip_or_extend_i
         Step::Status(500),
         Step::after(secs(10), Step::Status(503)),
     ]);
+    // No probe timeout: the probe below runs its 10 s.
     let mut r = rig(
         CircuitBreaker::default()
             .consecutive_failures(2)
-            .break_growth(2.0, secs(60)),
+            .break_growth(2.0, secs(60))
+            .no_probe_timeout(),
         mock,
     );
     let slow = r.svc.ready().await.unwrap().call(req(A));
@@ -704,4 +721,230 @@ async fn a_limiter_wait_then_a_deadline_cut_is_not_a_slow_call() {
         CircuitState::Closed,
         "the host answers in 150 ms, below slow_call"
     );
+}
+
+// Issue 15: the ratio needs half of a full window to fail, so after 30 s at 100 calls a second
+// a total outage took 12 s to open the breaker. The run rule, on by default, opens it at the
+// 12th failure in a row.
+#[tokio::test(start_paused = true)]
+async fn an_outage_after_a_long_healthy_window_opens_it_within_the_run() {
+    let mock = Mock::script(steps(3_000, Step::Status(200)));
+    mock.set(Step::Status(503));
+    let mut r = rig(CircuitBreaker::default(), mock);
+    for _ in 0..3_000 {
+        assert_eq!(r.served(A).await, 200);
+        tokio::time::sleep(ms(10)).await;
+    }
+    let outage = tokio::time::Instant::now();
+    for i in 0..12 {
+        assert_eq!(r.state("a.test:80"), CircuitState::Closed, "call {i}");
+        assert_eq!(r.served(A).await, 503);
+        tokio::time::sleep(ms(10)).await;
+    }
+    assert_eq!(r.state("a.test:80"), CircuitState::Open);
+    assert!(outage.elapsed() <= ms(120), "{:?}", outage.elapsed());
+    assert_eq!(r.rejected(A).await, Some(secs(5) - ms(10)));
+    assert_eq!(r.mock.calls(), 3_012);
+}
+
+// Issue 15: the run must not be made by scattered failures. 100,000 calls (1,000 s at 100 a
+// second) of which 30 % fail at random, with a fixed seed: the breaker never opens. (The
+// chance of a run of 12 in them is 100,000 × 0.7 × 0.3^12 ≈ 0.04, whatever the seed; the
+// longest run this seed makes is printed.)
+#[tokio::test(start_paused = true)]
+async fn scattered_failures_at_30_percent_over_100_000_calls_never_open_it() {
+    let mut rng = fastrand::Rng::with_seed(2026);
+    let script: Vec<u16> = (0..100_000)
+        .map(|_| if rng.f64() < 0.3 { 503 } else { 200 })
+        .collect();
+    let (mut longest, mut run) = (0, 0);
+    for &s in &script {
+        run = if s == 503 { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    eprintln!("the longest run of failures in the script: {longest}");
+    let mock = Mock::script(script.iter().map(|&s| Step::Status(s)));
+    let mut r = rig(CircuitBreaker::default(), mock);
+    let mut failed = 0;
+    for &want in &script {
+        assert_eq!(r.served(A).await, want);
+        failed += usize::from(want == 503);
+        tokio::time::sleep(ms(10)).await;
+    }
+    assert!((29_000..31_000).contains(&failed), "{failed}");
+    assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+    assert!(r.transitions().is_empty(), "{:?}", r.transitions());
+}
+
+/// A transport that counts the calls it was asked for whose futures were dropped before they
+/// finished (cancelled).
+#[derive(Clone)]
+struct Watched {
+    mock: Mock,
+    cancelled: Arc<AtomicUsize>,
+}
+
+struct WatchedFuture {
+    fut: Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>,
+    done: bool,
+    cancelled: Arc<AtomicUsize>,
+}
+
+impl Future for WatchedFuture {
+    type Output = Result<Response, Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let r = self.fut.as_mut().poll(cx);
+        self.done |= r.is_ready();
+        r
+    }
+}
+
+impl Drop for WatchedFuture {
+    fn drop(&mut self) {
+        if !self.done {
+            self.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Service<Request> for Watched {
+    type Response = Response;
+    type Error = Error;
+    type Future = WatchedFuture;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.mock.poll_ready(cx)
+    }
+    fn call(&mut self, req: Request) -> WatchedFuture {
+        WatchedFuture {
+            fut: self.mock.call(req),
+            done: false,
+            cancelled: self.cancelled.clone(),
+        }
+    }
+}
+
+// Issue 15: a probe to a host that hangs held the breaker half-open, every other call rejected,
+// until the attempt timeout (10 s) cut it. Its own timeout (1 s by default, doubled for each
+// probe in a row it cuts) cuts it: the call below is cancelled, the breaker opens again for
+// what is left of a break counted from when the probe was sent, and the rejections meanwhile
+// say when the probe will have timed out.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_probe_is_cut_at_its_timeout_and_the_breaker_opens_again() {
+    let events = Events::default();
+    let layer = CircuitBreakerLayer::new(CircuitBreaker::default().consecutive_failures(1))
+        .unwrap()
+        .on_event(events.hook());
+    let breakers = layer.handle();
+    let mock = Mock::script([Step::Status(500)]);
+    mock.set(Step::Hang);
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new().layer(layer).service(Watched {
+        mock: mock.clone(),
+        cancelled: cancelled.clone(),
+    });
+    let send = |mut svc: CircuitBreakerService<Watched>| async move {
+        svc.ready().await?.call(req(A)).await
+    };
+    assert_eq!(send(svc.clone()).await.unwrap().status(), 500);
+    tokio::time::advance(secs(5)).await;
+
+    for (round, timeout) in [secs(1), secs(2), secs(4)].into_iter().enumerate() {
+        let start = tokio::time::Instant::now();
+        let probe = tokio::spawn(send(svc.clone()));
+        tokio::time::sleep(ms(500)).await;
+        assert_eq!(breakers.state(A), CircuitState::HalfOpen);
+        // Rejected meanwhile, with the time left until the probe will have timed out.
+        let err = send(svc.clone()).await.unwrap_err();
+        assert!(err.is_circuit_open(), "{err:?}");
+        assert_eq!(err.retry_after(), Some(timeout - ms(500)));
+        let err = probe.await.unwrap().unwrap_err();
+        assert_eq!(start.elapsed(), timeout, "cut at its timeout");
+        assert!(err.is_timeout(), "{err:?}");
+        assert_eq!(err.timeout_kind(), Some(TimeoutKind::Probe));
+        assert_eq!(err.url().map(|u| u.as_str()), Some(A));
+        assert_eq!(
+            err.to_string(),
+            format!("circuit breaker probe timed out for url ({A})")
+        );
+        assert_eq!(
+            cancelled.load(Ordering::SeqCst),
+            round + 1,
+            "the call below was dropped"
+        );
+        // Open again, until 5 s after the probe was sent; the next probe gets twice as long.
+        assert_eq!(breakers.state(A), CircuitState::Open);
+        let err = send(svc.clone()).await.unwrap_err();
+        assert_eq!(err.retry_after(), Some(secs(5) - timeout));
+        tokio::time::advance(secs(5) - timeout).await;
+    }
+    assert_eq!(mock.calls(), 4, "the probes only, after the first call");
+    for after in ["1s", "2s", "4s"] {
+        let event = format!("Timeout {{ kind: Probe, after: {after} }}");
+        assert_eq!(events.count(&event), 1, "{event}");
+    }
+    assert_eq!(events.count("from: HalfOpen, to: Open"), 3);
+}
+
+// Issue 15: a host that is merely slower than the probe timeout is not kept open for ever.
+// Answering every call in 1.5 s (1.5 × the 1 s default), its first probe is cut at 1 s and its
+// second, with 2 s, answers and closes the breaker; answering in 3 s, its third, with 4 s.
+#[tokio::test(start_paused = true)]
+async fn a_slow_but_healthy_host_is_let_back_in_by_the_doubled_probe_timeout() {
+    for (answer, cut) in [(ms(1_500), 1), (secs(3), 2)] {
+        let mock = Mock::script([Step::Status(500)]);
+        mock.set(Step::after(answer, Step::Status(200)));
+        let mut r = rig(CircuitBreaker::default().consecutive_failures(1), mock);
+        let start = tokio::time::Instant::now();
+        r.served(A).await;
+        let mut sent = secs(5);
+        for i in 0..cut {
+            tokio::time::advance(start + sent - tokio::time::Instant::now()).await;
+            let err = r.send(A).await.unwrap_err();
+            assert_eq!(err.timeout_kind(), Some(TimeoutKind::Probe), "{answer:?}");
+            // Cut at 1 s, then 2 s; each probe goes 5 s after the one before.
+            assert_eq!(start.elapsed(), sent + secs(1 << i));
+            assert_eq!(r.rejected(A).await, Some(secs(5) - secs(1 << i)));
+            sent += secs(5);
+        }
+        tokio::time::advance(start + sent - tokio::time::Instant::now()).await;
+        assert_eq!(
+            r.served(A).await,
+            200,
+            "{answer:?}: probe {} answers",
+            cut + 1
+        );
+        assert_eq!(start.elapsed(), sent + answer);
+        assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+        // Closed, the host's slow answers are successes.
+        for _ in 0..3 {
+            assert_eq!(r.served(A).await, 200);
+        }
+        assert_eq!(r.state("a.test:80"), CircuitState::Closed);
+        let t = r.transitions();
+        assert_eq!(t.len(), 2 * cut + 3, "{t:?}");
+        assert!(t.last().unwrap().ends_with("from: HalfOpen, to: Closed }"));
+    }
+}
+
+// A probe whose caller's deadline comes with its timeout (or first) is not the host's failure:
+// its permit goes back, and the breaker stays half-open for the next probe.
+#[tokio::test(start_paused = true)]
+async fn a_probe_cut_at_the_callers_deadline_is_not_a_host_failure() {
+    let mock = Mock::script([Step::Status(500), Step::Hang, Step::Hang]);
+    let client = mock.client(|b| {
+        b.no_retry()
+            .no_attempt_timeout()
+            .circuit_breaker(CircuitBreaker::default().consecutive_failures(1))
+    });
+    let _ = client.get(A).send().await;
+    let breakers = client.circuit_breaker().unwrap();
+    assert_eq!(breakers.state(A), CircuitState::Open);
+    tokio::time::advance(secs(5)).await;
+    for deadline in [secs(1), ms(500)] {
+        let err = client.get(A).timeout(deadline).send().await.unwrap_err();
+        assert_eq!(err.timeout_kind(), Some(TimeoutKind::Total), "{deadline:?}");
+        assert_eq!(breakers.state(A), CircuitState::HalfOpen, "{deadline:?}");
+    }
+    assert_eq!(client.get(A).send().await.unwrap().status(), 200);
+    assert_eq!(breakers.state(A), CircuitState::Closed);
 }

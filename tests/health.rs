@@ -113,7 +113,8 @@ async fn failures_show_in_the_ratio_and_the_calls_of_the_window() {
     let a = circuit(&health, "a.test:80");
     assert_eq!((a.state, a.calls, a.failures), (CircuitState::Closed, 5, 3));
     assert_eq!(a.failure_ratio, 0.6);
-    assert_eq!((a.consecutive_failures, a.half_open_in), (None, None));
+    // The run of failures in a row (the 404 ended it; the 429 neither counts nor ends one).
+    assert_eq!((a.consecutive_failures, a.half_open_in), (Some(0), None));
     let b = circuit(&health, "b.test:443");
     assert_eq!((b.calls, b.failures, b.failure_ratio), (1, 0, 0.0));
     // Stages that are off have no part.
@@ -146,9 +147,10 @@ async fn an_open_breaker_tells_when_it_half_opens_and_reading_does_not_move_it()
     let c = circuit(&client.health(), "a.test:80").clone();
     assert_eq!(c.state, CircuitState::Open);
     assert_eq!(c.half_open_in, Some(secs(3)));
+    // Both rules are on: the run that opened it, and the window's two calls.
     assert_eq!(
         (c.consecutive_failures, c.calls, c.isolated),
-        (Some(2), 0, false)
+        (Some(2), 2, false)
     );
 
     // The break is over: open until a call moves it, with nothing left of the break.
@@ -508,9 +510,9 @@ async fn the_snapshot_serializes_to_readable_json_with_hosts_only() {
                     "policy": null,
                     "circuit": {
                         "state": "open",
-                        "failure_ratio": 0.0,
-                        "calls": 0,
-                        "failures": 0,
+                        "failure_ratio": 1.0,
+                        "calls": 1,
+                        "failures": 1,
                         "consecutive_failures": 1,
                         "half_open_in_secs": 3.5,
                         "isolated": false

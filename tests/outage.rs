@@ -44,15 +44,18 @@ async fn an_outage_is_cut_to_probes_and_recovery_closes_the_circuit() {
         .map(|s| s.at - start)
         .filter(|t| *t < secs(60))
         .collect();
-    // The breaker opens once 20 calls in its window have failed (the minimum throughput)...
+    // The breaker opens at the 12th failure in a row (its run rule; the ratio would need 20
+    // calls in its window): the 4th request's last attempt, within 2 s (the requests go one
+    // after another, each with its retries' backoff)...
     assert!(
-        during.len() >= 20,
+        during.len() >= 12,
         "{} calls during the outage",
         during.len()
     );
     // ...and then lets through one probe per break duration (5 s) at most.
-    let opened_at = during[19];
-    let probes: Vec<Duration> = during[20..].to_vec();
+    let opened_at = during[11];
+    assert!(opened_at <= secs(2), "opened at {opened_at:?}");
+    let probes: Vec<Duration> = during[12..].to_vec();
     assert!(
         probes.len() as u128 <= (secs(60) - opened_at).as_millis() / 5_000 + 1,
         "{} probes after opening at {opened_at:?}: {probes:?}",
@@ -95,8 +98,8 @@ async fn an_outage_is_cut_to_probes_and_recovery_closes_the_circuit() {
 async fn an_open_circuit_is_not_retried_and_other_hosts_are_served() {
     let mock = Mock::always(Step::Status(503));
     let client = mock.client(|b| b);
-    // 20 failed attempts open the circuit (the 7th request's last attempt is rejected).
-    while mock.calls() < 20 {
+    // 12 failed attempts in a row open the circuit (the 4th request's last attempt).
+    while mock.calls() < 12 {
         let _ = client.get("http://down.test/").send().await;
     }
     assert_eq!(
@@ -124,4 +127,54 @@ async fn an_open_circuit_is_not_retried_and_other_hosts_are_served() {
     mock.set(Step::Status(200));
     let resp = client.get("http://up.test/").send().await.unwrap();
     assert_eq!(resp.status(), 200, "another host is served");
+}
+
+// Issue 15: a host that answers past the attempt timeout for 30 s. The breaker opens on the
+// timeouts; its probes, each cut by its own timeout (2 s, then 4 s, 8 s), no longer hold it
+// half-open for the 10 s attempt timeout, and traffic returns within one break duration (5 s)
+// of the host's recovery.
+#[tokio::test(start_paused = true)]
+async fn a_slow_spell_is_probed_briefly_and_traffic_returns_within_a_break() {
+    let mock = Mock::always(Step::after(secs(15), Step::Status(200)));
+    let events = Events::default();
+    let client = mock.client(|b| b.on_event(events.hook()));
+    let start = Instant::now();
+    let recovers = start + secs(30);
+    let mut tasks = Vec::new();
+    // One request every 100 ms for 45 s, each on its own task; slow for the first 30 s.
+    for _ in 0..450 {
+        if Instant::now() >= recovers {
+            mock.set(Step::Status(200));
+        }
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let ok = client
+                .get("http://slow.test/x")
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            (sent, ok)
+        }));
+        tokio::time::sleep(ms(100)).await;
+    }
+    let mut first_success = None;
+    for t in tasks {
+        let (sent, ok) = t.await.unwrap();
+        if ok && sent >= recovers {
+            first_success = Some(first_success.map_or(sent, |f: Instant| f.min(sent)));
+        }
+    }
+    let back = first_success.expect("traffic came back") - recovers;
+    assert!(
+        back <= secs(5),
+        "the first success {back:?} after the host recovered"
+    );
+    let cut = events.count("Timeout { kind: Probe");
+    assert!(cut >= 2, "{cut} probes cut by their own timeout");
+    assert_eq!(
+        client.circuit_breaker().unwrap().state("slow.test:80"),
+        CircuitState::Closed
+    );
+    eprintln!("slow spell: {cut} probes cut; the first success {back:?} after recovery");
 }

@@ -4,9 +4,10 @@
 //!
 //! The hot path of a closed breaker is lock-free: admitting a call is one atomic load of the
 //! packed generation and state; recording its outcome is a load of the same word (to drop
-//! results of calls admitted before a transition), one `fetch_add` on the current bucket (the
-//! failure and call counts are packed in one `u64`) and, in ratio mode, a load of each of the
-//! ten buckets to evaluate the rule. Transitions (trip, half-open, close, isolate, reset) and
+//! results of calls admitted before a transition), with the ratio rule one `fetch_add` on the
+//! current bucket (the failure and call counts are packed in one `u64`) and a load of each of
+//! the ten buckets to evaluate it, and with the run rule a load of the run (a success after a
+//! success writes nothing) or a `fetch_add` on it (a failure). Transitions (trip, half-open, close, isolate, reset) and
 //! everything in the half-open state take the breaker's own mutex: they are rare, and
 //! half-open admits only a few calls anyway.
 //!
@@ -55,19 +56,23 @@ fn pack(gen: u64, state: u64) -> u64 {
     (gen << STATE_BITS) | state
 }
 
-/// What trips a closed breaker.
+/// The ratio rule: failures / calls over the window reach `ratio_ppm / SCALE`, with at least
+/// `min_calls`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Rule {
-    /// Failures / calls over the window reach `ratio_ppm / SCALE`, with at least `min_calls`.
-    Ratio { ratio_ppm: u64, min_calls: u32 },
-    /// `n` failures in a row.
-    Consecutive(u32),
+pub(crate) struct Ratio {
+    pub(crate) ratio_ppm: u64,
+    pub(crate) min_calls: u32,
 }
 
 /// The breaker's immutable parameters, shared by every key.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Policy {
-    pub(crate) rule: Rule,
+    /// The ratio rule; `None`: off. Either rule trips a closed breaker.
+    pub(crate) ratio: Option<Ratio>,
+    /// The run rule: this many failures in a row (at least 1); `None`: off.
+    pub(crate) consecutive: Option<u32>,
+    /// A probe's own timeout, doubled for each probe in a row it cut; `None`: off.
+    pub(crate) probe_timeout: Option<Duration>,
     /// Length of one of the `BUCKETS` buckets of the window; at least 1.
     pub(crate) bucket_nanos: u64,
     pub(crate) slow_call: Option<Duration>,
@@ -123,6 +128,13 @@ impl Policy {
             .map_or(self.break_max, |d| d.max(prev).min(self.break_max))
     }
 
+    /// The timeout of a probe admitted after `cut` probes in a row were cut by theirs:
+    /// the base doubled `cut` times, saturating.
+    pub(crate) fn probe_timeout_after(&self, cut: u32) -> Option<Duration> {
+        self.probe_timeout
+            .map(|base| base.saturating_mul(1u32 << cut.min(31)))
+    }
+
     /// The longest break a trip can give.
     pub(crate) fn longest_break(&self) -> Duration {
         if self.growth > 1.0 {
@@ -137,10 +149,10 @@ impl Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Snapshot {
     pub(crate) state: CircuitState,
-    /// Calls and failures over the window (ratio mode; 0 in consecutive mode).
+    /// Calls and failures over the window (0 without the ratio rule).
     pub(crate) calls: u64,
     pub(crate) failures: u64,
-    /// Failures in a row (consecutive mode only).
+    /// Failures in a row (`None` without the run rule).
     pub(crate) consecutive: Option<u32>,
     /// Open and not isolated: how long until the break is over (zero once it is, until the
     /// next call moves the breaker to half-open).
@@ -160,15 +172,19 @@ pub(crate) struct Transition {
 /// What the breaker decided for a call.
 #[derive(Debug)]
 pub(crate) enum Admission {
-    /// Send it, and record its outcome with the permit.
-    Admitted(Permit),
+    /// Send it, and record its outcome with the permit; a probe's own timeout, if it has one.
+    Admitted(Permit, Option<Duration>),
     /// Do not send it; the hint says when trying again may succeed (`None` when isolated).
     /// The breaker comes back for the stage's report.
     Rejected(Option<Duration>, Arc<Breaker>),
 }
 
 enum Decision {
-    Admit { gen: u64, probe: bool },
+    Admit {
+        gen: u64,
+        probe: bool,
+        timeout: Option<Duration>,
+    },
     Reject(Option<Duration>),
 }
 
@@ -181,6 +197,12 @@ struct Trans {
     succeeded: u32,
     /// The last trip's break, while the breaker has not closed since (for growth).
     last_break: Option<Duration>,
+    /// Probes in a row cut by their own timeout (each doubles the next probe's timeout); any
+    /// other outcome of a probe, and closing, sets it back to 0.
+    probes_cut: u32,
+    /// The latest instant (nanoseconds since the epoch) by which the probes of this half-open
+    /// period will have timed out; 0 when they have no timeout.
+    probes_due: u64,
 }
 
 /// One breaker: the state of one key.
@@ -193,11 +215,11 @@ pub(crate) struct Breaker {
     open_until: AtomicU64,
     /// When a call last looked this breaker up, in nanoseconds (for idle eviction).
     last_used: AtomicU64,
-    /// Ratio mode: `BUCKETS` packed (failures, calls) counters; empty otherwise.
+    /// The ratio rule: `BUCKETS` packed (failures, calls) counters; empty without it.
     buckets: Box<[AtomicU64]>,
     /// The index (time / bucket length) of the newest bucket.
     head: AtomicU64,
-    /// Consecutive mode: failures in a row.
+    /// The run rule: failures in a row.
     run: AtomicU32,
     trans: Mutex<Trans>,
 }
@@ -214,9 +236,9 @@ impl fmt::Debug for Breaker {
 impl Breaker {
     pub(crate) fn new(policy: Arc<Policy>, key: Arc<str>, now: Duration) -> Self {
         let t = nanos(now);
-        let buckets = match policy.rule {
-            Rule::Ratio { .. } => (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            Rule::Consecutive(_) => Box::default(),
+        let buckets = match policy.ratio {
+            Some(_) => (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            None => Box::default(),
         };
         Breaker {
             head: AtomicU64::new(t / policy.bucket_nanos.max(1)),
@@ -272,7 +294,7 @@ impl Breaker {
         match gs & STATE_MASK {
             CLOSED => {
                 return (
-                    Admission::Admitted(Permit::new(self, gs >> STATE_BITS, false, now)),
+                    Admission::Admitted(Permit::new(self, gs >> STATE_BITS, false, now), None),
                     None,
                 )
             }
@@ -291,9 +313,11 @@ impl Breaker {
     fn acquire_slow(self: Arc<Self>, now: Duration) -> (Admission, Option<Transition>) {
         let (decision, transition) = self.decide(now);
         let admission = match decision {
-            Decision::Admit { gen, probe } => {
-                Admission::Admitted(Permit::new(self, gen, probe, now))
-            }
+            Decision::Admit {
+                gen,
+                probe,
+                timeout,
+            } => Admission::Admitted(Permit::new(self, gen, probe, now), timeout),
             Decision::Reject(hint) => Admission::Rejected(hint, self),
         };
         (admission, transition)
@@ -306,7 +330,14 @@ impl Breaker {
         let mut gen = gs >> STATE_BITS;
         let mut transition = None;
         match gs & STATE_MASK {
-            CLOSED => return (Decision::Admit { gen, probe: false }, None),
+            CLOSED => {
+                let admit = Decision::Admit {
+                    gen,
+                    probe: false,
+                    timeout: None,
+                };
+                return (admit, None);
+            }
             OPEN => {
                 let until = self.open_until.load(Ordering::Acquire);
                 let t = nanos(now);
@@ -316,6 +347,7 @@ impl Breaker {
                 // The break is over: this call makes the move to half-open (lazily, no timer).
                 tr.in_flight = 0;
                 tr.succeeded = 0;
+                tr.probes_due = 0;
                 gen += 1;
                 self.gen_state
                     .store(pack(gen, HALF_OPEN), Ordering::Release);
@@ -328,11 +360,28 @@ impl Breaker {
             _ => {}
         }
         // Half-open: admit while fewer than `permits` probes are in flight or have succeeded.
+        let t = nanos(now);
         if tr.in_flight + tr.succeeded < self.policy.permits {
             tr.in_flight += 1;
-            (Decision::Admit { gen, probe: true }, transition)
+            let timeout = self.policy.probe_timeout_after(tr.probes_cut);
+            if let Some(d) = timeout {
+                tr.probes_due = tr.probes_due.max(t.saturating_add(nanos(d)));
+            }
+            let admit = Decision::Admit {
+                gen,
+                probe: true,
+                timeout,
+            };
+            (admit, transition)
+        } else if tr.probes_due > t {
+            // The probes out will have answered or timed out by then.
+            (
+                Decision::Reject(Some(Duration::from_nanos(tr.probes_due - t))),
+                transition,
+            )
         } else {
-            // If the probes fail, the breaker opens for (at least) the last break.
+            // Probes without a timeout of their own: if they fail, the breaker opens for (at
+            // least) the last break.
             let hint = tr.last_break.unwrap_or(self.policy.break_base);
             (Decision::Reject(Some(hint)), transition)
         }
@@ -368,38 +417,38 @@ impl Breaker {
         })
     }
 
-    /// Records the outcome of a call admitted while closed.
+    /// Records the outcome of a call admitted while closed: either rule may trip it.
     fn record_closed(&self, gen: u64, verdict: Verdict, now: Duration) -> Option<Transition> {
         if verdict == Verdict::Ignore || self.gen_state.load(Ordering::Acquire) != pack(gen, CLOSED)
         {
             return None;
         }
         let failed = verdict == Verdict::Failure;
-        match self.policy.rule {
-            Rule::Ratio {
-                ratio_ppm,
-                min_calls,
-            } => {
-                let i = self.bucket_at(nanos(now));
-                self.buckets[i].fetch_add(if failed { FAILURE | 1 } else { 1 }, Ordering::AcqRel);
+        let mut trips = false;
+        if let Some(n) = self.policy.consecutive {
+            if failed {
+                trips = self.run.fetch_add(1, Ordering::AcqRel).saturating_add(1) >= n;
+            } else if self.run.load(Ordering::Relaxed) != 0 {
+                self.run.store(0, Ordering::Relaxed);
+            }
+        }
+        if let Some(Ratio {
+            ratio_ppm,
+            min_calls,
+        }) = self.policy.ratio
+        {
+            let i = self.bucket_at(nanos(now));
+            self.buckets[i].fetch_add(if failed { FAILURE | 1 } else { 1 }, Ordering::AcqRel);
+            if !trips {
                 let (calls, failures) = self.window_counts();
-                if calls >= u64::from(min_calls)
-                    && failures.saturating_mul(SCALE) >= calls.saturating_mul(ratio_ppm)
-                {
-                    return self.trip(gen, now);
-                }
-                None
+                trips = calls >= u64::from(min_calls)
+                    && failures.saturating_mul(SCALE) >= calls.saturating_mul(ratio_ppm);
             }
-            Rule::Consecutive(n) => {
-                if failed {
-                    if self.run.fetch_add(1, Ordering::AcqRel).saturating_add(1) >= n {
-                        return self.trip(gen, now);
-                    }
-                } else if self.run.load(Ordering::Relaxed) != 0 {
-                    self.run.store(0, Ordering::Relaxed);
-                }
-                None
-            }
+        }
+        if trips {
+            self.trip(gen, now)
+        } else {
+            None
         }
     }
 
@@ -414,18 +463,34 @@ impl Breaker {
 
     /// Moves to open for the next break (growing it after a previous trip). Under the lock.
     fn open(&self, tr: &mut Trans, gen: u64, from: CircuitState, now: Duration) -> Transition {
+        self.open_since(tr, gen, from, now, now)
+    }
+
+    /// [`open`](Self::open) for a break that counts from `since` (at most `now`): it ends at
+    /// `since` plus the break, or at `now` if that is past (the next call probes again).
+    fn open_since(
+        &self,
+        tr: &mut Trans,
+        gen: u64,
+        from: CircuitState,
+        now: Duration,
+        since: Duration,
+    ) -> Transition {
         let brk = self.policy.next_break(tr.last_break);
         tr.last_break = Some(brk);
         tr.in_flight = 0;
         tr.succeeded = 0;
+        tr.probes_due = 0;
+        // What is left of the break that began at `since`.
+        let left = brk.saturating_sub(now.saturating_sub(since));
         // A break too long to represent ends at `ISOLATED - 1`: far off, but still a break.
-        let until = nanos(now).saturating_add(nanos(brk)).min(ISOLATED - 1);
+        let until = nanos(now).saturating_add(nanos(left)).min(ISOLATED - 1);
         self.open_until.store(until, Ordering::Release);
         self.gen_state.store(pack(gen + 1, OPEN), Ordering::Release);
         Transition {
             from,
             to: CircuitState::Open,
-            open_for: Some(brk),
+            open_for: Some(left),
         }
     }
 
@@ -445,8 +510,15 @@ impl Breaker {
         })
     }
 
-    /// Records the outcome of a probe.
-    fn record_probe(&self, gen: u64, verdict: Verdict, now: Duration) -> Option<Transition> {
+    /// Records the outcome of a probe; `sent`: when it was admitted, if it failed as a timeout
+    /// (its break counts from then).
+    fn record_probe(
+        &self,
+        gen: u64,
+        verdict: Verdict,
+        now: Duration,
+        sent: Option<Duration>,
+    ) -> Option<Transition> {
         let mut tr = self.lock();
         if self.gen_state.load(Ordering::Acquire) != pack(gen, HALF_OPEN) {
             return None;
@@ -454,8 +526,17 @@ impl Breaker {
         tr.in_flight = tr.in_flight.saturating_sub(1);
         match verdict {
             Verdict::Ignore => None,
-            Verdict::Failure => Some(self.open(&mut tr, gen, CircuitState::HalfOpen, now)),
+            Verdict::Failure => {
+                // Not cut by its own timeout: the host failed, or hung past the timeouts below
+                // too (it is not merely slow), so the next probe's timeout starts again from
+                // the base. A probe that timed out spent its time in the break: the break
+                // counts from when it was sent.
+                tr.probes_cut = 0;
+                let since = sent.unwrap_or(now);
+                Some(self.open_since(&mut tr, gen, CircuitState::HalfOpen, now, since))
+            }
             Verdict::Success => {
+                tr.probes_cut = 0;
                 tr.succeeded += 1;
                 if tr.succeeded >= self.policy.permits {
                     self.close(&mut tr, gen, CircuitState::HalfOpen)
@@ -464,6 +545,19 @@ impl Breaker {
                 }
             }
         }
+    }
+
+    /// Records a probe its own timeout cut: a failure, which also doubles the next probe's
+    /// timeout. Its break counts from when it was sent (`sent`): the probe's timeout is part
+    /// of it, so probes of a host that hangs leave one break apart, start to start, as those
+    /// of a host that fails at once do (while the timeout is shorter than the break).
+    fn record_probe_cut(&self, gen: u64, now: Duration, sent: Duration) -> Option<Transition> {
+        let mut tr = self.lock();
+        if self.gen_state.load(Ordering::Acquire) != pack(gen, HALF_OPEN) {
+            return None;
+        }
+        tr.probes_cut = tr.probes_cut.saturating_add(1);
+        Some(self.open_since(&mut tr, gen, CircuitState::HalfOpen, now, sent))
     }
 
     /// Gives back the permit of a probe that ended without a verdict (its future was dropped).
@@ -507,11 +601,14 @@ impl Breaker {
         let gs = self.gen_state.load(Ordering::Acquire);
         let state = state_of(gs);
         let t = nanos(now);
-        let (mut calls, mut failures, mut consecutive) = (0, 0, None);
-        match self.policy.rule {
-            Rule::Ratio { .. } => (calls, failures) = self.window_counts_at(t),
-            Rule::Consecutive(_) => consecutive = Some(self.run.load(Ordering::Acquire)),
-        }
+        let (calls, failures) = match self.policy.ratio {
+            Some(_) => self.window_counts_at(t),
+            None => (0, 0),
+        };
+        let consecutive = self
+            .policy
+            .consecutive
+            .map(|_| self.run.load(Ordering::Acquire));
         let (mut half_open_in, mut isolated) = (None, false);
         if gs & STATE_MASK == OPEN {
             let until = self.open_until.load(Ordering::Acquire);
@@ -538,7 +635,7 @@ impl Breaker {
             .saturating_sub(BUCKETS - 1)
             .max(idx.saturating_sub(BUCKETS - 1));
         (first..=head).fold((0, 0), |(c, f), g| {
-            // No bucket in consecutive mode: nothing counted.
+            // No bucket without the ratio rule: nothing counted.
             let v = self
                 .buckets
                 .get((g % BUCKETS) as usize)
@@ -561,6 +658,11 @@ impl Breaker {
     #[cfg(test)]
     pub(crate) fn last_break(&self) -> Option<Duration> {
         self.lock().last_break
+    }
+
+    #[cfg(test)]
+    pub(crate) fn probes_cut(&self) -> u32 {
+        self.lock().probes_cut
     }
 }
 
@@ -646,10 +748,23 @@ impl Permit {
         let sent = left.map_or(self.start, |l| l.max(self.start));
         let verdict = b.policy.verdict(class, now.saturating_sub(sent));
         if self.probe {
-            b.record_probe(self.gen, verdict, now)
+            let timed_out = (class == FailureClass::Timeout).then_some(self.start);
+            b.record_probe(self.gen, verdict, now, timed_out)
         } else {
             b.record_closed(self.gen, verdict, now)
         }
+    }
+}
+
+impl Permit {
+    /// Records that the probe's own timeout cut it: a failure of the host, which opens the
+    /// breaker again and doubles the next probe's timeout. For a probe only (a closed call's
+    /// permit records nothing). Only the first record of a permit counts.
+    pub(crate) fn record_cut(&mut self, now: Duration) -> Option<Transition> {
+        if std::mem::replace(&mut self.done, true) || !self.probe {
+            return None;
+        }
+        self.breaker.record_probe_cut(self.gen, now, self.start)
     }
 }
 

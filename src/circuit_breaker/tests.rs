@@ -25,14 +25,14 @@ fn breaker(cfg: CircuitBreaker) -> Arc<Breaker> {
 
 fn admit(b: &Arc<Breaker>, now: Duration) -> Permit {
     match b.clone().acquire(now).0 {
-        Admission::Admitted(p) => p,
+        Admission::Admitted(p, _) => p,
         Admission::Rejected(h, _) => panic!("rejected at {now:?} (hint {h:?})"),
     }
 }
 
 fn rejected(b: &Arc<Breaker>, now: Duration) -> Option<Duration> {
     match b.clone().acquire(now).0 {
-        Admission::Admitted(p) => panic!("admitted at {now:?}: {p:?}"),
+        Admission::Admitted(p, _) => panic!("admitted at {now:?}: {p:?}"),
         Admission::Rejected(h, _) => h,
     }
 }
@@ -45,9 +45,15 @@ fn to(t: Option<Transition>) -> Option<CircuitState> {
     t.map(|t| t.to)
 }
 
+/// The default breaker with the ratio rule alone, to test that rule.
+fn ratio_only() -> CircuitBreaker {
+    CircuitBreaker::default().no_consecutive_failures()
+}
+
 #[test]
 fn ratio_needs_the_minimum_throughput() {
-    let b = breaker(CircuitBreaker::default());
+    // The ratio alone: with the default run rule, the 12th failure in a row would trip it.
+    let b = breaker(ratio_only());
     for i in 0..19 {
         assert_eq!(call(&b, Duration::ZERO, ServerError), None, "call {i}");
     }
@@ -64,7 +70,7 @@ fn ratio_needs_the_minimum_throughput() {
 #[test]
 fn ratio_opens_exactly_at_the_threshold() {
     // 10 failures of 20 = 0.5: opens on the 20th call.
-    let b = breaker(CircuitBreaker::default());
+    let b = breaker(ratio_only());
     for _ in 0..10 {
         assert_eq!(call(&b, Duration::ZERO, Success), None);
     }
@@ -74,7 +80,7 @@ fn ratio_opens_exactly_at_the_threshold() {
     assert_eq!(to(call(&b, Duration::ZERO, ServerError)), Some(Open));
 
     // 9 failures of 20 does not, nor do more successes.
-    let b = breaker(CircuitBreaker::default());
+    let b = breaker(ratio_only());
     for _ in 0..11 {
         call(&b, Duration::ZERO, ClientError);
     }
@@ -90,7 +96,7 @@ fn ratio_opens_exactly_at_the_threshold() {
 #[test]
 fn a_success_that_brings_the_window_to_the_minimum_can_trip_it() {
     // 19 failures then a success: 19 of 20 calls failed, the rule holds on that record.
-    let b = breaker(CircuitBreaker::default());
+    let b = breaker(ratio_only());
     for _ in 0..19 {
         call(&b, Duration::ZERO, ServerError);
     }
@@ -100,13 +106,13 @@ fn a_success_that_brings_the_window_to_the_minimum_can_trip_it() {
 #[test]
 fn outcomes_leave_the_window() {
     // 30 s window in 3 s buckets: failures at 0 s still count at 27 s, not at 30 s.
-    let b = breaker(CircuitBreaker::default());
+    let b = breaker(ratio_only());
     for _ in 0..19 {
         call(&b, Duration::ZERO, ServerError);
     }
     assert_eq!(to(call(&b, 27 * S, ServerError)), Some(Open));
 
-    let b = breaker(CircuitBreaker::default());
+    let b = breaker(ratio_only());
     for _ in 0..19 {
         call(&b, Duration::ZERO, ServerError);
     }
@@ -116,7 +122,7 @@ fn outcomes_leave_the_window() {
 
 #[test]
 fn ignored_classes_count_for_nothing() {
-    let b = breaker(CircuitBreaker::default());
+    let b = breaker(ratio_only());
     for _ in 0..19 {
         call(&b, Duration::ZERO, ServerError);
     }
@@ -130,7 +136,7 @@ fn ignored_classes_count_for_nothing() {
 }
 
 #[test]
-fn consecutive_mode_opens_on_the_nth_failure_in_a_row() {
+fn the_run_rule_opens_on_the_nth_failure_in_a_row() {
     let b = breaker(CircuitBreaker::default().consecutive_failures(3));
     for class in [ServerError, Timeout, Success, Network, Network] {
         assert_eq!(call(&b, Duration::ZERO, class), None);
@@ -145,6 +151,112 @@ fn consecutive_mode_opens_on_the_nth_failure_in_a_row() {
         assert_eq!(call(&b, Duration::ZERO, class), None);
     }
     assert_eq!(b.state(), Closed);
+}
+
+#[test]
+fn by_default_a_run_trips_it_after_a_long_healthy_window_and_so_does_the_ratio() {
+    // 30 s of successes at 100 calls a second fill the window with 3,000 of them: the ratio
+    // alone would need 3,000 failures more. The run trips it at the 12th failure in a row.
+    let b = breaker(CircuitBreaker::default());
+    let at = |i: u32| 10 * MS * i;
+    for i in 0..3_000 {
+        assert_eq!(call(&b, at(i), Success), None);
+    }
+    for i in 3_000..3_011 {
+        assert_eq!(call(&b, at(i), ServerError), None, "call {i}");
+    }
+    let t = call(&b, at(3_011), Timeout).expect("the 12th failure in a row trips it");
+    assert_eq!((t.from, t.to, t.open_for), (Closed, Open, Some(5 * S)));
+
+    // Failures that never come two in a row: the ratio trips it, at 10 of 20.
+    let b = breaker(CircuitBreaker::default());
+    for i in 0..19 {
+        let class = if i % 2 == 0 { ServerError } else { Success };
+        assert_eq!(call(&b, Duration::ZERO, class), None);
+    }
+    assert_eq!(to(call(&b, Duration::ZERO, Success)), Some(Open));
+}
+
+#[test]
+fn either_rule_can_be_the_only_one() {
+    // The run alone: 19 failures of 20, never 12 in a row, leave it closed.
+    let b = breaker(CircuitBreaker::default().no_failure_ratio());
+    for i in 0..1_000 {
+        let class = if i % 12 == 11 { Success } else { ServerError };
+        assert_eq!(call(&b, Duration::ZERO, class), None);
+    }
+    assert_eq!(b.state(), Closed);
+    // The ratio alone: 19 failures in a row, below the 20 calls it needs, leave it closed.
+    let b = breaker(ratio_only());
+    for _ in 0..19 {
+        assert_eq!(call(&b, Duration::ZERO, ServerError), None);
+    }
+    assert_eq!(b.state(), Closed);
+    // Both off is refused (nothing would open it).
+    let e = CircuitBreaker::default()
+        .no_failure_ratio()
+        .no_consecutive_failures()
+        .validate()
+        .unwrap_err();
+    assert_eq!(e.field(), "circuit_breaker.consecutive_failures");
+    // And either setter turns its rule back on.
+    for cfg in [
+        CircuitBreaker::default()
+            .no_failure_ratio()
+            .no_consecutive_failures()
+            .failure_ratio(0.5),
+        CircuitBreaker::default()
+            .no_consecutive_failures()
+            .no_failure_ratio()
+            .consecutive_failures(3),
+    ] {
+        cfg.validate().unwrap();
+    }
+}
+
+/// How many times a breaker with only the run rule (of `n`) trips over `draws` outcomes that
+/// fail with probability `p`, closed again after each trip (seeded).
+fn trips(n: u32, p: f64, draws: u32, seed: u64) -> u32 {
+    let b = breaker(
+        CircuitBreaker::default()
+            .consecutive_failures(n)
+            .no_failure_ratio(),
+    );
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut trips = 0;
+    for _ in 0..draws {
+        let class = if rng.f64() < p { ServerError } else { Success };
+        if call(&b, Duration::ZERO, class).is_some() {
+            trips += 1;
+            b.reset();
+        }
+    }
+    trips
+}
+
+// Issue 15: the run's default (12) is chosen from `(1 - p)·p^n`, the chance that a run of `n`
+// failures starts at a given attempt. This checks that formula against the breaker itself
+// where runs are common enough to count, then its consequence at 12.
+#[test]
+fn scattered_failures_trip_the_run_rule_at_the_rate_the_docs_give() {
+    let (p, draws) = (0.3f64, 1_000_000);
+    for n in [3, 4, 5, 6] {
+        // Closed afresh after each trip, the breaker trips once per (1 - p^n) / ((1 - p)·p^n)
+        // attempts on average: the time until a run of n, which is about 1 / ((1 - p)·p^n).
+        let pn = p.powi(n as i32);
+        let want = f64::from(draws) * (1.0 - p) * pn / (1.0 - pn);
+        let got = f64::from(trips(n, p, draws, 15));
+        assert!(
+            (got - want).abs() <= 4.0 * want.sqrt(),
+            "runs of {n}: {got} trips, the formula says {want:.0}"
+        );
+    }
+    // At 12: 0.37 trips expected over these 1,000,000 attempts (two hours at 130 attempts a
+    // second); over the 30 % scenario's 15,600 attempts, 0.006.
+    assert!(f64::from(draws) * 0.7 * 0.3f64.powi(12) < 0.4);
+    assert!(15_600.0 * 0.7 * 0.3f64.powi(12) < 0.01);
+    // At 10 % failures a run of 12 does not come.
+    assert_eq!(trips(12, 0.1, draws, 15), 0);
 }
 
 #[test]
@@ -177,19 +289,20 @@ fn open_to_half_open_is_lazy_and_admits_exactly_the_permits() {
     assert_eq!(rejected(&b, 5 * S - MS), Some(MS));
     assert_eq!(b.state(), Open, "no timer: still open until a call comes");
     let (a, t) = b.clone().acquire(5 * S);
-    let Admission::Admitted(mut p1) = a else {
+    let Admission::Admitted(mut p1, _) = a else {
         panic!("the first call after the break is a probe")
     };
     assert_eq!(t.map(|t| (t.from, t.to)), Some((Open, HalfOpen)));
     assert!(p1.is_probe());
     let mut p2 = admit(&b, 5 * S);
     assert!(p2.is_probe());
-    assert_eq!(rejected(&b, 5 * S), Some(5 * S), "both permits are taken");
-    assert_eq!(p1.record(Success, 6 * S), None);
+    // Both permits are taken: the hint is when the probes will have timed out (1 s each).
+    assert_eq!(rejected(&b, 5 * S), Some(S), "both permits are taken");
+    assert_eq!(p1.record(Success, 5 * S + MS), None);
     assert_eq!(b.state(), HalfOpen);
     assert_eq!(
-        rejected(&b, 6 * S),
-        Some(5 * S),
+        rejected(&b, 5 * S + MS),
+        Some(S - MS),
         "a finished probe frees no permit"
     );
     assert_eq!(to(p2.record(ClientError, 6 * S)), Some(Closed));
@@ -251,7 +364,7 @@ fn a_cancelled_or_ignored_probe_gives_its_permit_back() {
     let b = breaker(CircuitBreaker::default().consecutive_failures(1));
     call(&b, Duration::ZERO, ServerError);
     let p = admit(&b, 5 * S);
-    assert_eq!(rejected(&b, 5 * S), Some(5 * S));
+    assert_eq!(rejected(&b, 5 * S), Some(S));
     drop(p);
     assert_eq!(b.probes(), (0, 0));
     let mut p = admit(&b, 5 * S);
@@ -337,7 +450,7 @@ fn threads_racing_in_half_open_take_exactly_the_permits() {
                 start.wait();
                 (0..1_000)
                     .filter_map(|_| match b.clone().acquire(5 * S).0 {
-                        Admission::Admitted(p) => Some(p),
+                        Admission::Admitted(p, _) => Some(p),
                         Admission::Rejected(..) => None,
                     })
                     .collect::<Vec<_>>()
@@ -353,6 +466,135 @@ fn threads_racing_in_half_open_take_exactly_the_permits() {
     assert_eq!(b.probes(), (3, 0));
     drop(admitted);
     assert_eq!(b.probes(), (0, 0), "dropped probes give their permits back");
+}
+
+#[test]
+fn a_probe_gets_its_own_timeout_doubled_by_each_cut_in_a_row() {
+    let b = breaker(
+        CircuitBreaker::default()
+            .consecutive_failures(1)
+            .probe_timeout(S),
+    );
+    call(&b, Duration::ZERO, ServerError);
+    let probe = |at: Duration| match b.clone().acquire(at).0 {
+        Admission::Admitted(p, timeout) if p.is_probe() => (p, timeout),
+        a => panic!("no probe at {at:?}: {a:?}"),
+    };
+    let mut sent = 5 * S;
+    for want in [1, 2, 4, 8] {
+        let (mut p, timeout) = probe(sent);
+        assert_eq!(timeout, Some(want * S));
+        // While it is out, rejections say when it will have timed out at the latest.
+        assert_eq!(rejected(&b, sent), Some(want * S));
+        assert_eq!(rejected(&b, sent + want * S / 4), Some(want * S * 3 / 4));
+        let cut = sent + want * S;
+        let t = p
+            .record_cut(cut)
+            .expect("a cut probe opens the breaker again");
+        // The break counts from when the probe was sent: what is left of it (none, once the
+        // probe timeout is longer than the break: the next call probes at once).
+        let left = (5 * S).saturating_sub(want * S);
+        assert_eq!((t.from, t.to, t.open_for), (HalfOpen, Open, Some(left)));
+        if !left.is_zero() {
+            assert_eq!(rejected(&b, cut), Some(left));
+        }
+        sent = cut + left;
+    }
+    assert_eq!(b.probes_cut(), 4);
+    // A probe that fails otherwise (a 503) starts again from the base, with a whole break.
+    let (mut p, timeout) = probe(sent);
+    assert_eq!(timeout, Some(16 * S));
+    let t = p.record(ServerError, sent + MS).unwrap();
+    assert_eq!((t.to, t.open_for), (Open, Some(5 * S)));
+    assert_eq!(b.probes_cut(), 0);
+    sent += 5 * S + MS;
+    let (mut p, timeout) = probe(sent);
+    assert_eq!(timeout, Some(S));
+    assert_eq!(p.record_cut(sent + S).unwrap().open_for, Some(4 * S));
+    sent += 5 * S;
+    // So does one that a timeout below cut (the host is not slow but gone); its break counts
+    // from when it was sent too.
+    let (mut p, timeout) = probe(sent);
+    assert_eq!(timeout, Some(2 * S));
+    let t = p.record(Timeout, sent + 3 * S).unwrap();
+    assert_eq!((t.to, t.open_for), (Open, Some(2 * S)));
+    assert_eq!(b.probes_cut(), 0);
+    sent += 5 * S;
+    let (mut p, timeout) = probe(sent);
+    assert_eq!(timeout, Some(S));
+    assert_eq!(p.record_cut(sent + S).unwrap().open_for, Some(4 * S));
+    // Closing resets it too.
+    sent += 5 * S;
+    let (mut p, timeout) = probe(sent);
+    assert_eq!(timeout, Some(2 * S));
+    assert_eq!(to(p.record(Success, sent + S)), Some(Closed));
+    assert_eq!(b.probes_cut(), 0);
+    call(&b, sent + S, ServerError);
+    assert_eq!(probe(sent + 6 * S).1, Some(S));
+}
+
+#[test]
+fn a_cut_counts_once_for_the_probe_of_its_period_only() {
+    let b = breaker(
+        CircuitBreaker::default()
+            .consecutive_failures(1)
+            .half_open_permits(2),
+    );
+    let mut closed_call = admit(&b, Duration::ZERO);
+    call(&b, Duration::ZERO, ServerError);
+    assert_eq!(closed_call.record_cut(S), None, "not a probe");
+    let mut p1 = admit(&b, 5 * S);
+    let mut p2 = admit(&b, 5 * S);
+    assert_eq!(to(p1.record_cut(6 * S)), Some(Open));
+    assert_eq!(p1.record_cut(6 * S), None, "recorded once");
+    // The other probe of that period is stale: its cut changes nothing, and it is spent.
+    assert_eq!(p2.record_cut(6 * S), None);
+    assert_eq!(b.probes_cut(), 1);
+    assert_eq!(
+        rejected(&b, 6 * S),
+        Some(4 * S),
+        "the break counts from 5 s"
+    );
+}
+
+#[test]
+fn without_a_probe_timeout_a_probe_runs_on_and_the_hint_is_the_break() {
+    let b = breaker(
+        CircuitBreaker::default()
+            .consecutive_failures(1)
+            .no_probe_timeout(),
+    );
+    call(&b, Duration::ZERO, ServerError);
+    let (a, _) = b.clone().acquire(5 * S);
+    assert!(matches!(a, Admission::Admitted(ref p, None) if p.is_probe()));
+    assert_eq!(rejected(&b, 100 * S), Some(5 * S));
+    // Overdue probes (their timer never fired) give the break as the hint too.
+    let b = breaker(
+        CircuitBreaker::default()
+            .consecutive_failures(1)
+            .probe_timeout(S),
+    );
+    call(&b, Duration::ZERO, ServerError);
+    let _probe = admit(&b, 5 * S);
+    assert_eq!(rejected(&b, 6 * S), Some(5 * S));
+}
+
+#[test]
+fn the_probe_timeout_saturates() {
+    let policy = CircuitBreaker::default()
+        .probe_timeout(Duration::from_secs(u64::MAX / 2))
+        .policy();
+    assert_eq!(policy.probe_timeout_after(2), Some(Duration::MAX));
+    assert_eq!(policy.probe_timeout_after(u32::MAX), Some(Duration::MAX));
+    let policy = CircuitBreaker::default().probe_timeout(MS).policy();
+    assert_eq!(policy.probe_timeout_after(3), Some(8 * MS));
+    assert_eq!(
+        CircuitBreaker::default()
+            .no_probe_timeout()
+            .policy()
+            .probe_timeout_after(3),
+        None
+    );
 }
 
 #[test]
@@ -413,6 +655,16 @@ fn bad_configuration_names_the_field() {
         (
             CircuitBreaker::default().slow_call(Duration::ZERO),
             "circuit_breaker.slow_call",
+        ),
+        (
+            CircuitBreaker::default().probe_timeout(Duration::ZERO),
+            "circuit_breaker.probe_timeout",
+        ),
+        (
+            CircuitBreaker::default()
+                .no_consecutive_failures()
+                .no_failure_ratio(),
+            "circuit_breaker.consecutive_failures",
         ),
         (
             CircuitBreaker::default().break_duration(Duration::ZERO),
@@ -530,6 +782,7 @@ fn the_map_evicts_the_least_recently_used_host_and_never_an_isolated_one() {
 enum Op {
     Acquire,
     Complete(usize, FailureClass),
+    Cut(usize),
     Drop(usize),
     Advance(u64),
     Isolate,
@@ -551,6 +804,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => Just(Op::Acquire),
         8 => (any::<usize>(), class).prop_map(|(i, c)| Op::Complete(i, c)),
         1 => any::<usize>().prop_map(Op::Drop),
+        1 => any::<usize>().prop_map(Op::Cut),
         3 => (0u64..2_500).prop_map(Op::Advance),
         1 => Just(Op::Isolate),
         1 => Just(Op::Reset),
@@ -561,28 +815,39 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     /// Whatever the outcomes and their timing: half-open never has more probes than permits,
     /// its count of probes in flight is exactly the live probe permits of its generation, it
-    /// can always admit a probe when none is in flight, breaks stay within their bounds, and a
-    /// closed breaker opens exactly when its rule (modelled here) says so.
+    /// can always admit a probe when none is in flight, breaks stay within their bounds, a
+    /// closed breaker opens exactly when its rules (modelled here: the ratio, the run, or
+    /// both) say so, a probe cut by its timeout opens it again and doubles the next probe's
+    /// timeout, and a half-open breaker's rejection never asks to wait past its probes' due.
     #[test]
     fn the_state_machine_keeps_its_invariants(
-        consecutive in any::<bool>(),
+        rules in 0u8..3,
         permits in 1u32..4,
         ops in prop::collection::vec(op(), 1..400),
     ) {
         let (min_calls, n) = (4u32, 3u32);
+        let (ratio, consecutive) = (rules != 1, rules != 0);
         let mut cfg = CircuitBreaker::default()
             .window(10 * S)
             .min_calls(min_calls)
             .failure_ratio(0.5)
+            .consecutive_failures(n)
+            .probe_timeout(S)
             .break_duration(2 * S)
             .break_growth(2.0, 10 * S)
             .half_open_permits(permits);
-        if consecutive {
-            cfg = cfg.consecutive_failures(n);
+        if !ratio {
+            cfg = cfg.no_failure_ratio();
+        }
+        if !consecutive {
+            cfg = cfg.no_consecutive_failures();
         }
         let b = breaker(cfg);
         let mut now = Duration::ZERO;
-        let mut held: Vec<Permit> = Vec::new();
+        let mut held: Vec<(Permit, Option<Duration>)> = Vec::new();
+        // Probes cut in a row: each doubles the next probe's timeout; closing resets them.
+        let mut cuts = 0u32;
+        let probe_timeout = |cuts: u32| S.saturating_mul(1 << cuts.min(31));
         // The model of the closed state: (bucket index, failed) of this generation, and the run.
         let mut window: Vec<(u64, bool)> = Vec::new();
         let mut run = 0u32;
@@ -593,38 +858,66 @@ proptest! {
                 Op::Acquire => {
                     let before = b.state();
                     match b.clone().acquire(now).0 {
-                        Admission::Admitted(p) => {
+                        Admission::Admitted(p, timeout) => {
                             prop_assert_eq!(p.is_probe(), before != Closed);
-                            held.push(p);
+                            prop_assert_eq!(timeout, p.is_probe().then_some(probe_timeout(cuts)));
+                            held.push((p, timeout));
                         }
-                        Admission::Rejected(..) => prop_assert_ne!(before, Closed),
+                        Admission::Rejected(hint, _) => {
+                            prop_assert_ne!(before, Closed);
+                            if b.state() == HalfOpen {
+                                // The probes out are due within one probe timeout; once they
+                                // are overdue (nothing cut them here), the last break.
+                                let overdue = b.last_break().unwrap_or(2 * S);
+                                prop_assert!(
+                                    hint.is_some_and(|h| h <= probe_timeout(cuts) || h == overdue),
+                                    "hint {:?}", hint
+                                );
+                            }
+                        }
                     }
                 }
                 Op::Complete(i, class) if !held.is_empty() => {
                     let i = i % held.len();
-                    let mut p = held.swap_remove(i);
+                    let (mut p, _) = held.swap_remove(i);
                     let counted = !p.is_probe() && p.gen() == b.generation() && b.state() == Closed;
                     let t = p.record(class, now);
                     if counted && !matches!(class, Throttled | Cancelled | Rejected) {
                         let failed = matches!(class, ServerError | Timeout | Network);
-                        let trips = if consecutive {
+                        let mut trips = false;
+                        if consecutive {
                             run = if failed { run + 1 } else { 0 };
-                            run >= n
-                        } else {
+                            trips |= run >= n;
+                        }
+                        if ratio {
                             let idx = now.as_nanos() as u64 / S.as_nanos() as u64;
                             head = head.max(idx);
                             window.push((idx, failed));
                             let live = window.iter().filter(|(j, _)| j + 10 > head);
                             let calls = live.clone().count() as u64;
                             let fails = live.filter(|(_, f)| *f).count() as u64;
-                            calls >= u64::from(min_calls) && 2 * fails >= calls
-                        };
+                            trips |= calls >= u64::from(min_calls) && 2 * fails >= calls;
+                        }
                         prop_assert_eq!(to(t), trips.then_some(Open), "class {:?}", class);
                     } else if !p.is_probe() {
                         prop_assert_eq!(t, None, "an uncounted result changed the state");
                     }
                 }
                 Op::Complete(..) => {}
+                Op::Cut(i) if !held.is_empty() => {
+                    let i = i % held.len();
+                    let (mut p, _) = held.swap_remove(i);
+                    let current = p.is_probe() && p.gen() == b.generation() && b.state() == HalfOpen;
+                    let t = p.record_cut(now);
+                    if current {
+                        prop_assert_eq!(t.map(|t| (t.from, t.to)), Some((HalfOpen, Open)));
+                        cuts += 1;
+                        prop_assert_eq!(b.probes_cut(), cuts);
+                    } else {
+                        prop_assert_eq!(t, None, "a stale or closed call's cut changed the state");
+                    }
+                }
+                Op::Cut(_) => {}
                 Op::Drop(i) if !held.is_empty() => {
                     let i = i % held.len();
                     drop(held.swap_remove(i));
@@ -639,11 +932,12 @@ proptest! {
                 if b.state() == Closed {
                     window.clear();
                     run = 0;
+                    cuts = 0;
                 }
             }
             let (in_flight, succeeded) = b.probes();
             if b.state() == HalfOpen {
-                let live = held.iter().filter(|p| p.is_probe() && p.gen() == gen).count();
+                let live = held.iter().filter(|(p, _)| p.is_probe() && p.gen() == gen).count();
                 prop_assert_eq!(in_flight as usize, live);
                 prop_assert!(in_flight + succeeded <= permits);
                 // So with no probe in flight, there is always a permit to admit one.
@@ -687,7 +981,7 @@ fn a_snapshot_reads_the_window_as_it_stands_at_now_and_changes_nothing() {
     assert_eq!((s.state, s.calls, s.failures), (Closed, 0, 0));
     assert_eq!(
         (s.consecutive, s.half_open_in, s.isolated),
-        (None, None, false)
+        (Some(0), None, false)
     );
     call(&b, Duration::ZERO, ServerError);
     call(&b, S, Success);
@@ -745,14 +1039,31 @@ fn a_snapshot_of_an_open_breaker_tells_the_break_left_and_does_not_half_open_it(
 }
 
 #[test]
-fn a_snapshot_in_consecutive_mode_counts_the_run() {
+fn a_snapshot_counts_the_run_with_either_rule_set() {
+    // Both rules (the default): the window and the run.
     let b = breaker(CircuitBreaker::default().consecutive_failures(3));
     call(&b, Duration::ZERO, ServerError);
     call(&b, Duration::ZERO, Timeout);
     let s = b.snapshot(Duration::ZERO);
-    assert_eq!((s.calls, s.failures, s.consecutive), (0, 0, Some(2)));
+    assert_eq!((s.calls, s.failures, s.consecutive), (2, 2, Some(2)));
     call(&b, S, Success);
-    assert_eq!(b.snapshot(S).consecutive, Some(0));
+    let s = b.snapshot(S);
+    assert_eq!((s.calls, s.failures, s.consecutive), (3, 2, Some(0)));
+    // The run only: no window.
+    let b = breaker(
+        CircuitBreaker::default()
+            .consecutive_failures(3)
+            .no_failure_ratio(),
+    );
+    call(&b, Duration::ZERO, ServerError);
+    call(&b, Duration::ZERO, Timeout);
+    let s = b.snapshot(Duration::ZERO);
+    assert_eq!((s.calls, s.failures, s.consecutive), (0, 0, Some(2)));
+    // The ratio only: no run.
+    let b = breaker(CircuitBreaker::default().no_consecutive_failures());
+    call(&b, Duration::ZERO, ServerError);
+    let s = b.snapshot(Duration::ZERO);
+    assert_eq!((s.calls, s.failures, s.consecutive), (1, 1, None));
 }
 
 #[test]
