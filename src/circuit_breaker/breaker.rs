@@ -97,14 +97,18 @@ pub(crate) enum Verdict {
 impl Policy {
     /// ServerError, Timeout and Network are failures; Success (unless slow) and ClientError are
     /// successes; Throttled, Cancelled and Rejected are ignored. A 4xx is never a failure, even
-    /// when slow.
-    pub(crate) fn verdict(&self, class: FailureClass, elapsed: Duration) -> Verdict {
+    /// when slow. `elapsed` (the call's time) is asked for a success with `slow_call` only.
+    pub(crate) fn verdict(
+        &self,
+        class: FailureClass,
+        elapsed: impl FnOnce() -> Duration,
+    ) -> Verdict {
         match class {
             FailureClass::ServerError | FailureClass::Timeout | FailureClass::Network => {
                 Verdict::Failure
             }
             FailureClass::Success => match self.slow_call {
-                Some(t) if elapsed >= t => Verdict::Failure,
+                Some(t) if elapsed() >= t => Verdict::Failure,
                 _ => Verdict::Success,
             },
             FailureClass::ClientError => Verdict::Success,
@@ -172,8 +176,8 @@ pub(crate) struct Transition {
 /// What the breaker decided for a call.
 #[derive(Debug)]
 pub(crate) enum Admission {
-    /// Send it, and record its outcome with the permit; a probe's own timeout, if it has one.
-    Admitted(Permit, Option<Duration>),
+    /// Send it, and record its outcome with the permit (a probe's says its own timeout).
+    Admitted(Permit),
     /// Do not send it; the hint says when trying again may succeed (`None` when isolated).
     /// The breaker comes back for the stage's report.
     Rejected(Option<Duration>, Arc<Breaker>),
@@ -183,7 +187,8 @@ enum Decision {
     Admit {
         gen: u64,
         probe: bool,
-        timeout: Option<Duration>,
+        /// A probe's own timeout in milliseconds; 0: none.
+        timeout_ms: u32,
     },
     Reject(Option<Duration>),
 }
@@ -294,7 +299,7 @@ impl Breaker {
         match gs & STATE_MASK {
             CLOSED => {
                 return (
-                    Admission::Admitted(Permit::new(self, gs >> STATE_BITS, false, now), None),
+                    Admission::Admitted(Permit::new(self, gs >> STATE_BITS, false, 0, now)),
                     None,
                 )
             }
@@ -316,8 +321,8 @@ impl Breaker {
             Decision::Admit {
                 gen,
                 probe,
-                timeout,
-            } => Admission::Admitted(Permit::new(self, gen, probe, now), timeout),
+                timeout_ms,
+            } => Admission::Admitted(Permit::new(self, gen, probe, timeout_ms, now)),
             Decision::Reject(hint) => Admission::Rejected(hint, self),
         };
         (admission, transition)
@@ -334,7 +339,7 @@ impl Breaker {
                 let admit = Decision::Admit {
                     gen,
                     probe: false,
-                    timeout: None,
+                    timeout_ms: 0,
                 };
                 return (admit, None);
             }
@@ -363,14 +368,18 @@ impl Breaker {
         let t = nanos(now);
         if tr.in_flight + tr.succeeded < self.policy.permits {
             tr.in_flight += 1;
-            let timeout = self.policy.probe_timeout_after(tr.probes_cut);
-            if let Some(d) = timeout {
-                tr.probes_due = tr.probes_due.max(t.saturating_add(nanos(d)));
+            let timeout_ms = self
+                .policy
+                .probe_timeout_after(tr.probes_cut)
+                .map_or(0, millis_ceil);
+            if timeout_ms != 0 {
+                let due = t.saturating_add(u64::from(timeout_ms) * 1_000_000);
+                tr.probes_due = tr.probes_due.max(due);
             }
             let admit = Decision::Admit {
                 gen,
                 probe: true,
-                timeout,
+                timeout_ms,
             };
             (admit, transition)
         } else if tr.probes_due > t {
@@ -666,6 +675,13 @@ impl Breaker {
     }
 }
 
+/// A duration in whole milliseconds, rounded up, from 1 to `u32::MAX` (49 days: a probe
+/// timeout that long never fires in practice).
+pub(crate) fn millis_ceil(d: Duration) -> u32 {
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    u32::try_from(ms).unwrap_or(u32::MAX).max(1)
+}
+
 fn hint(until: u64, t: u64) -> Option<Duration> {
     (until != ISOLATED).then(|| Duration::from_nanos(until - t))
 }
@@ -676,9 +692,11 @@ pub(crate) struct Permit {
     breaker: Arc<Breaker>,
     gen: u64,
     probe: bool,
-    /// When it was admitted, in nanoseconds since the epoch (not a `Duration`: a permit sits
-    /// in every call's future, and this saves the 8 bytes a probe's timer takes there).
+    /// When it was admitted, in nanoseconds since the epoch, and a probe's own timeout in
+    /// milliseconds (0: none): not `Duration`s, as a permit sits in every call's future, and
+    /// these leave room there for a probe's timer.
     start: u64,
+    timeout_ms: u32,
     done: bool,
 }
 
@@ -693,11 +711,12 @@ impl fmt::Debug for Permit {
 }
 
 impl Permit {
-    fn new(breaker: Arc<Breaker>, gen: u64, probe: bool, start: Duration) -> Self {
+    fn new(breaker: Arc<Breaker>, gen: u64, probe: bool, timeout_ms: u32, start: Duration) -> Self {
         Permit {
             breaker,
             gen,
             probe,
+            timeout_ms,
             start: nanos(start),
             done: false,
         }
@@ -710,6 +729,11 @@ impl Permit {
     /// When it was admitted, since the epoch.
     fn started(&self) -> Duration {
         Duration::from_nanos(self.start)
+    }
+
+    /// A probe's own timeout, if it has one (whole milliseconds, rounded up).
+    pub(crate) fn probe_timeout(&self) -> Option<Duration> {
+        (self.timeout_ms != 0).then(|| Duration::from_millis(u64::from(self.timeout_ms)))
     }
 
     #[cfg(test)]
@@ -752,8 +776,10 @@ impl Permit {
             return None;
         }
         let b = &self.breaker;
-        let sent = left.map_or(self.started(), |l| l.max(self.started()));
-        let verdict = b.policy.verdict(class, now.saturating_sub(sent));
+        let verdict = b.policy.verdict(class, || {
+            let start = self.started();
+            now.saturating_sub(left.map_or(start, |l| l.max(start)))
+        });
         if self.probe {
             let timed_out = (class == FailureClass::Timeout).then_some(self.started());
             b.record_probe(self.gen, verdict, now, timed_out)

@@ -133,6 +133,7 @@ where
 }
 
 /// Records a call's outcome with its permit and reports the transition it makes.
+#[inline]
 fn record(permit: &mut Permit, result: &Result<Response, Error>, rec: &Recorder) {
     // A call that waited below for the rate limiter is timed from when it left for the host.
     let left = match result {

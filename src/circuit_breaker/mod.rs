@@ -288,8 +288,8 @@ impl CircuitBreaker {
     /// counts too. The caller's own deadline coming first is not the host's failure, as for
     /// any call: the probe's permit goes back.
     ///
-    /// Default 1 s, above most APIs' answers; above zero. The [module docs](self) give the
-    /// numbers behind it.
+    /// Default 1 s, above most APIs' answers; at least 1 ms, kept to the millisecond (rounded
+    /// up). The [module docs](self) give the numbers behind it.
     pub fn probe_timeout(mut self, timeout: Duration) -> Self {
         self.probe_timeout = Some(timeout);
         self
@@ -392,10 +392,10 @@ impl CircuitBreaker {
                 "cannot be off when the failure ratio is off too (nothing would open the breaker)",
             ));
         }
-        if self.probe_timeout.is_some_and(|d| d.is_zero()) {
+        if let Some(d) = self.probe_timeout.filter(|d| *d < Duration::from_millis(1)) {
             return Err(ConfigError::new(
                 "circuit_breaker.probe_timeout",
-                "must be above zero (every probe would time out)",
+                format!("must be at least 1ms, got {d:?}"),
             ));
         }
         if self.slow_call.is_some_and(|d| d.is_zero()) {
@@ -590,9 +590,9 @@ impl CircuitBreakerLayer {
     ///
     /// A [`ConfigError`] naming the field when the failure ratio is not above 0 and at most 1
     /// (or NaN), the window is under 10 ms, `min_calls`, `consecutive_failures`,
-    /// `half_open_permits` or `max_hosts` is 0, the slow-call threshold, the probe timeout or
-    /// the break is zero, the growth factor is below 1 (or not finite) or its cap below the
-    /// break, or both rules are off (`consecutive_failures` names it).
+    /// `half_open_permits` or `max_hosts` is 0, the slow-call threshold or the break is zero,
+    /// the probe timeout is under 1 ms, the growth factor is below 1 (or not finite) or its cap
+    /// below the break, or both rules are off (`consecutive_failures` names it).
     pub fn new(cfg: CircuitBreaker) -> Result<Self, ConfigError> {
         cfg.validate()?;
         Ok(Self::from_parts(
@@ -965,11 +965,13 @@ where
         let breaker = self.shared.state.breaker_for(req.url(), now);
         let (admission, transition) = breaker.acquire(now);
         match admission {
-            Admission::Admitted(permit, probe_timeout) => {
+            Admission::Admitted(permit) => {
                 if let Some(t) = transition {
                     rec.report(permit.breaker().key(), t);
                 }
-                let probe = probe_timeout.map(|after| ProbeTimer::new(after, req.url().clone()));
+                let probe = permit
+                    .probe_timeout()
+                    .map(|after| ProbeTimer::new(after, req.url().clone()));
                 CircuitBreakerFuture::called(self.inner.call(req), permit, probe, rec.clone())
             }
             Admission::Rejected(retry_after, breaker) => {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::breaker::{Admission, Breaker, Permit, Transition};
+use super::breaker::{millis_ceil, Admission, Breaker, Permit, Transition};
 use super::keyed::HostMap;
 use super::CircuitBreaker;
 use crate::classify::FailureClass::{self, *};
@@ -25,14 +25,14 @@ fn breaker(cfg: CircuitBreaker) -> Arc<Breaker> {
 
 fn admit(b: &Arc<Breaker>, now: Duration) -> Permit {
     match b.clone().acquire(now).0 {
-        Admission::Admitted(p, _) => p,
+        Admission::Admitted(p) => p,
         Admission::Rejected(h, _) => panic!("rejected at {now:?} (hint {h:?})"),
     }
 }
 
 fn rejected(b: &Arc<Breaker>, now: Duration) -> Option<Duration> {
     match b.clone().acquire(now).0 {
-        Admission::Admitted(p, _) => panic!("admitted at {now:?}: {p:?}"),
+        Admission::Admitted(p) => panic!("admitted at {now:?}: {p:?}"),
         Admission::Rejected(h, _) => h,
     }
 }
@@ -289,7 +289,7 @@ fn open_to_half_open_is_lazy_and_admits_exactly_the_permits() {
     assert_eq!(rejected(&b, 5 * S - MS), Some(MS));
     assert_eq!(b.state(), Open, "no timer: still open until a call comes");
     let (a, t) = b.clone().acquire(5 * S);
-    let Admission::Admitted(mut p1, _) = a else {
+    let Admission::Admitted(mut p1) = a else {
         panic!("the first call after the break is a probe")
     };
     assert_eq!(t.map(|t| (t.from, t.to)), Some((Open, HalfOpen)));
@@ -450,7 +450,7 @@ fn threads_racing_in_half_open_take_exactly_the_permits() {
                 start.wait();
                 (0..1_000)
                     .filter_map(|_| match b.clone().acquire(5 * S).0 {
-                        Admission::Admitted(p, _) => Some(p),
+                        Admission::Admitted(p) => Some(p),
                         Admission::Rejected(..) => None,
                     })
                     .collect::<Vec<_>>()
@@ -477,7 +477,10 @@ fn a_probe_gets_its_own_timeout_doubled_by_each_cut_in_a_row() {
     );
     call(&b, Duration::ZERO, ServerError);
     let probe = |at: Duration| match b.clone().acquire(at).0 {
-        Admission::Admitted(p, timeout) if p.is_probe() => (p, timeout),
+        Admission::Admitted(p) if p.is_probe() => {
+            let timeout = p.probe_timeout();
+            (p, timeout)
+        }
         a => panic!("no probe at {at:?}: {a:?}"),
     };
     let mut sent = 5 * S;
@@ -566,7 +569,7 @@ fn without_a_probe_timeout_a_probe_runs_on_and_the_hint_is_the_break() {
     );
     call(&b, Duration::ZERO, ServerError);
     let (a, _) = b.clone().acquire(5 * S);
-    assert!(matches!(a, Admission::Admitted(ref p, None) if p.is_probe()));
+    assert!(matches!(a, Admission::Admitted(ref p) if p.is_probe() && p.probe_timeout().is_none()));
     assert_eq!(rejected(&b, 100 * S), Some(5 * S));
     // Overdue probes (their timer never fired) give the break as the hint too.
     let b = breaker(
@@ -588,6 +591,11 @@ fn the_probe_timeout_saturates() {
     assert_eq!(policy.probe_timeout_after(u32::MAX), Some(Duration::MAX));
     let policy = CircuitBreaker::default().probe_timeout(MS).policy();
     assert_eq!(policy.probe_timeout_after(3), Some(8 * MS));
+    // A permit keeps it in whole milliseconds, rounded up, at most u32::MAX of them.
+    assert_eq!(millis_ceil(Duration::from_nanos(1)), 1);
+    assert_eq!(millis_ceil(MS), 1);
+    assert_eq!(millis_ceil(MS + Duration::from_nanos(1)), 2);
+    assert_eq!(millis_ceil(Duration::MAX), u32::MAX);
     assert_eq!(
         CircuitBreaker::default()
             .no_probe_timeout()
@@ -658,6 +666,10 @@ fn bad_configuration_names_the_field() {
         ),
         (
             CircuitBreaker::default().probe_timeout(Duration::ZERO),
+            "circuit_breaker.probe_timeout",
+        ),
+        (
+            CircuitBreaker::default().probe_timeout(Duration::from_micros(999)),
             "circuit_breaker.probe_timeout",
         ),
         (
@@ -847,7 +859,9 @@ proptest! {
         let mut held: Vec<(Permit, Option<Duration>)> = Vec::new();
         // Probes cut in a row: each doubles the next probe's timeout; closing resets them.
         let mut cuts = 0u32;
-        let probe_timeout = |cuts: u32| S.saturating_mul(1 << cuts.min(31));
+        // (Kept in whole milliseconds, up to u32::MAX of them.)
+        let probe_timeout =
+            |cuts: u32| Duration::from_millis((1_000u64 << cuts.min(31)).min(u64::from(u32::MAX)));
         // The model of the closed state: (bucket index, failed) of this generation, and the run.
         let mut window: Vec<(u64, bool)> = Vec::new();
         let mut run = 0u32;
@@ -858,9 +872,10 @@ proptest! {
                 Op::Acquire => {
                     let before = b.state();
                     match b.clone().acquire(now).0 {
-                        Admission::Admitted(p, timeout) => {
+                        Admission::Admitted(p) => {
                             prop_assert_eq!(p.is_probe(), before != Closed);
-                            prop_assert_eq!(timeout, p.is_probe().then_some(probe_timeout(cuts)));
+                            let timeout = p.probe_timeout();
+                            prop_assert_eq!(timeout, p.is_probe().then(|| probe_timeout(cuts)));
                             held.push((p, timeout));
                         }
                         Admission::Rejected(hint, _) => {
