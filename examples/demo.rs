@@ -136,6 +136,7 @@ async fn main() -> Result<(), BoxError> {
         .circuit_breaker(
             CircuitBreaker::default()
                 .consecutive_failures(5)
+                .no_failure_ratio()
                 .break_duration(BREAK),
         )
         .rate_limit(RateLimit::per_second(60).burst(10))

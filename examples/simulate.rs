@@ -33,7 +33,8 @@
 //! - **standard**: `Client::builder()` as it comes: retry (3 attempts, exponential backoff from
 //!   100 ms with full jitter, `Retry-After`, retry budget of 20 % plus 10 a second over 10 s)
 //!   and a circuit breaker per host (opens at a failure ratio of 0.5 over 30 s with at least
-//!   20 calls, 5 s break, one probe);
+//!   20 calls, or at 12 failures in a row; 5 s break; one probe, cut at 1 s, doubled for each
+//!   probe in a row it cut);
 //! - **retry only**: `.retry(Retry::default().no_budget()).no_circuit_breaker()` (3 attempts);
 //! - **none**: `.no_retry().no_circuit_breaker()` (the timeouts only).
 //!

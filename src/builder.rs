@@ -178,7 +178,8 @@ impl ClientBuilder {
     }
 
     /// The circuit breaker. Default [`CircuitBreaker::default`]: one per host, opening at a
-    /// failure ratio of 0.5 over 30 s with at least 20 calls, for 5 s, then one probe.
+    /// failure ratio of 0.5 over 30 s with at least 20 calls or at 12 failures in a row, for
+    /// 5 s, then one probe, cut at 1 s.
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.breaker = Some(breaker);
         self

@@ -30,11 +30,12 @@
 //!   least [`min_calls`](CircuitBreaker::min_calls) (20). The *run*:
 //!   [`consecutive_failures`](CircuitBreaker::consecutive_failures) (12) failures in a row. The
 //!   ratio sees a host that fails often; the run sees a total outage at once, even after a
-//!   long healthy spell whose successes fill the window (at 100 calls a second the ratio
-//!   waited for 3,000 failures, 12 s of them in `examples/simulate.rs`; the run opens it in
-//!   0.1 s), and it sees a host with too little traffic for `min_calls`. 12 is long enough
-//!   that scattered failures do not make a run (at 30 % failures, about once in 2.7 million
-//!   attempts): the numbers are in [`consecutive_failures`](CircuitBreaker::consecutive_failures).
+//!   long healthy spell whose successes fill the window (at 100 calls a second its 30 s hold
+//!   3,000: in `examples/simulate.rs`'s outage the ratio alone took 12.1 s to open it, the run
+//!   takes 0.1 s), and it sees a host with too little traffic for `min_calls`. 12 is long
+//!   enough that scattered failures do not make a run (at 30 % failures, about once in 2.7
+//!   million attempts): the numbers are in
+//!   [`consecutive_failures`](CircuitBreaker::consecutive_failures).
 //!   [`no_consecutive_failures`](CircuitBreaker::no_consecutive_failures) keeps the ratio
 //!   alone, [`no_failure_ratio`](CircuitBreaker::no_failure_ratio) the run alone.
 //! - **Open** for [`break_duration`](CircuitBreaker::break_duration) (5 s), optionally growing
@@ -47,10 +48,11 @@
 //!   permit back, so the breaker cannot be stuck half-open.
 //! - **Probe timeout**: a probe is bounded by its own
 //!   [`probe_timeout`](CircuitBreaker::probe_timeout) (1 s): a probe it cuts is cancelled,
-//!   fails with [`TimeoutKind::Probe`](crate::TimeoutKind::Probe) and counts as the host's
-//!   failure (open again, for a break that counts from when the probe was sent). Each probe in
-//!   a row it cuts doubles the next one's, so a host merely slower than the timeout is let
-//!   back in a few breaks later; any other outcome of a probe starts again from 1 s.
+//!   fails with [`TimeoutKind::Probe`] and counts as the host's
+//!   failure (open again, for a break that counts from when the probe was sent, as after any
+//!   probe that timed out). Each probe in a row it cuts doubles the next one's, so a host
+//!   merely slower than the timeout is let back in a few breaks later; any other outcome of a
+//!   probe starts again from 1 s.
 //!
 //!   Why: without it, a probe sent to a host that hangs held the breaker half-open until the
 //!   attempt timeout (10 s), every other call rejected. In `examples/simulate.rs`'s slow
@@ -58,13 +60,14 @@
 //!   succeeded for 67.5 % of requests against 75.0 % with no resilience, and let traffic back
 //!   9.2 s after the host recovered. With it: 74.9 % and 0.3 s. That one run depends on where
 //!   the probes fall when the host recovers; over 41 runs whose slow spell ends anywhere from
-//!   55 s to 65 s, traffic came back 3.9 s after the host on average (at most 7.8 s), against
-//!   7.6 s (at most 15.1 s) without a probe timeout. A fixed timeout would do better still
-//!   there (2.5 s on average, never more than one break), but it is also a latency that the
-//!   host must beat to be let back in: a host whose healthy answers take longer would be kept
-//!   open for ever. Doubling is the price of letting it in; starting again from the base when
-//!   a probe hangs past the attempt timeout bounds that price. 1 s is above most APIs' answers,
-//!   and with doubling stays under the 5 s break for three probes in a row (15 s of a hang).
+//!   55 s to 65 s, traffic came back 4.1 s after the host on average (at most 8.1 s), against
+//!   9.2 s (at most 14.2 s) before. A fixed timeout would do better still there (about 2.5 s on
+//!   average, never more than one break, as the probes go one break apart), but a probe
+//!   timeout is also a latency the host must beat to be let back in: a host whose healthy
+//!   answers take longer would be kept open for ever. Doubling is the price of letting it in
+//!   (the 8.1 s: an 8 s probe out when the host recovered); starting again from the base once
+//!   a probe hangs past the attempt timeout too bounds that price. 1 s is above most APIs'
+//!   answers, and doubled stays under the 5 s break for three probes in a row (15 s of a hang).
 //! - **Late results** of calls that started before a transition are dropped: they cannot
 //!   re-trip the breaker or extend its break.
 //! - **Keys**: one breaker per host (`host:port`) by default, or one for all hosts
@@ -206,7 +209,7 @@ impl CircuitBreaker {
 
     /// Turns the ratio rule off: only a run of
     /// [`consecutive_failures`](Self::consecutive_failures) opens the breaker, and it keeps no
-    /// window (so [`CircuitHealth`](crate::CircuitHealth) shows no calls). The ratio rule is on
+    /// window (so [`CircuitHealth`] shows no calls). The ratio rule is on
     /// by default; [`failure_ratio`](Self::failure_ratio) turns it back on. Turning both rules
     /// off is a [`ConfigError`]: nothing would open the breaker but
     /// [`isolate`](CircuitBreakerHandle::isolate).
@@ -245,10 +248,13 @@ impl CircuitBreaker {
     /// `(1 - p)·p^n`: at `p` = 0.3 (well below the ratio's 0.5) and `n` = 12, 3.7 × 10⁻⁷.
     /// `examples/simulate.rs`'s 30 % scenario sends about 15,600 attempts in 120 s (100 calls
     /// a second, 1.3 attempts each): about 0.006 runs of 12 expected, a one-in-170 chance that
-    /// the breaker opens at all, against 26 runs of 5 (Envoy's `consecutive_5xx`), 0.7 of 8
-    /// and 0.06 of 10. At 10 % failures a run of 12 is a 10⁻¹² event. In a total outage 12
-    /// failures take 0.1 s at 100 calls a second; a host called once a minute, with 3 attempts
-    /// per call, is seen failing at its 4th call (the ratio, which needs
+    /// the run opens the breaker at all, against 26 runs of 5 (Envoy's `consecutive_5xx`), 0.7
+    /// of 8 and 0.06 of 10. Run with 60 seeds, the breaker opened in 60, 29, 5 and 2 of them
+    /// for runs of 5, 8, 10 and 12 (at 5 the standard pipeline's success fell to 36 %, below
+    /// the 70 % of no resilience at all); the 2 at 12 are the ratio's own, on its first 20
+    /// calls, run rule or not. At 10 % failures a run of 12 is a 10⁻¹² event. In a total
+    /// outage 12 failures take 0.1 s at 100 calls a second; a host called once a minute, with
+    /// 3 attempts per call, is seen failing at its 4th call (the ratio, which needs
     /// [`min_calls`](Self::min_calls) in its window, never sees it).
     pub fn consecutive_failures(mut self, n: u32) -> Self {
         self.consecutive = n;
@@ -267,7 +273,7 @@ impl CircuitBreaker {
     /// Bounds each half-open probe by a timeout of its own: a probe that has not answered
     /// within `timeout` (from when the breaker admitted it) is cancelled, counts as a failure
     /// of the host (the breaker opens again) and fails with
-    /// [`TimeoutKind::Probe`](crate::TimeoutKind::Probe). Without it a probe to a host that
+    /// [`TimeoutKind::Probe`]. Without it a probe to a host that
     /// hangs holds the breaker half-open, every other call rejected, until the attempt
     /// timeout (10 s by default) cuts it.
     ///
