@@ -167,7 +167,7 @@ fn timed_out(timer: &ProbeTimer, permit: &mut Option<Permit>, rec: &Recorder) ->
     let mut err = Error::timeout(TimeoutKind::Probe);
     err.set_url_if_missing(&timer.url);
     if let Some(mut permit) = permit.take() {
-        if !context::deadline().is_some_and(|d| Instant::now() >= d) {
+        if context::deadline().is_none_or(|d| Instant::now() < d) {
             rec.probe_cut(permit.breaker().key(), timer.after);
             if let Some(t) = permit.record_cut(rec.now()) {
                 rec.report(permit.breaker().key(), t);
