@@ -55,7 +55,12 @@
 //! theirs too. A stage a policy sets is its own, shared by the hosts the policy covers (a
 //! global limiter set in a `*.partner.example` policy is one bucket for all of them; a per-host
 //! one is a bucket each). The fallback cache, the classifier, the event hook and the metrics
-//! are the client's, for every host.
+//! are the client's, for every host (the fallback cache bounds its copy of a body by the
+//! client's total timeout).
+//!
+//! A policy's own rate limit in fleet mode (feature `redis`, `RateLimit::redis`) shares its
+//! quota on Redis with every limiter of the same prefix: give it a `Redis::prefix` of its own
+//! unless it is meant to draw on the client's quota.
 //!
 //! # Cost
 //!
