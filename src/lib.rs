@@ -109,8 +109,9 @@
 //! `RequestBuilder::multipart`. `blocking`, `http3` (unstable in reqwest) and
 //! `native-tls-vendored` are not forwarded: depend on reqwest with them and Cargo switches
 //! them on for palisade's reqwest too. `serde` implements `serde::Serialize` for the snapshot
-//! of [`Client::health`] (see [`health`]). `middleware` gives the pipeline as a
-//! `reqwest-middleware` middleware (see `middleware`).
+//! of [`Client::health`] (see [`health`]) and adds `config`, the builder as data;
+//! `config-toml`, `config-yaml` and `config-json` read it from files (see `config`).
+//! `middleware` gives the pipeline as a `reqwest-middleware` middleware (see `middleware`).
 //!
 //! # MSRV
 //!
@@ -180,6 +181,8 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 mod client;
+#[cfg(feature = "serde")]
+pub mod config;
 mod context;
 mod error;
 mod event;
