@@ -189,7 +189,10 @@ fn too_large(size: u64) -> ConfigFileError {
 }
 
 /// The line and column (both from 1; the column in characters) of byte `offset` of `text`.
-#[cfg_attr(not(any(feature = "config-toml", feature = "config-json")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "config-toml", feature = "config-yaml", feature = "config-json")),
+    allow(dead_code)
+)]
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
@@ -273,10 +276,28 @@ mod toml_format {
 mod yaml_format {
     use super::*;
 
+    /// The most `[` and `{` a YAML document may hold. The YAML parser's time grows with the
+    /// square of the nesting of flow collections (`[[[[…`): 16,000 levels take seconds, the
+    /// 500,000 of a 1 MiB file hours, before its recursion limit (128) is ever reached. Their
+    /// count bounds that nesting whatever the quoting, so no file can take more than a
+    /// fraction of a second; a configuration written in YAML's indented style has few.
+    pub(super) const MAX_FLOW_OPENERS: usize = 5_000;
+
     /// The document is read into a YAML value first: its syntax errors come with their line,
     /// and the value's own errors are plain messages (the deserializer's would carry a path
     /// of its own and a position in an unhelpful form).
     pub(super) fn parse(text: &str) -> Result<Config, ConfigFileError> {
+        let mut openers = text.bytes().enumerate().filter(|&(_, b)| b == b'[' || b == b'{');
+        if let Some((at, _)) = openers.nth(MAX_FLOW_OPENERS) {
+            return Err(ConfigFileError::new(
+                ConfigFileErrorKind::Syntax,
+                format_args!(
+                    "holds more than {MAX_FLOW_OPENERS} `[` and `{{`, which YAML's parser reads \
+                     slowly when they nest: write nested settings as indented blocks"
+                ),
+            )
+            .at(Some(line_column(text, at))));
+        }
         let value: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
             let at = e.location().map(|l| (l.line(), l.column()));
             let mut message = e.to_string();

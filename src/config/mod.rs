@@ -135,11 +135,13 @@ mod error;
 mod load;
 mod value;
 
+use std::fmt;
+
 use serde::Deserialize;
 
 pub use self::error::{ConfigFileError, ConfigFileErrorKind};
 pub use self::load::{Format, MAX_BYTES};
-use self::value::{section, Hosts, Human, JitterName, Scope, Status, Toggle};
+use self::value::{section, Hosts, Human, JitterName, Scope, Status, Table, Toggle};
 use crate::bulkhead::Bulkhead;
 use crate::circuit_breaker::CircuitBreaker;
 use crate::error::ConfigError;
@@ -155,9 +157,13 @@ use crate::ClientBuilder;
 ///
 /// `Default` is an empty file: the standard pipeline of [`ClientBuilder::new`]. `Debug` shows
 /// every setting, with a Redis URL's user and password left out.
+#[derive(Clone, Default)]
+pub struct Config(Settings);
+
+/// The top level of a configuration.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+struct Settings {
     total_timeout: Toggle<Human>,
     attempt_timeout: Toggle<Human>,
     retry: Toggle<RetryConfig>,
@@ -166,6 +172,30 @@ pub struct Config {
     bulkhead: Toggle<BulkheadConfig>,
     fallback_cache: Toggle<FallbackConfig>,
     hosts: Hosts<HostConfig>,
+}
+
+impl<'de> Deserialize<'de> for Config {
+    /// A table (a document, or a value within one) of the settings the [module docs](self)
+    /// describe.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Table::<Settings>::deserialize(d).map(|t| Config(t.0))
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.0;
+        f.debug_struct("Config")
+            .field("total_timeout", &s.total_timeout)
+            .field("attempt_timeout", &s.attempt_timeout)
+            .field("retry", &s.retry)
+            .field("circuit_breaker", &s.circuit_breaker)
+            .field("rate_limit", &s.rate_limit)
+            .field("bulkhead", &s.bulkhead)
+            .field("fallback_cache", &s.fallback_cache)
+            .field("hosts", &s.hosts)
+            .finish()
+    }
 }
 
 impl Config {
@@ -190,37 +220,38 @@ impl Config {
     /// host pattern is not one (see [`ClientBuilder::host`]). Every other value is checked by
     /// [`ClientBuilder::build`], which names it the same way.
     pub fn into_builder(self) -> Result<ClientBuilder, ConfigError> {
+        let s = self.0;
         let mut b = ClientBuilder::new();
-        b = match self.total_timeout {
+        b = match s.total_timeout {
             Toggle::Unset => b,
             Toggle::Off => b.no_total_timeout(),
             Toggle::On(t) => b.total_timeout(t.0),
         };
-        b = match self.attempt_timeout {
+        b = match s.attempt_timeout {
             Toggle::Unset => b,
             Toggle::Off => b.no_attempt_timeout(),
             Toggle::On(t) => b.attempt_timeout(t.0),
         };
-        b = match self.retry {
+        b = match s.retry {
             Toggle::Unset => b,
             Toggle::Off => b.no_retry(),
             Toggle::On(r) => b.retry(r.build()),
         };
-        b = match self.circuit_breaker {
+        b = match s.circuit_breaker {
             Toggle::Unset => b,
             Toggle::Off => b.no_circuit_breaker(),
             Toggle::On(c) => b.circuit_breaker(c.build()?),
         };
-        if let Toggle::On(r) = self.rate_limit {
+        if let Toggle::On(r) = s.rate_limit {
             b = b.rate_limit(r.build()?);
         }
-        if let Toggle::On(c) = self.bulkhead {
+        if let Toggle::On(c) = s.bulkhead {
             b = b.bulkhead(c.build());
         }
-        if let Toggle::On(f) = self.fallback_cache {
+        if let Toggle::On(f) = s.fallback_cache {
             b = b.fallback_cache(f.build());
         }
-        for (pattern, policy) in self.hosts.0 {
+        for (pattern, policy) in s.hosts.0 {
             let prefix = config_prefix(&pattern);
             if let Err(rule) = Pattern::parse(&pattern) {
                 return Err(ConfigError::new(error::scrub(&prefix).into_owned(), rule));
@@ -237,7 +268,7 @@ impl Config {
 #[serde(default, deny_unknown_fields)]
 struct RetryConfig {
     max_attempts: Option<u32>,
-    backoff: Option<BackoffConfig>,
+    backoff: Option<Table<BackoffConfig>>,
     max_retry_after: Option<Human>,
     budget: Toggle<BudgetConfig>,
     server_error_statuses: Option<Vec<Status>>,
@@ -271,7 +302,7 @@ struct BreakerConfig {
     consecutive_failures: Option<u32>,
     slow_call: Option<Human>,
     break_duration: Option<Human>,
-    break_growth: Option<GrowthConfig>,
+    break_growth: Option<Table<GrowthConfig>>,
     half_open_permits: Option<u32>,
     scope: Option<Scope>,
     max_hosts: Option<usize>,
@@ -299,7 +330,7 @@ struct RateLimitConfig {
     max_pushback: Option<Human>,
     max_hosts: Option<usize>,
     #[cfg(feature = "redis")]
-    redis: Option<RedisConfig>,
+    redis: Option<Table<RedisConfig>>,
     #[cfg(not(feature = "redis"))]
     redis: Option<value::NeedsRedisFeature>,
 }
@@ -379,7 +410,7 @@ impl RetryConfig {
         if let Some(n) = self.max_attempts {
             r = r.max_attempts(n);
         }
-        if let Some(b) = self.backoff {
+        if let Some(Table(b)) = self.backoff {
             let d = Backoff::default();
             let backoff = Backoff::new(b.base.map_or(d.base(), |h| h.0), b.max.map_or(d.max(), |h| h.0));
             r = r.backoff(match b.jitter {
@@ -445,7 +476,7 @@ impl BreakerConfig {
         if let Some(d) = self.break_duration {
             c = c.break_duration(d.0);
         }
-        if let Some(g) = self.break_growth {
+        if let Some(Table(g)) = self.break_growth {
             c = c.break_growth(g.factor, g.max.0);
         }
         if let Some(n) = self.half_open_permits {
@@ -507,7 +538,7 @@ impl RateLimitConfig {
             r = r.max_hosts(n);
         }
         #[cfg(feature = "redis")]
-        if let Some(redis) = self.redis {
+        if let Some(Table(redis)) = self.redis {
             r = r.redis(redis.build());
         }
         Ok(r)

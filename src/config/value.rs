@@ -304,7 +304,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Hosts<T> {
                             "names the host {pattern:?} twice"
                         )));
                     }
-                    let policy = map.next_value::<T>()?;
+                    let policy = map.next_value::<Table<T>>()?.0;
                     hosts.push((pattern, policy));
                 }
                 Ok(Hosts(hosts))
@@ -367,5 +367,32 @@ impl<'de> Deserialize<'de> for ClientWide {
         Err(de::Error::custom(
             "cannot be set per host: the fallback cache is the client's, for every host; set it at the top level",
         ))
+    }
+}
+
+/// A table of settings, and only a table: serde's derived structs also take a list of values
+/// in the order of their fields (`backoff = ["1s", "2s"]`), which no configuration should mean.
+#[derive(Clone, PartialEq)]
+pub(crate) struct Table<T>(pub(crate) T);
+
+impl<T: fmt::Debug> fmt::Debug for Table<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Table<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Table<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of settings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Table<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Table)
+            }
+        }
+        d.deserialize_map(V(PhantomData))
     }
 }
