@@ -145,10 +145,16 @@ fn the_example_file_is_the_builder_it_documents() {
 fn an_empty_file_is_the_standard_pipeline() {
     let standard = format!("{:?}", Client::builder());
     assert_eq!(format!("{:?}", builder("", Format::Toml)), standard);
-    assert_eq!(format!("{:?}", builder("# nothing\n", Format::Yaml)), standard);
+    assert_eq!(
+        format!("{:?}", builder("# nothing\n", Format::Yaml)),
+        standard
+    );
     assert_eq!(format!("{:?}", builder("", Format::Yaml)), standard);
     assert_eq!(format!("{:?}", builder("{}", Format::Json)), standard);
-    assert_eq!(format!("{:?}", Config::default().into_builder().unwrap()), standard);
+    assert_eq!(
+        format!("{:?}", Config::default().into_builder().unwrap()),
+        standard
+    );
 }
 
 const FULL_TOML: &str = r#"
@@ -454,7 +460,10 @@ fn toml_yaml_and_json_give_the_same_builder_as_code() {
     }
     // Debug never shows the Redis password, of the configuration or of the builder.
     let config = toml(FULL_TOML).unwrap();
-    for shown in [format!("{config:?}"), format!("{:?}", config.into_builder().unwrap())] {
+    for shown in [
+        format!("{config:?}"),
+        format!("{:?}", config.into_builder().unwrap()),
+    ] {
         assert!(shown.contains("redis.internal"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
     }
@@ -480,7 +489,10 @@ fn files_are_read_by_their_extension() {
     std::fs::write(&other, FULL_TOML).unwrap();
     let e = Config::from_path(&other).unwrap_err();
     assert_eq!(e.kind(), ConfigFileErrorKind::Format);
-    assert!(e.to_string().starts_with(&format!("{}: ", other.display())), "{e}");
+    assert!(
+        e.to_string().starts_with(&format!("{}: ", other.display())),
+        "{e}"
+    );
     let e = Config::from_path(dir.join("missing.toml")).unwrap_err();
     assert_eq!(e.kind(), ConfigFileErrorKind::Io);
     assert!(std::error::Error::source(&e).is_some());
@@ -587,7 +599,10 @@ async fn the_bulkhead_and_fallback_cache_of_a_file_apply() {
         .build()
         .unwrap();
     let health = client.health();
-    assert!(health.bulkhead.is_some() && health.fallback.is_some(), "{health:?}");
+    assert!(
+        health.bulkhead.is_some() && health.fallback.is_some(),
+        "{health:?}"
+    );
     let first = tokio::spawn({
         let client = client.clone();
         async move { client.get("http://a.test/").send().await }
@@ -601,7 +616,12 @@ async fn the_bulkhead_and_fallback_cache_of_a_file_apply() {
 #[test]
 fn unknown_keys_are_named_by_their_path_at_every_depth() {
     let cases: [(&str, &str, &str, &str); 6] = [
-        ("retyr = \"off\"", "retyr: off", r#"{"retyr": "off"}"#, "retyr"),
+        (
+            "retyr = \"off\"",
+            "retyr: off",
+            r#"{"retyr": "off"}"#,
+            "retyr",
+        ),
         (
             "[retry]\nbackof = {}",
             "retry:\n  backof: {}",
@@ -642,7 +662,10 @@ fn unknown_keys_are_named_by_their_path_at_every_depth() {
         }
     }
     // TOML and JSON tell the line.
-    let e = field_error("total_timeout = \"1s\"\n\n[retry]\nmax_attempt = 3\n", Format::Toml);
+    let e = field_error(
+        "total_timeout = \"1s\"\n\n[retry]\nmax_attempt = 3\n",
+        Format::Toml,
+    );
     assert_eq!(e.line(), Some(4), "{e}");
     let e = field_error("{\n\"retry\": {\n \"max_attempt\": 3}}", Format::Json);
     assert_eq!(e.line(), Some(3), "{e}");
@@ -660,18 +683,38 @@ fn bad_values_are_named_by_their_path() {
             "hosts.\"api.example.com\".retry.max_attempts",
             "-1",
         ),
-        ("[retry]\nmax_attempts = \"three\"", "retry.max_attempts", "expected u32"),
-        ("[retry]\nmax_attempts = 1.5", "retry.max_attempts", "expected u32"),
-        ("attempt_timeout = \"5 parsecs\"", "attempt_timeout", "parsecs"),
+        (
+            "[retry]\nmax_attempts = \"three\"",
+            "retry.max_attempts",
+            "expected u32",
+        ),
+        (
+            "[retry]\nmax_attempts = 1.5",
+            "retry.max_attempts",
+            "expected u32",
+        ),
+        (
+            "attempt_timeout = \"5 parsecs\"",
+            "attempt_timeout",
+            "parsecs",
+        ),
         ("attempt_timeout = 5", "attempt_timeout", "no unit"),
         ("attempt_timeout = -5", "attempt_timeout", "no unit"),
-        ("attempt_timeout = \"-5s\"", "attempt_timeout", "not a duration"),
+        (
+            "attempt_timeout = \"-5s\"",
+            "attempt_timeout",
+            "not a duration",
+        ),
         ("attempt_timeout = false", "attempt_timeout", "\"off\""),
         ("retry = false", "retry", "\"off\""),
         ("retry = \"no\"", "retry", "\"off\""),
         ("retry = 3", "retry", "\"off\""),
         ("[retry.backoff]\nmax = 10", "retry.backoff.max", "no unit"),
-        ("[retry.backoff]\njitter = \"ful\"", "retry.backoff.jitter", "\"full\""),
+        (
+            "[retry.backoff]\njitter = \"ful\"",
+            "retry.backoff.jitter",
+            "\"full\"",
+        ),
         (
             "[retry]\nserver_error_statuses = [500, 503, 42]",
             "retry.server_error_statuses[2]",
@@ -682,13 +725,33 @@ fn bad_values_are_named_by_their_path() {
             "retry.server_error_statuses[0]",
             "number",
         ),
-        ("[circuit_breaker]\nscope = \"everywhere\"", "circuit_breaker.scope", "\"per_host\""),
-        ("[circuit_breaker]\nbreak_growth = { factor = 2.0 }", "circuit_breaker.break_growth", "max"),
+        (
+            "[circuit_breaker]\nscope = \"everywhere\"",
+            "circuit_breaker.scope",
+            "\"per_host\"",
+        ),
+        (
+            "[circuit_breaker]\nbreak_growth = { factor = 2.0 }",
+            "circuit_breaker.break_growth",
+            "max",
+        ),
         ("[bulkhead]\nmax_queue = 3", "bulkhead", "max_concurrent"),
-        ("[bulkhead]\nmax_concurrent = -3", "bulkhead.max_concurrent", "-3"),
-        ("[fallback_cache]\nstore_private = \"yes\"", "fallback_cache.store_private", "boolean"),
+        (
+            "[bulkhead]\nmax_concurrent = -3",
+            "bulkhead.max_concurrent",
+            "-3",
+        ),
+        (
+            "[fallback_cache]\nstore_private = \"yes\"",
+            "fallback_cache.store_private",
+            "boolean",
+        ),
         ("hosts = 3", "hosts", "host patterns"),
-        ("[hosts.\"a.test\"]\nattempt_timeout = \"99999999999999999999s\"", "hosts.\"a.test\".attempt_timeout", "too large"),
+        (
+            "[hosts.\"a.test\"]\nattempt_timeout = \"99999999999999999999s\"",
+            "hosts.\"a.test\".attempt_timeout",
+            "too large",
+        ),
     ];
     for &(text, path, said) in cases {
         let e = field_error(text, Format::Toml);
@@ -742,12 +805,24 @@ fn the_builders_validation_names_the_path_too() {
 #[test]
 fn what_only_a_file_can_say_twice_is_refused() {
     let cases: &[(&str, &str)] = &[
-        ("[rate_limit]\nper_second = 1\nper_minute = 60", "rate_limit.per_minute"),
+        (
+            "[rate_limit]\nper_second = 1\nper_minute = 60",
+            "rate_limit.per_minute",
+        ),
         ("[rate_limit]\nburst = 1", "rate_limit"),
         ("[rate_limit]\nper_second = 0", "rate_limit.per_second"),
-        ("[hosts.\"a.test\".rate_limit]\nper_minute = 0", "hosts.\"a.test\".rate_limit.per_minute"),
-        ("[rate_limit]\nper_second = 1\nmax_wait = \"1s\"\nfail_fast = true", "rate_limit.fail_fast"),
-        ("[circuit_breaker]\nfailure_ratio = 0.5\nconsecutive_failures = 3", "circuit_breaker.consecutive_failures"),
+        (
+            "[hosts.\"a.test\".rate_limit]\nper_minute = 0",
+            "hosts.\"a.test\".rate_limit.per_minute",
+        ),
+        (
+            "[rate_limit]\nper_second = 1\nmax_wait = \"1s\"\nfail_fast = true",
+            "rate_limit.fail_fast",
+        ),
+        (
+            "[circuit_breaker]\nfailure_ratio = 0.5\nconsecutive_failures = 3",
+            "circuit_breaker.consecutive_failures",
+        ),
         ("[hosts.\"https://a.test/\"]", "hosts.\"https://a.test/\""),
     ];
     for &(text, path) in cases {
@@ -755,7 +830,10 @@ fn what_only_a_file_can_say_twice_is_refused() {
         assert_eq!(e.field(), path, "{text}: {e}");
         // The same error through `?` into a `ConfigFileError`.
         let e = ConfigFileError::from(e);
-        assert_eq!((e.kind(), e.field()), (ConfigFileErrorKind::Invalid, Some(path)));
+        assert_eq!(
+            (e.kind(), e.field()),
+            (ConfigFileErrorKind::Invalid, Some(path))
+        );
     }
     // fail_fast = false with a max_wait is no contradiction.
     let b = toml("[rate_limit]\nper_second = 1\nmax_wait = \"2s\"\nfail_fast = false")
@@ -772,7 +850,11 @@ fn syntax_errors_tell_the_line_and_column() {
         ("total_timeout = \"1s\"\nretry = {\n", Format::Toml, 2),
         ("a = 1\nb = [1,\n\nc", Format::Toml, 4),
         ("retry:\n  max_attempts: 3\n max: [", Format::Yaml, 3),
-        ("{\n  \"retry\": {\n    \"max_attempts\": 3,\n  }\n}", Format::Json, 4),
+        (
+            "{\n  \"retry\": {\n    \"max_attempts\": 3,\n  }\n}",
+            Format::Json,
+            4,
+        ),
         ("{\"retry\": \"off\"} trailing", Format::Json, 1),
     ];
     for (text, format, line) in cases {
@@ -781,8 +863,14 @@ fn syntax_errors_tell_the_line_and_column() {
         assert_eq!(e.line(), Some(line), "{format}: {e}");
         assert!(e.column().is_some(), "{format}: {e}");
         assert_eq!(e.field(), None, "{format}: {e}");
-        assert!(e.to_string().starts_with(&format!("line {line}, column ")), "{e}");
-        assert!(!e.to_string().contains(" at line"), "the position once: {e}");
+        assert!(
+            e.to_string().starts_with(&format!("line {line}, column ")),
+            "{e}"
+        );
+        assert!(
+            !e.to_string().contains(" at line"),
+            "the position once: {e}"
+        );
     }
     let e = Config::parse("a: 1\n---\nb: 2\n", Format::Yaml).unwrap_err();
     assert_eq!(e.kind(), ConfigFileErrorKind::Syntax, "{e}");
@@ -813,19 +901,36 @@ fn huge_or_deep_input_is_refused_without_harm() {
         let started = std::time::Instant::now();
         let e = Config::parse(&text, format).unwrap_err();
         assert_eq!(e.kind(), ConfigFileErrorKind::Syntax, "{format}: {e}");
-        assert!(started.elapsed() < secs(20), "{format}: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < secs(20),
+            "{format}: {:?}",
+            started.elapsed()
+        );
     }
     // JSON is read as it streams: a value of the wrong type is refused at once, however deep,
     // and so is a list where a table goes (serde would read one as a struct's fields in order).
     let e = Config::parse(&format!("{{\"retry\": {}", "[".repeat(deep)), Format::Json).unwrap_err();
     assert_eq!(e.field(), Some("retry"), "{e}");
     let e = Config::parse(&format!("[{}", "[".repeat(deep)), Format::Json).unwrap_err();
-    assert_eq!((e.kind(), e.field()), (ConfigFileErrorKind::Field, None), "{e}");
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ConfigFileErrorKind::Field, None),
+        "{e}"
+    );
     for (text, path) in [
         ("[\"1s\", \"2s\"]", None),
-        ("{\"retry\": {\"backoff\": [\"1s\", \"2s\"]}}", Some("retry.backoff")),
-        ("{\"hosts\": {\"a.test\": [\"1s\"]}}", Some("hosts.\"a.test\"")),
-        ("{\"circuit_breaker\": {\"break_growth\": [2.0, \"1m\"]}}", Some("circuit_breaker.break_growth")),
+        (
+            "{\"retry\": {\"backoff\": [\"1s\", \"2s\"]}}",
+            Some("retry.backoff"),
+        ),
+        (
+            "{\"hosts\": {\"a.test\": [\"1s\"]}}",
+            Some("hosts.\"a.test\""),
+        ),
+        (
+            "{\"circuit_breaker\": {\"break_growth\": [2.0, \"1m\"]}}",
+            Some("circuit_breaker.break_growth"),
+        ),
     ] {
         let e = Config::parse(text, Format::Json).unwrap_err();
         assert_eq!(e.field(), path, "{e}");
@@ -834,12 +939,17 @@ fn huge_or_deep_input_is_refused_without_harm() {
     let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
     for (i, c) in "bcdefghij".chars().enumerate() {
         let prev = (b'a' + i as u8) as char;
-        bomb.push_str(&format!("{c}: &{c} [{}]\n", vec![format!("*{prev}"); 10].join(", ")));
+        bomb.push_str(&format!(
+            "{c}: &{c} [{}]\n",
+            vec![format!("*{prev}"); 10].join(", ")
+        ));
     }
     let e = Config::parse(&bomb, Format::Yaml).unwrap_err();
     assert_eq!(e.kind(), ConfigFileErrorKind::Syntax, "{e}");
     // Many host policies: at most 1,000.
-    let many: String = (0..1_001).map(|i| format!("[hosts.\"h{i}.test\"]\n")).collect();
+    let many: String = (0..1_001)
+        .map(|i| format!("[hosts.\"h{i}.test\"]\n"))
+        .collect();
     let e = toml(&many).unwrap_err();
     assert_eq!(e.field(), Some("hosts"), "{e}");
     assert!(e.message().contains("1000"), "{e}");
@@ -855,25 +965,55 @@ fn no_error_shows_a_redis_password() {
         (format!("attempt_timeout = \"{url}\""), Format::Toml),
         (format!("retry = \"{url}\""), Format::Toml),
         (format!("[retry.backoff]\njitter = \"{url}\""), Format::Toml),
-        (format!("[rate_limit]\nper_second = 1\nscope = \"{url}\""), Format::Toml),
+        (
+            format!("[rate_limit]\nper_second = 1\nscope = \"{url}\""),
+            Format::Toml,
+        ),
         (format!("[retry]\nmax_attempts: \"{url}\""), Format::Toml),
         // As a key, and as a host pattern.
         (format!("\"{url}\" = 1"), Format::Toml),
-        (format!("[hosts.\"{url}\".retry]\nmax_attempts = -1"), Format::Toml),
+        (
+            format!("[hosts.\"{url}\".retry]\nmax_attempts = -1"),
+            Format::Toml,
+        ),
         // Bad syntax on the URL's line.
-        (format!("[rate_limit.redis]\nurl = \"{url}\nprefix = \"x\""), Format::Toml),
+        (
+            format!("[rate_limit.redis]\nurl = \"{url}\nprefix = \"x\""),
+            Format::Toml,
+        ),
         (format!("[rate_limit.redis]\nurl = '{url}"), Format::Toml),
-        (format!("rate_limit:\n  redis:\n    url: \"{url}\n"), Format::Yaml),
-        (format!("rate_limit:\n  redis: {{url: {url}, [\n"), Format::Yaml),
-        (format!("{{\"rate_limit\": {{\"redis\": {{\"url\": \"{url}}}}}"), Format::Json),
-        (format!("{{\"retry\": {{\"max_attempts\": \"{url}\"}}}}"), Format::Json),
+        (
+            format!("rate_limit:\n  redis:\n    url: \"{url}\n"),
+            Format::Yaml,
+        ),
+        (
+            format!("rate_limit:\n  redis: {{url: {url}, [\n"),
+            Format::Yaml,
+        ),
+        (
+            format!("{{\"rate_limit\": {{\"redis\": {{\"url\": \"{url}}}}}"),
+            Format::Json,
+        ),
+        (
+            format!("{{\"retry\": {{\"max_attempts\": \"{url}\"}}}}"),
+            Format::Json,
+        ),
         (format!("retry:\n  max_attempts: {url}\n"), Format::Yaml),
         (format!("{url}: 1\n"), Format::Yaml),
         (format!("hosts:\n  \"{url}\": {{retry: 3}}\n"), Format::Yaml),
         // A password with quotes, spaces or an `@` of its own.
-        ("[retry]\nmax_attempts = 'redis://u:hun\"ter2 x@h'".to_owned(), Format::Toml),
-        ("[retry]\nmax_attempts = \"redis://u:hun@ter2@h\"".to_owned(), Format::Toml),
-        ("{\"retry\": {\"max_attempts\": \"redis://u:hun`ter2'@h\"}}".to_owned(), Format::Json),
+        (
+            "[retry]\nmax_attempts = 'redis://u:hun\"ter2 x@h'".to_owned(),
+            Format::Toml,
+        ),
+        (
+            "[retry]\nmax_attempts = \"redis://u:hun@ter2@h\"".to_owned(),
+            Format::Toml,
+        ),
+        (
+            "{\"retry\": {\"max_attempts\": \"redis://u:hun`ter2'@h\"}}".to_owned(),
+            Format::Json,
+        ),
     ];
     for (text, format) in &cases {
         let e = Config::parse(text, *format).expect_err(text);
@@ -884,7 +1024,9 @@ fn no_error_shows_a_redis_password() {
         }
     }
     // The builder's own validation of a bad URL, and a host pattern with userinfo.
-    let e = build_error("[rate_limit]\nper_second = 1\n[rate_limit.redis]\nurl = \"redis://:hunter2@\"");
+    let e = build_error(
+        "[rate_limit]\nper_second = 1\n[rate_limit.redis]\nurl = \"redis://:hunter2@\"",
+    );
     assert_eq!(e.field(), "rate_limit.redis.url");
     assert!(!e.to_string().contains(SECRET), "{e}");
     let e = toml(&format!("[hosts.\"{url}\"]"))
@@ -896,7 +1038,10 @@ fn no_error_shows_a_redis_password() {
 
 #[test]
 fn yaml_reads_off_and_durations_as_plain_words() {
-    let b = builder("total_timeout: off\nretry: off\nattempt_timeout: 250ms\n", Format::Yaml);
+    let b = builder(
+        "total_timeout: off\nretry: off\nattempt_timeout: 250ms\n",
+        Format::Yaml,
+    );
     let code = Client::builder()
         .no_total_timeout()
         .no_retry()

@@ -112,7 +112,11 @@ impl Config {
         }
         // A byte-order mark is not part of the document (JSON's parser would refuse it).
         #[cfg_attr(
-            not(any(feature = "config-toml", feature = "config-yaml", feature = "config-json")),
+            not(any(
+                feature = "config-toml",
+                feature = "config-yaml",
+                feature = "config-json"
+            )),
             allow(unused_variables)
         )]
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -164,11 +168,10 @@ fn read(path: &Path) -> Result<Config, ConfigFileError> {
             let valid = e.utf8_error().valid_up_to();
             let bytes = e.into_bytes();
             let before = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
-            return Err(ConfigFileError::new(
-                ConfigFileErrorKind::Syntax,
-                "is not UTF-8 text",
-            )
-            .at(Some(line_column(before, before.len()))));
+            return Err(
+                ConfigFileError::new(ConfigFileErrorKind::Syntax, "is not UTF-8 text")
+                    .at(Some(line_column(before, before.len()))),
+            );
         }
     };
     Config::parse(&text, format)
@@ -190,7 +193,11 @@ fn too_large(size: u64) -> ConfigFileError {
 
 /// The line and column (both from 1; the column in characters) of byte `offset` of `text`.
 #[cfg_attr(
-    not(any(feature = "config-toml", feature = "config-yaml", feature = "config-json")),
+    not(any(
+        feature = "config-toml",
+        feature = "config-yaml",
+        feature = "config-json"
+    )),
     allow(dead_code)
 )]
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
@@ -207,7 +214,11 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 /// The path of a key, as TOML writes a dotted key: bare keys as they are, others quoted
 /// (`hosts."api.example.com".retry.max_attempts`), list items as `[i]`. The keys of `hosts`
 /// are always quoted, as [`ClientBuilder::build`](crate::ClientBuilder::build) writes them.
-#[cfg(any(feature = "config-toml", feature = "config-yaml", feature = "config-json"))]
+#[cfg(any(
+    feature = "config-toml",
+    feature = "config-yaml",
+    feature = "config-json"
+))]
 fn path_of(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     use std::fmt::Write;
@@ -245,7 +256,11 @@ fn path_of(path: &serde_path_to_error::Path) -> String {
 }
 
 /// A data error (an unknown key, a bad value) named by its path.
-#[cfg(any(feature = "config-toml", feature = "config-yaml", feature = "config-json"))]
+#[cfg(any(
+    feature = "config-toml",
+    feature = "config-yaml",
+    feature = "config-json"
+))]
 fn field_error(
     path: &serde_path_to_error::Path,
     message: &str,
@@ -266,9 +281,8 @@ mod toml_format {
         let de = toml::Deserializer::parse(text).map_err(|e| {
             ConfigFileError::new(ConfigFileErrorKind::Syntax, e.message()).at(at(e.span()))
         })?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            field_error(e.path(), e.inner().message(), at(e.inner().span()))
-        })
+        serde_path_to_error::deserialize(de)
+            .map_err(|e| field_error(e.path(), e.inner().message(), at(e.inner().span())))
     }
 }
 
@@ -287,7 +301,10 @@ mod yaml_format {
     /// and the value's own errors are plain messages (the deserializer's would carry a path
     /// of its own and a position in an unhelpful form).
     pub(super) fn parse(text: &str) -> Result<Config, ConfigFileError> {
-        let mut openers = text.bytes().enumerate().filter(|&(_, b)| b == b'[' || b == b'{');
+        let mut openers = text
+            .bytes()
+            .enumerate()
+            .filter(|&(_, b)| b == b'[' || b == b'{');
         if let Some((at, _)) = openers.nth(MAX_FLOW_OPENERS) {
             return Err(ConfigFileError::new(
                 ConfigFileErrorKind::Syntax,

@@ -402,7 +402,14 @@ struct HostConfig {
     fallback_cache: Option<value::ClientWide>,
 }
 
-section!(RetryConfig, BudgetConfig, BreakerConfig, RateLimitConfig, BulkheadConfig, FallbackConfig);
+section!(
+    RetryConfig,
+    BudgetConfig,
+    BreakerConfig,
+    RateLimitConfig,
+    BulkheadConfig,
+    FallbackConfig
+);
 
 impl RetryConfig {
     fn build(self) -> Retry {
@@ -412,7 +419,10 @@ impl RetryConfig {
         }
         if let Some(Table(b)) = self.backoff {
             let d = Backoff::default();
-            let backoff = Backoff::new(b.base.map_or(d.base(), |h| h.0), b.max.map_or(d.max(), |h| h.0));
+            let backoff = Backoff::new(
+                b.base.map_or(d.base(), |h| h.0),
+                b.max.map_or(d.max(), |h| h.0),
+            );
             r = r.backoff(match b.jitter {
                 Some(j) => backoff.jitter(j.into()),
                 None => backoff,
@@ -502,8 +512,18 @@ impl RateLimitConfig {
                     "cannot be set with per_second: give the rate once",
                 ))
             }
-            (Some(0), None) => return Err(ConfigError::new("rate_limit.per_second", "must be at least 1")),
-            (None, Some(0)) => return Err(ConfigError::new("rate_limit.per_minute", "must be at least 1")),
+            (Some(0), None) => {
+                return Err(ConfigError::new(
+                    "rate_limit.per_second",
+                    "must be at least 1",
+                ))
+            }
+            (None, Some(0)) => {
+                return Err(ConfigError::new(
+                    "rate_limit.per_minute",
+                    "must be at least 1",
+                ))
+            }
             (Some(n), None) => RateLimit::per_second(n),
             (None, Some(n)) => RateLimit::per_minute(n),
             (None, None) => {
@@ -607,13 +627,31 @@ impl FallbackConfig {
         }
         let flags: [(Option<bool>, fn(FallbackCache, bool) -> FallbackCache); 8] = [
             (self.store_private, FallbackCache::store_private),
-            (self.store_with_credentials, FallbackCache::store_with_credentials),
-            (self.serve_on_server_error, FallbackCache::serve_on_server_error),
+            (
+                self.store_with_credentials,
+                FallbackCache::store_with_credentials,
+            ),
+            (
+                self.serve_on_server_error,
+                FallbackCache::serve_on_server_error,
+            ),
             (self.serve_on_timeout, FallbackCache::serve_on_timeout),
-            (self.serve_on_network_error, FallbackCache::serve_on_network_error),
-            (self.serve_on_circuit_open, FallbackCache::serve_on_circuit_open),
-            (self.serve_on_rate_limited, FallbackCache::serve_on_rate_limited),
-            (self.serve_on_bulkhead_full, FallbackCache::serve_on_bulkhead_full),
+            (
+                self.serve_on_network_error,
+                FallbackCache::serve_on_network_error,
+            ),
+            (
+                self.serve_on_circuit_open,
+                FallbackCache::serve_on_circuit_open,
+            ),
+            (
+                self.serve_on_rate_limited,
+                FallbackCache::serve_on_rate_limited,
+            ),
+            (
+                self.serve_on_bulkhead_full,
+                FallbackCache::serve_on_bulkhead_full,
+            ),
         ];
         for (flag, set) in flags {
             if let Some(yes) = flag {
