@@ -43,8 +43,12 @@ pub enum ConfigFileErrorKind {
 ///
 /// Neither its `Display` nor its `Debug` shows the user or password of a URL (a Redis URL's):
 /// they are replaced by `REDACTED` wherever the parser's message would quote them.
-#[derive(Debug)]
 pub struct ConfigFileError {
+    inner: Box<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     kind: ConfigFileErrorKind,
     file: Option<PathBuf>,
     field: Option<String>,
@@ -62,12 +66,14 @@ enum Source {
 impl ConfigFileError {
     pub(crate) fn new(kind: ConfigFileErrorKind, message: impl fmt::Display) -> Self {
         ConfigFileError {
-            kind,
-            file: None,
-            field: None,
-            message: scrub(&message.to_string()).into_owned(),
-            at: None,
-            source: None,
+            inner: Box::new(Inner {
+                kind,
+                file: None,
+                field: None,
+                message: scrub(&message.to_string()).into_owned(),
+                at: None,
+                source: None,
+            }),
         }
     }
 
@@ -76,57 +82,57 @@ impl ConfigFileError {
             ConfigFileErrorKind::Io,
             format_args!("could not be read: {err}"),
         );
-        e.source = Some(Source::Io(err));
+        e.inner.source = Some(Source::Io(err));
         e
     }
 
     pub(crate) fn with_field(mut self, field: String) -> Self {
         if !field.is_empty() {
-            self.field = Some(scrub(&field).into_owned());
+            self.inner.field = Some(scrub(&field).into_owned());
         }
         self
     }
 
     pub(crate) fn at(mut self, at: Option<(usize, usize)>) -> Self {
-        self.at = at;
+        self.inner.at = at;
         self
     }
 
     pub(crate) fn in_file(mut self, file: &Path) -> Self {
-        self.file = Some(file.to_owned());
+        self.inner.file = Some(file.to_owned());
         self
     }
 
     /// What went wrong.
     pub fn kind(&self) -> ConfigFileErrorKind {
-        self.kind
+        self.inner.kind
     }
 
     /// The path of the key at fault, as TOML writes a dotted key:
     /// `hosts."api.example.com".retry.max_attempts`, `retry.server_error_statuses[2]`. `None`
     /// for an error of the whole file (it could not be read, its syntax is bad).
     pub fn field(&self) -> Option<&str> {
-        self.field.as_deref()
+        self.inner.field.as_deref()
     }
 
     /// The line of the error, from 1, where the parser gives one.
     pub fn line(&self) -> Option<usize> {
-        self.at.map(|(l, _)| l)
+        self.inner.at.map(|(l, _)| l)
     }
 
     /// The column of the error, from 1 (in characters), where the parser gives one.
     pub fn column(&self) -> Option<usize> {
-        self.at.map(|(_, c)| c)
+        self.inner.at.map(|(_, c)| c)
     }
 
     /// The file, when the configuration was read from one.
     pub fn file(&self) -> Option<&Path> {
-        self.file.as_deref()
+        self.inner.file.as_deref()
     }
 
     /// What is wrong, in words, without the file, the position or the path.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 }
 
@@ -135,32 +141,54 @@ impl From<ConfigError> for ConfigFileError {
     fn from(err: ConfigError) -> Self {
         let mut e = ConfigFileError::new(ConfigFileErrorKind::Invalid, err.rule())
             .with_field(err.field().to_owned());
-        e.source = Some(Source::Config(err));
+        e.inner.source = Some(Source::Config(err));
         e
+    }
+}
+
+impl fmt::Debug for ConfigFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        let mut d = f.debug_struct("ConfigFileError");
+        d.field("kind", &i.kind);
+        if let Some(file) = &i.file {
+            d.field("file", file);
+        }
+        if let Some(field) = &i.field {
+            d.field("field", field);
+        }
+        if let Some((line, column)) = i.at {
+            d.field("line", &line).field("column", &column);
+        }
+        d.field("message", &i.message);
+        if let Some(source) = &i.source {
+            d.field("source", source);
+        }
+        d.finish()
     }
 }
 
 impl fmt::Display for ConfigFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(file) = &self.file {
+        if let Some(file) = &self.inner.file {
             write!(f, "{}: ", file.display())?;
         }
-        if let Some((line, column)) = self.at {
+        if let Some((line, column)) = self.inner.at {
             write!(f, "line {line}, column {column}: ")?;
         }
-        match (&self.field, self.kind) {
+        match (&self.inner.field, self.inner.kind) {
             (Some(field), ConfigFileErrorKind::Invalid) => {
-                write!(f, "invalid configuration: `{field}` {}", self.message)
+                write!(f, "invalid configuration: `{field}` {}", self.inner.message)
             }
-            (Some(field), _) => write!(f, "`{field}`: {}", self.message),
-            (None, _) => f.write_str(&self.message),
+            (Some(field), _) => write!(f, "`{field}`: {}", self.inner.message),
+            (None, _) => f.write_str(&self.inner.message),
         }
     }
 }
 
 impl StdError for ConfigFileError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        match &self.source {
+        match &self.inner.source {
             Some(Source::Io(e)) => Some(e),
             Some(Source::Config(e)) => Some(e),
             None => None,

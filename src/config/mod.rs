@@ -625,7 +625,8 @@ impl FallbackConfig {
         if let Some(d) = self.max_body_time {
             f = f.max_body_time(d.0);
         }
-        let flags: [(Option<bool>, fn(FallbackCache, bool) -> FallbackCache); 8] = [
+        type Set = fn(FallbackCache, bool) -> FallbackCache;
+        let flags: [(Option<bool>, Set); 8] = [
             (self.store_private, FallbackCache::store_private),
             (
                 self.store_with_credentials,
