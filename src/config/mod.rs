@@ -67,7 +67,7 @@
 //!   `"global"`; `fail_fast = true` is `max_wait = "0s"`. Giving both keys of a pair is an
 //!   error rather than a silent choice.
 //! - **Host policies** are `hosts."<pattern>"`, each with the settings a
-//!   [`HostPolicy`](crate::hosts::HostPolicy) overrides: `total_timeout`, `attempt_timeout`,
+//!   [`HostPolicy`] overrides: `total_timeout`, `attempt_timeout`,
 //!   `retry`, `circuit_breaker`, `rate_limit`, `bulkhead`. A key left out inherits the client's
 //!   (see [`hosts`](crate::hosts) for what that shares); `"off"` switches the stage off for
 //!   those hosts; a table is the policy's own stage, **whole**: the keys it leaves out take
