@@ -186,6 +186,7 @@ mod event;
 mod ext;
 pub mod fallback;
 pub mod health;
+pub mod hedge;
 mod host;
 pub mod hosts;
 #[cfg(feature = "metrics")]
@@ -236,6 +237,7 @@ pub mod layer {
     pub use crate::bulkhead::BulkheadLayer;
     pub use crate::circuit_breaker::CircuitBreakerLayer;
     pub use crate::fallback::FallbackCacheLayer;
+    pub use crate::hedge::HedgeLayer;
     pub use crate::rate_limit::RateLimitLayer;
     pub use crate::retry::RetryLayer;
     pub use crate::timeout::{AttemptTimeoutLayer, TotalTimeoutLayer};
