@@ -37,8 +37,6 @@ const IDLE_HALF_LIVES: u32 = 8;
 /// How many hosts of its shard a new host at the cap looks at to make room.
 const SAMPLE: usize = 64;
 const MAX_SHARDS: usize = 16;
-/// Samples between two computations of a host's quantile (it is cached in between).
-const RECOMPUTE_EVERY: u32 = 8;
 
 /// The bucket of a latency of `us` microseconds.
 fn index(us: u64) -> usize {
@@ -82,9 +80,6 @@ struct Histogram {
     period: u64,
     /// The latest sample's half-life.
     last_used: u64,
-    /// The quantile (its bits) and its value, computed `since_cache` samples ago.
-    cached: Option<(u64, Duration)>,
-    since_cache: u32,
 }
 
 impl Histogram {
@@ -94,8 +89,6 @@ impl Histogram {
             total: 0,
             period,
             last_used: period,
-            cached: None,
-            since_cache: 0,
         }
     }
 
@@ -111,7 +104,6 @@ impl Histogram {
 
     /// Shifts every count right by `halvings`.
     fn halve(&mut self, halvings: u64) {
-        self.cached = None;
         if halvings >= 32 {
             self.counts = [0; BUCKETS];
             self.total = 0;
@@ -135,22 +127,14 @@ impl Histogram {
         }
         self.counts[i] += 1;
         self.total += 1;
-        self.since_cache += 1;
-        if self.since_cache >= RECOMPUTE_EVERY {
-            self.cached = None;
-        }
     }
 
     /// The quantile `q` of the samples, as the upper edge of its bucket; `None` below
-    /// `min_samples`.
-    fn quantile(&mut self, q: f64, min_samples: u32) -> Option<Duration> {
+    /// `min_samples`. A walk over the buckets up to the quantile's (a few hundred
+    /// nanoseconds at most), on every call: the estimate is the latest.
+    fn quantile(&self, q: f64, min_samples: u32) -> Option<Duration> {
         if self.total < u64::from(min_samples.max(1)) {
             return None;
-        }
-        if let Some((bits, d)) = self.cached {
-            if bits == q.to_bits() {
-                return Some(d);
-            }
         }
         // The rank of the quantile, from 1: the smallest sample with at least `q` of them at
         // or below it.
@@ -164,10 +148,7 @@ impl Histogram {
                 break;
             }
         }
-        let d = Duration::from_micros(lower(at + 1));
-        self.cached = Some((q.to_bits(), d));
-        self.since_cache = 0;
-        Some(d)
+        Some(Duration::from_micros(lower(at + 1)))
     }
 }
 
