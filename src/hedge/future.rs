@@ -309,12 +309,10 @@ where
 
         // The hedges that are due.
         while let Some(due) = this.st.due {
-            if Instant::now() < due {
-                if this.timer.as_mut().poll_at(due, cx).is_pending() {
-                    // This timer is armed: it wakes the task by `due`.
-                    wake_by = earliest(wake_by, Some(due));
-                    break;
-                }
+            if Instant::now() < due && this.timer.as_mut().poll_at(due, cx).is_pending() {
+                // This timer is armed: it wakes the task by `due`.
+                wake_by = earliest(wake_by, Some(due));
+                break;
             }
             match this.st.send(cx) {
                 Sending::Wait | Sending::Stop => break,

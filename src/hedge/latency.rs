@@ -226,7 +226,8 @@ impl Estimates {
             h.record(latency, period);
             return;
         }
-        if !self.reserve() && !(self.make_room(&mut map, period) && self.reserve()) {
+        let room = self.reserve() || (self.make_room(&mut map, period) && self.reserve());
+        if !room {
             return;
         }
         let mut h = Histogram::new(period);

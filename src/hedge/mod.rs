@@ -118,12 +118,12 @@
 //! Every copy sent is an attempt: [`ResponseExt::attempts`](crate::ResponseExt::attempts) and
 //! [`Error::attempts`](crate::Error::attempts) count hedges with retries (a call whose first
 //! attempt was hedged and then retried once says 3). The retry stage's own events
-//! ([`Event::Attempt`](crate::Event::Attempt), [`Event::Retry`](crate::Event::Retry)) number
+//! ([`Event::Attempt`], [`Event::Retry`]) number
 //! its attempts, each race counting once.
 //!
-//! - [`Event::Hedge`](crate::Event::Hedge) when a hedge is sent: its number in the race (2 for
+//! - [`Event::Hedge`] when a hedge is sent: its number in the race (2 for
 //!   the first hedge) and how long after the first attempt;
-//! - [`Event::HedgeWon`](crate::Event::HedgeWon) when a race in which a hedge was sent ends
+//! - [`Event::HedgeWon`] when a race in which a hedge was sent ends
 //!   with an acceptable answer: which attempt won (1, the first one; 2, the first hedge; …),
 //!   and how many were sent;
 //! - `tracing`: a `debug` event for each hedge (`hedge.attempt`, `hedge.delay_ms`), for each

@@ -24,6 +24,11 @@
 //!
 //! Why a budget and not only a maximum of attempts: see [`RetryBudget`].
 //!
+//! With [hedging](crate::hedge) below (the stage between this one and the circuit breaker),
+//! each attempt is a race of copies: this stage sees the race's one outcome and decides on it
+//! as on any attempt, its hedges spend this stage's budget, and the response's attempts count
+//! them.
+//!
 //! [`ResponseExt::attempts`]: crate::ResponseExt::attempts
 
 mod backoff;
