@@ -790,3 +790,90 @@ fn hedges_and_their_wins_are_counted() {
     .collect();
     assert_eq!(counters, want);
 }
+
+/// A local server whose first answer to `/slow` takes 2 s and every later one 10 ms.
+async fn slow_then_fast() -> wiremock::MockServer {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock as Route, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Route::given(method("GET"))
+        .and(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(secs(2)))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Route::given(method("GET"))
+        .and(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(ms(10)))
+        .mount(&server)
+        .await;
+    server
+}
+
+// Real sockets, real time: the margins are wide.
+#[tokio::test]
+async fn over_reqwest_the_hedge_answers_and_the_slow_request_is_dropped() {
+    let server = slow_then_fast().await;
+    let client = palisade::Client::builder()
+        .hedging(Hedging::after(ms(100)))
+        .build()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let resp = client
+        .get(format!("{}/slow", server.uri()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.attempts(), 2);
+    assert!(start.elapsed() < ms(1_500), "{:?}", start.elapsed());
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
+
+#[cfg(feature = "middleware")]
+#[tokio::test]
+async fn through_the_middleware_each_copy_runs_the_chain_below() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Counts the calls that pass through it.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<AtomicUsize>);
+
+    #[async_trait::async_trait]
+    impl reqwest_middleware::Middleware for Counting {
+        async fn handle(
+            &self,
+            req: reqwest::Request,
+            ext: &mut http::Extensions,
+            next: reqwest_middleware::Next<'_>,
+        ) -> reqwest_middleware::Result<reqwest::Response> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            next.run(req, ext).await
+        }
+    }
+
+    let server = slow_then_fast().await;
+    let below = Counting::default();
+    let palisade = palisade::Client::builder()
+        .hedging(Hedging::after(ms(100)))
+        .build_middleware()
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .retry(reqwest::retry::never())
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(http)
+        .with(palisade)
+        .with(below.clone())
+        .build();
+    let start = std::time::Instant::now();
+    let resp = client
+        .get(format!("{}/slow", server.uri()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.status().as_u16(), resp.attempts()), (200, 2));
+    assert!(start.elapsed() < ms(1_500), "{:?}", start.elapsed());
+    assert_eq!(below.0.load(Ordering::SeqCst), 2, "the first and its hedge");
+}
