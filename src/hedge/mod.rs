@@ -43,9 +43,10 @@
 //! - **When**: after a delay from the first attempt — fixed ([`Hedging::after`]) or a quantile
 //!   of the host's recent latency ([`Hedging::at_quantile`], see below) — one more copy races
 //!   the ones already sent; then another after the same delay, up to
-//!   [`max_hedged_attempts`](Hedging::max_hedged_attempts) in all (default 2: one hedge). No
-//!   hedge is sent at or after the total deadline, and no race is started for a request whose
-//!   deadline comes before the first hedge would.
+//!   [`max_hedged_attempts`](Hedging::max_hedged_attempts) in all (default 2: one hedge). The
+//!   delay counts from when the stage sends the first attempt down, so a wait for a rate-limit
+//!   token below is part of it. No hedge is sent at or after the total deadline, and no race is
+//!   started for a request whose deadline comes before the first hedge would.
 //! - **Who wins**: the first answer the [`Classifier`] calls acceptable (`Success` or
 //!   `ClientError`: an answer, not a failure); the others are dropped at once. A failure of one
 //!   racer does not end the race while another is still running: its answer is dropped, and
@@ -79,9 +80,10 @@
 //! # The delay at a quantile of the host's latency
 //!
 //! With [`Hedging::at_quantile`], the stage keeps, per host (`host:port`), a histogram of how
-//! long its attempts took to answer (0.8 KB each, 12.5 % buckets, counts halved every
-//! [`half_life`](Hedging::half_life), 10 s: see `latency.rs`), and a call's delay is the
-//! quantile of its host's histogram when the call starts, read as the upper edge of its bucket
+//! long its attempts took to answer (0.8 KB each: 200 buckets from 1 µs to 134 s, each at most
+//! 12.5 % wide, every count halved every [`half_life`](Hedging::half_life), 10 s), and a
+//! call's delay is the quantile of its host's histogram when the call starts (tokio's timers
+//! then round it up to the millisecond), read as the upper edge of its bucket
 //! (never below the quantile: hedging at p95 sends a copy for at most about 5 % of the
 //! requests), clamped to [`min_delay`](Hedging::min_delay)..=[`max_delay`](Hedging::max_delay)
 //! (1 ms and 10 s). Until the host has [`min_samples`](Hedging::min_samples) (20), the delay is
@@ -118,15 +120,14 @@
 //! Every copy sent is an attempt: [`ResponseExt::attempts`](crate::ResponseExt::attempts) and
 //! [`Error::attempts`](crate::Error::attempts) count hedges with retries (a call whose first
 //! attempt was hedged and then retried once says 3). The retry stage's own events
-//! ([`Event::Attempt`], [`Event::Retry`]) number
-//! its attempts, each race counting once.
+//! ([`Event::Attempt`], [`Event::Retry`]) number its attempts, each race counting once.
 //!
-//! - [`Event::Hedge`] when a hedge is sent: its number in the race (2 for
-//!   the first hedge) and how long after the first attempt;
-//! - [`Event::HedgeWon`] when a race in which a hedge was sent ends
-//!   with an acceptable answer: which attempt won (1, the first one; 2, the first hedge; …),
-//!   and how many were sent;
-//! - `tracing`: a `debug` event for each hedge (`hedge.attempt`, `hedge.delay_ms`), for each
+//! - [`Event::Hedge`] when a hedge is sent to the stages below (which may still reject it, as
+//!   [`Event::Rejected`] says): its number in the race (2 for the first hedge) and how long
+//!   after the first attempt;
+//! - [`Event::HedgeWon`] when a race in which a hedge was sent ends with an acceptable answer:
+//!   which attempt won (1, the first one; 2, the first hedge; …), and how many were sent;
+//! - `tracing`: a `debug` event for each hedge (`hedge.attempt`, `hedge.after_ms`), for each
 //!   hedged race won (`hedge.winner`, `hedge.sent`), and for each hedge the budget refuses;
 //! - metrics (feature `metrics`): `palisade.hedge.sent` (counter, by `server.address`) and
 //!   `palisade.hedge.wins` (counter, by `server.address` and `palisade.hedge.attempt`, the
@@ -353,7 +354,11 @@ impl Hedging {
         let n = self.max_hedged_attempts;
         match self.delay {
             Delay::Fixed(d) => format!("hedging(after {d:?}, max_hedged_attempts={n})"),
-            Delay::Quantile(q) => format!("hedging(p{}, max_hedged_attempts={n})", q * 100.0),
+            // 0.999 is p99.9, not p99.89999999999999.
+            Delay::Quantile(q) => format!(
+                "hedging(p{}, max_hedged_attempts={n})",
+                (q * 1e4).round() / 1e2
+            ),
         }
     }
 }
@@ -659,6 +664,14 @@ mod tests {
         assert_eq!(
             field(Hedging::at_quantile(0.9).max_hosts(0)),
             "hedging.max_hosts"
+        );
+        assert_eq!(
+            Hedging::at_quantile(0.999).summary(),
+            "hedging(p99.9, max_hedged_attempts=2)"
+        );
+        assert_eq!(
+            Hedging::at_quantile(0.95).summary(),
+            "hedging(p95, max_hedged_attempts=2)"
         );
         assert!(Hedging::after(Duration::ZERO).validate().is_ok());
         assert!(Hedging::after(d).max_hedged_attempts(1).validate().is_ok());
