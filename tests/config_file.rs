@@ -1088,3 +1088,68 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn hedging_reads_from_a_file_for_the_client_and_a_host() {
+    use palisade::hedge::Hedging;
+    let text = r#"
+[hedging]
+quantile = 0.95
+max_hedged_attempts = 3
+min_delay = "2ms"
+max_delay = "1s"
+fallback_delay = "50ms"
+min_samples = 10
+half_life = "5s"
+max_hosts = 100
+
+[hosts."api.test"]
+hedging = { after = "20ms" }
+
+[hosts."pay.test"]
+hedging = "off"
+"#;
+    let code = Client::builder()
+        .hedging(
+            Hedging::at_quantile(0.95)
+                .max_hedged_attempts(3)
+                .min_delay(ms(2))
+                .max_delay(secs(1))
+                .fallback_delay(ms(50))
+                .min_samples(10)
+                .half_life(secs(5))
+                .max_hosts(100),
+        )
+        .host(
+            "api.test",
+            HostPolicy::new().hedging(Hedging::after(ms(20))),
+        )
+        .host("pay.test", HostPolicy::new().no_hedging());
+    assert_eq!(
+        format!("{:?}", builder(text, Format::Toml)),
+        format!("{code:?}")
+    );
+    builder(text, Format::Toml).build().expect("valid");
+    // The delay once, and not none.
+    for (text, path) in [
+        (
+            "[hedging]\nafter = \"1s\"\nquantile = 0.9",
+            "hedging.quantile",
+        ),
+        ("[hedging]\nmax_hedged_attempts = 2", "hedging"),
+        (
+            "[hosts.\"a.test\".hedging]\nafter = \"1s\"\nquantile = 0.9",
+            "hosts.\"a.test\".hedging.quantile",
+        ),
+    ] {
+        let e = toml(text).unwrap().into_builder().expect_err(text);
+        assert_eq!(e.field(), path, "{text}: {e}");
+    }
+    // Then the builder's checks, by path.
+    let e = build_error("[hedging]\nquantile = 1.5");
+    assert!(e.field().starts_with("hedging."), "{e}");
+    let e = build_error("[hosts.\"a.test\".hedging]\nafter = \"1s\"\nmax_hedged_attempts = 0");
+    assert!(e.field().starts_with("hosts.\"a.test\".hedging."), "{e}");
+    let e = field_error("[hedging]\nafter = 5", Format::Toml);
+    assert_eq!(e.field(), Some("hedging.after"), "{e}");
+}

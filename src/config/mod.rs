@@ -68,7 +68,7 @@
 //!   error rather than a silent choice.
 //! - **Host policies** are `hosts."<pattern>"`, each with the settings a
 //!   [`HostPolicy`] overrides: `total_timeout`, `attempt_timeout`,
-//!   `retry`, `circuit_breaker`, `rate_limit`, `bulkhead`. A key left out inherits the client's
+//!   `retry`, `hedging`, `circuit_breaker`, `rate_limit`, `bulkhead`. A key left out inherits the client's
 //!   (see [`hosts`](crate::hosts) for what that shares); `"off"` switches the stage off for
 //!   those hosts; a table is the policy's own stage, **whole**: the keys it leaves out take
 //!   palisade's defaults, not the client's section's. Of two patterns that name the same hosts
@@ -146,6 +146,7 @@ use crate::bulkhead::Bulkhead;
 use crate::circuit_breaker::CircuitBreaker;
 use crate::error::ConfigError;
 use crate::fallback::FallbackCache;
+use crate::hedge::Hedging;
 use crate::hosts::{config_prefix, HostPolicy, Pattern};
 use crate::rate_limit::RateLimit;
 use crate::retry::{Backoff, Retry, RetryBudget};
@@ -167,6 +168,7 @@ struct Settings {
     total_timeout: Toggle<Human>,
     attempt_timeout: Toggle<Human>,
     retry: Toggle<RetryConfig>,
+    hedging: Toggle<HedgingConfig>,
     circuit_breaker: Toggle<BreakerConfig>,
     rate_limit: Toggle<RateLimitConfig>,
     bulkhead: Toggle<BulkheadConfig>,
@@ -189,6 +191,7 @@ impl fmt::Debug for Config {
             .field("total_timeout", &s.total_timeout)
             .field("attempt_timeout", &s.attempt_timeout)
             .field("retry", &s.retry)
+            .field("hedging", &s.hedging)
             .field("circuit_breaker", &s.circuit_breaker)
             .field("rate_limit", &s.rate_limit)
             .field("bulkhead", &s.bulkhead)
@@ -236,6 +239,11 @@ impl Config {
             Toggle::Unset => b,
             Toggle::Off => b.no_retry(),
             Toggle::On(r) => b.retry(r.build()),
+        };
+        b = match s.hedging {
+            Toggle::Unset => b,
+            Toggle::Off => b.no_hedging(),
+            Toggle::On(h) => b.hedging(h.build("hedging")?),
         };
         b = match s.circuit_breaker {
             Toggle::Unset => b,
@@ -355,6 +363,21 @@ struct RedisConfig {
     lease: Option<u32>,
 }
 
+/// `[hedging]`: [`Hedging`], with its delay as `after = "<duration>"` or `quantile = q`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct HedgingConfig {
+    after: Option<Human>,
+    quantile: Option<f64>,
+    max_hedged_attempts: Option<u32>,
+    min_delay: Option<Human>,
+    max_delay: Option<Human>,
+    fallback_delay: Option<Human>,
+    min_samples: Option<u32>,
+    half_life: Option<Human>,
+    max_hosts: Option<usize>,
+}
+
 /// `[bulkhead]`: [`Bulkhead`].
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -395,6 +418,7 @@ struct HostConfig {
     total_timeout: Toggle<Human>,
     attempt_timeout: Toggle<Human>,
     retry: Toggle<RetryConfig>,
+    hedging: Toggle<HedgingConfig>,
     circuit_breaker: Toggle<BreakerConfig>,
     rate_limit: Toggle<RateLimitConfig>,
     bulkhead: Toggle<BulkheadConfig>,
@@ -404,6 +428,7 @@ struct HostConfig {
 
 section!(
     RetryConfig,
+    HedgingConfig,
     BudgetConfig,
     BreakerConfig,
     RateLimitConfig,
@@ -591,6 +616,51 @@ impl RedisConfig {
     }
 }
 
+impl HedgingConfig {
+    /// The hedging policy; `at` is where the section is (`hedging`), for errors.
+    fn build(self, at: &'static str) -> Result<Hedging, ConfigError> {
+        let field = |name: &str| format!("{at}.{name}");
+        let mut h = match (self.after, self.quantile) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    field("quantile"),
+                    "cannot be set with after: give the delay once",
+                ))
+            }
+            (Some(d), None) => Hedging::after(d.0),
+            (None, Some(q)) => Hedging::at_quantile(q),
+            (None, None) => {
+                return Err(ConfigError::new(
+                    at,
+                    "needs a delay: after = \"<duration>\" or quantile = q (0.95, say)",
+                ))
+            }
+        };
+        if let Some(n) = self.max_hedged_attempts {
+            h = h.max_hedged_attempts(n);
+        }
+        if let Some(d) = self.min_delay {
+            h = h.min_delay(d.0);
+        }
+        if let Some(d) = self.max_delay {
+            h = h.max_delay(d.0);
+        }
+        if let Some(d) = self.fallback_delay {
+            h = h.fallback_delay(d.0);
+        }
+        if let Some(n) = self.min_samples {
+            h = h.min_samples(n);
+        }
+        if let Some(d) = self.half_life {
+            h = h.half_life(d.0);
+        }
+        if let Some(n) = self.max_hosts {
+            h = h.max_hosts(n);
+        }
+        Ok(h)
+    }
+}
+
 impl BulkheadConfig {
     fn build(self) -> Bulkhead {
         let mut b = Bulkhead::new(self.max_concurrent);
@@ -681,6 +751,11 @@ impl HostConfig {
             Toggle::Unset => p,
             Toggle::Off => p.no_retry(),
             Toggle::On(r) => p.retry(r.build()),
+        };
+        p = match self.hedging {
+            Toggle::Unset => p,
+            Toggle::Off => p.no_hedging(),
+            Toggle::On(h) => p.hedging(h.build("hedging")?),
         };
         p = match self.circuit_breaker {
             Toggle::Unset => p,
