@@ -6,7 +6,7 @@
 //! cargo run --release --example simulate -- OUT_DIR # writes OUT_DIR instead
 //! ```
 //!
-//! It also runs unoptimised (`cargo run --example simulate`), in about 30–40 s, with the same
+//! It also runs unoptimised (`cargo run --example simulate`), in about a minute, with the same
 //! results. Two runs print the same tables and write byte-identical files: every random draw
 //! comes from a seeded generator (palisade's jitter from fastrand's thread-local one, seeded
 //! here) and time is tokio's paused clock, which jumps from one timer to the next, on a
@@ -68,6 +68,21 @@
 //! `base · 2^n`, in palisade it is `base · 2^(n-1)` (the first retry waits at most 5 ms, not
 //! 10 ms).
 //!
+//! # Part 3: hedging against a heavy tail
+//!
+//! The same open-loop load (100 GET/s, each on its own task) against a server whose answers
+//! take 5–15 ms (uniform), except for a heavy tail: in `tail1`, 1 % of the answers are 50×
+//! slower (250–750 ms); in `tail2`, 2 % are; in `slow_spell`, every answer is 50× slower from
+//! 30 s to 60 s of a 120 s run (the tail scenarios last 200 s: 20,000 requests). Each is run
+//! with `Client::builder()` as it comes (**standard**: no hedging) and with
+//! `.hedging(Hedging::at_quantile(0.95))` (**hedged at p95**: one hedge after the host's
+//! recent 95th percentile, as "The Tail at Scale" proposes). Every attempt, hedges included,
+//! draws its own answer. Reported: the caller's latency at p50, p95, p99, p99.9 and its
+//! maximum, the attempts the server received per request offered (the extra load), the
+//! hedges sent, and which attempt won the hedged races (from the events). At 1 % the 99th
+//! percentile is the knee of the distribution itself (the slowest fast answer, or the fastest
+//! slow one, by chance): the tail shows in p99.9 there, and in p99 at 2 %.
+//!
 //! # Outputs
 //!
 //! In `docs/simulate/` (or the directory given as the first argument):
@@ -81,7 +96,11 @@
 //! - `outage_load.svg`: attempts per second at the server and caller successes per second
 //!   through the outage, one line per client, the outage shaded;
 //! - `contention_calls.svg` and `contention_time.svg`: calls and completion time against N,
-//!   one line per backoff variant.
+//!   one line per backoff variant;
+//! - `hedging.csv`: one row per heavy-tail scenario and client, with the measures of part 3;
+//! - `hedging.svg`: the share of requests slower than each latency (log–log) in `tail1` and
+//!   `tail2` with and without hedging, and the attempts per second at the server through the
+//!   slow spell.
 //!
 //! The tables are printed to stdout as Markdown.
 
@@ -95,6 +114,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use palisade::hedge::Hedging;
 use palisade::retry::{Backoff, Jitter, Retry};
 use palisade::{CircuitState, ErrorKind, Event, GiveUpReason};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
@@ -160,6 +180,9 @@ fn main() -> Result<(), BoxError> {
         Measure::Calls,
     )?;
     plot_contention(&out.join("contention_time.svg"), &contention, Measure::Time)?;
+
+    // Part 3.
+    hedging_experiment(&out)?;
 
     println!("\nwrote {}", out.display());
     eprintln!("(took {:.1} s of wall time)", wall.elapsed().as_secs_f64());
@@ -1217,6 +1240,525 @@ where
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(180, 180, 180))
+        .label_font(("sans-serif", 14))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 3: hedging against a heavy tail
+// ---------------------------------------------------------------------------------------------
+
+/// How much slower than the rest a slow answer is.
+const TAIL_FACTOR: u32 = 50;
+/// The slow spell of the `slow_spell` scenario: every answer slow.
+const SPELL_START: Duration = Duration::from_secs(30);
+const SPELL_END: Duration = Duration::from_secs(60);
+
+/// What the heavy-tailed server does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tail {
+    /// 1 % of answers are 50× slower.
+    OnePercent,
+    /// 2 % of answers are 50× slower.
+    TwoPercent,
+    /// Every answer is 50× slower from 30 s to 60 s.
+    SlowSpell,
+}
+
+impl Tail {
+    const ALL: [Tail; 3] = [Tail::OnePercent, Tail::TwoPercent, Tail::SlowSpell];
+
+    fn key(self) -> &'static str {
+        match self {
+            Tail::OnePercent => "tail1",
+            Tail::TwoPercent => "tail2",
+            Tail::SlowSpell => "slow_spell",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Tail::OnePercent => "1 % of answers 50× slower (250–750 ms instead of 5–15 ms)",
+            Tail::TwoPercent => "2 % of answers 50× slower",
+            Tail::SlowSpell => "every answer 50× slower from 30 s to 60 s",
+        }
+    }
+
+    fn length(self) -> Duration {
+        match self {
+            Tail::SlowSpell => Duration::from_secs(120),
+            _ => Duration::from_secs(200),
+        }
+    }
+
+    /// Whether an answer at `t` is slow.
+    fn slow(self, t: Duration, rng: &mut fastrand::Rng) -> bool {
+        match self {
+            Tail::OnePercent => rng.f64() < 0.01,
+            Tail::TwoPercent => rng.f64() < 0.02,
+            Tail::SlowSpell => (SPELL_START..SPELL_END).contains(&t),
+        }
+    }
+}
+
+/// The two clients of the experiment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HedgeConfig {
+    /// `Client::builder()` as it comes: no hedging.
+    Off,
+    /// The same with `.hedging(Hedging::at_quantile(0.95))`.
+    P95,
+}
+
+impl HedgeConfig {
+    const ALL: [HedgeConfig; 2] = [HedgeConfig::Off, HedgeConfig::P95];
+
+    fn name(self) -> &'static str {
+        match self {
+            HedgeConfig::Off => "standard",
+            HedgeConfig::P95 => "hedged at p95",
+        }
+    }
+
+    fn color(self) -> RGBColor {
+        match self {
+            HedgeConfig::Off => RGBColor(230, 110, 0),
+            HedgeConfig::P95 => RGBColor(31, 119, 180),
+        }
+    }
+}
+
+/// The heavy-tailed server: attempts received per second, and how long each answer takes.
+struct TailServer {
+    tail: Tail,
+    start: Instant,
+    rng: fastrand::Rng,
+    attempts: Vec<u32>,
+}
+
+impl TailServer {
+    fn answer(&mut self) -> Duration {
+        let t = Instant::now().saturating_duration_since(self.start);
+        let second = t.as_secs() as usize;
+        if self.attempts.len() <= second {
+            self.attempts.resize(second + 1, 0);
+        }
+        self.attempts[second] += 1;
+        let latency = Duration::from_micros(self.rng.u64(5_000..=15_000));
+        if self.tail.slow(t, &mut self.rng) {
+            latency * TAIL_FACTOR
+        } else {
+            latency
+        }
+    }
+}
+
+#[derive(Clone)]
+struct TailTransport(Arc<Mutex<TailServer>>);
+
+impl tower::Service<reqwest::Request> for TailTransport {
+    type Response = reqwest::Response;
+    type Error = palisade::Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: reqwest::Request) -> Self::Future {
+        let latency = self.0.lock().expect("server lock").answer();
+        let url = req.url().clone();
+        Box::pin(async move {
+            tokio::time::sleep(latency).await;
+            let resp = http::Response::builder()
+                .status(200)
+                .url(url)
+                .body(Vec::<u8>::new())
+                .map_err(|e| palisade::Error::from_source(ErrorKind::Transport, e))?;
+            Ok(reqwest::Response::from(resp))
+        })
+    }
+}
+
+/// What the event hook counted of the hedges.
+#[derive(Default)]
+struct HedgeLog {
+    sent: u64,
+    /// Races won by the first attempt (the hedge did not help) and by the hedge.
+    won_by_first: u64,
+    won_by_hedge: u64,
+}
+
+struct TailRun {
+    tail: Tail,
+    config: HedgeConfig,
+    /// Each request's latency, sorted.
+    latencies: Vec<Duration>,
+    failures: usize,
+    attempts_per_second: Vec<u32>,
+    log: HedgeLog,
+}
+
+/// Runs one heavy-tail scenario with one client on a fresh paused runtime.
+fn simulate_tail(tail: Tail, config: HedgeConfig) -> Result<TailRun, BoxError> {
+    fastrand::seed(SEED);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?;
+    rt.block_on(async move {
+        let start = Instant::now();
+        let server = Arc::new(Mutex::new(TailServer {
+            tail,
+            start,
+            rng: fastrand::Rng::with_seed(SEED),
+            attempts: Vec::new(),
+        }));
+        let log = Arc::new(Mutex::new(HedgeLog::default()));
+        let hook_log = log.clone();
+        let builder = palisade::Client::builder()
+            .transport(TailTransport(server.clone()))
+            .on_event(move |e| {
+                let mut log = hook_log.lock().expect("hedge log");
+                match e {
+                    Event::Hedge { .. } => log.sent += 1,
+                    Event::HedgeWon { attempt: 1, .. } => log.won_by_first += 1,
+                    Event::HedgeWon { .. } => log.won_by_hedge += 1,
+                    _ => {}
+                }
+            });
+        let client = match config {
+            HedgeConfig::Off => builder,
+            HedgeConfig::P95 => builder.hedging(Hedging::at_quantile(0.95)),
+        }
+        .build()?;
+
+        let requests = (tail.length().as_nanos() / TICK.as_nanos()) as u32;
+        let mut tasks = Vec::with_capacity(requests as usize);
+        for i in 0..requests {
+            tokio::time::sleep_until(start + TICK * i).await;
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let sent = Instant::now();
+                let ok = client
+                    .get(format!("http://api.sim/items/{i}"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                (sent.elapsed(), ok)
+            }));
+        }
+        let mut latencies = Vec::with_capacity(tasks.len());
+        let mut failures = 0;
+        for task in tasks {
+            let (latency, ok) = task.await?;
+            latencies.push(latency);
+            failures += usize::from(!ok);
+        }
+        latencies.sort_unstable();
+        drop(client);
+        let server = take(server);
+        Ok(TailRun {
+            tail,
+            config,
+            latencies,
+            failures,
+            attempts_per_second: server.attempts,
+            log: take(log),
+        })
+    })
+}
+
+impl TailRun {
+    fn requests(&self) -> usize {
+        self.latencies.len()
+    }
+
+    fn attempts(&self) -> u64 {
+        self.attempts_per_second.iter().map(|&a| u64::from(a)).sum()
+    }
+
+    /// Attempts the server received per request offered, less one.
+    fn extra_load(&self) -> f64 {
+        self.attempts() as f64 / self.requests() as f64 - 1.0
+    }
+
+    fn p(&self, q: f64) -> Duration {
+        percentile(&self.latencies, q)
+    }
+}
+
+fn hedging_experiment(out: &Path) -> Result<(), BoxError> {
+    let mut runs = Vec::new();
+    for tail in Tail::ALL {
+        for config in HedgeConfig::ALL {
+            runs.push(simulate_tail(tail, config)?);
+        }
+    }
+    print_hedging(&runs);
+    write_hedging_csv(&out.join("hedging.csv"), &runs)?;
+    plot_hedging(&out.join("hedging.svg"), &runs)?;
+    Ok(())
+}
+
+fn find_run(runs: &[TailRun], tail: Tail, config: HedgeConfig) -> &TailRun {
+    runs.iter()
+        .find(|r| r.tail == tail && r.config == config)
+        .expect("every scenario and client was run")
+}
+
+fn print_hedging(runs: &[TailRun]) {
+    println!(
+        "\n# Hedging against a heavy tail (paused time, 100 requests/s offered, answers 5–15 ms)\n"
+    );
+    println!(
+        "standard = Client::builder(); hedged at p95 = the same with \
+         .hedging(Hedging::at_quantile(0.95)) (one hedge after the host's recent p95).\n"
+    );
+    for tail in Tail::ALL {
+        println!("- {}: {}", tail.key(), tail.describe());
+    }
+    println!();
+    println!(
+        "| scenario | client | p50 | p95 | p99 | p99.9 | max | attempts per request | hedges sent | won by the hedge / by the first |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in runs {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {} | {} / {} |",
+            r.tail.key(),
+            r.config.name(),
+            fmt_latency(r.p(0.50)),
+            fmt_latency(r.p(0.95)),
+            fmt_latency(r.p(0.99)),
+            fmt_latency(r.p(0.999)),
+            fmt_latency(r.latencies.last().copied().unwrap_or_default()),
+            1.0 + r.extra_load(),
+            r.log.sent,
+            r.log.won_by_hedge,
+            r.log.won_by_first,
+        );
+    }
+    println!();
+    for tail in Tail::ALL {
+        let (off, on) = (
+            find_run(runs, tail, HedgeConfig::Off),
+            find_run(runs, tail, HedgeConfig::P95),
+        );
+        let cut = |q: f64| off.p(q).as_secs_f64() / on.p(q).as_secs_f64().max(1e-9);
+        println!(
+            "- {}: hedging cuts p99 {:.1}× and p99.9 {:.1}× for {:+.1} % load ({} failed requests without hedging, {} with)",
+            tail.key(),
+            cut(0.99),
+            cut(0.999),
+            100.0 * (on.attempts() as f64 / off.attempts() as f64 - 1.0),
+            off.failures,
+            on.failures,
+        );
+    }
+    // The slow spell, second by second: how far hedges raise the load while every answer is
+    // slow, before the estimate learns the host's new latency.
+    let on = find_run(runs, Tail::SlowSpell, HedgeConfig::P95);
+    let spell = SPELL_START.as_secs() as usize..SPELL_END.as_secs() as usize;
+    let seconds = &on.attempts_per_second[spell.clone()];
+    let offered = 1e9 / TICK.as_nanos() as f64;
+    let sum: u32 = seconds.iter().sum();
+    let peak = seconds.iter().copied().max().unwrap_or(0);
+    let back = seconds
+        .iter()
+        .position(|&a| f64::from(a) <= offered * 1.1)
+        .map_or("never".to_owned(), |i| format!("{i} s"));
+    println!(
+        "- slow_spell, hedged, during the spell: {:+.1} % load, {:+.0} % in its worst second; within 10 % of the offered load {back} after it began",
+        100.0 * (f64::from(sum) / (offered * seconds.len() as f64) - 1.0),
+        100.0 * (f64::from(peak) / offered - 1.0),
+    );
+}
+
+fn write_hedging_csv(path: &Path, runs: &[TailRun]) -> Result<(), BoxError> {
+    let mut csv = String::from(
+        "scenario,client,requests,failures,downstream_attempts,attempts_per_request,\
+         p50_ms,p95_ms,p99_ms,p999_ms,max_ms,hedges_sent,won_by_hedge,won_by_first\n",
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for r in runs {
+        writeln!(
+            csv,
+            "{},{},{},{},{},{:.4},{:.1},{:.1},{:.1},{:.1},{:.1},{},{},{}",
+            r.tail.key(),
+            r.config.name(),
+            r.requests(),
+            r.failures,
+            r.attempts(),
+            1.0 + r.extra_load(),
+            ms(r.p(0.50)),
+            ms(r.p(0.95)),
+            ms(r.p(0.99)),
+            ms(r.p(0.999)),
+            ms(r.latencies.last().copied().unwrap_or_default()),
+            r.log.sent,
+            r.log.won_by_hedge,
+            r.log.won_by_first,
+        )?;
+    }
+    std::fs::write(path, csv)?;
+    Ok(())
+}
+
+/// Top: the share of requests slower than each latency (log–log), for the two tails, with and
+/// without hedging. Bottom: attempts per second at the server through the slow spell.
+fn plot_hedging(path: &Path, runs: &[TailRun]) -> Result<(), BoxError> {
+    let root = SVGBackend::new(path, (960, 900)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(520);
+
+    let mut chart = ChartBuilder::on(&top)
+        .caption(
+            "Share of requests slower than x: 1 % and 2 % of answers 50× slower",
+            ("sans-serif", 20),
+        )
+        .margin(14)
+        .margin_right(30)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((4f64..1000f64).log_scale(), (1e-5f64..1f64).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("latency (ms), log scale")
+        .y_desc("share of requests slower, log scale")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0e}"))
+        .light_line_style(RGBColor(240, 240, 240))
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
+        .draw()?;
+    for (tail, dashed) in [(Tail::OnePercent, false), (Tail::TwoPercent, true)] {
+        for config in HedgeConfig::ALL {
+            let run = find_run(runs, tail, config);
+            let n = run.latencies.len() as f64;
+            // One point per distinct latency: the share of requests slower than it.
+            let mut points: Vec<(f64, f64)> = Vec::new();
+            for (i, d) in run.latencies.iter().enumerate() {
+                let x = d.as_secs_f64() * 1e3;
+                let slower = (run.latencies.len() - i - 1) as f64 / n;
+                match points.last_mut() {
+                    Some(p) if p.0 == x => p.1 = slower,
+                    _ => points.push((x, slower)),
+                }
+            }
+            points.retain(|p| p.1 > 0.0);
+            let color = config.color();
+            let label = format!("{}, {}", tail.key(), config.name());
+            let style = color.stroke_width(2);
+            if dashed {
+                chart
+                    .draw_series(DashedLineSeries::new(points, 6, 4, style))?
+                    .label(label)
+                    .legend(move |(x, y)| {
+                        EmptyElement::at((x, y))
+                            + PathElement::new(vec![(0, 0), (7, 0)], color.stroke_width(2))
+                            + PathElement::new(vec![(12, 0), (20, 0)], color.stroke_width(2))
+                    });
+            } else {
+                chart
+                    .draw_series(LineSeries::new(points, style))?
+                    .label(label)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+            }
+        }
+    }
+    for (q, name) in [(0.01, "p99"), (0.001, "p99.9")] {
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(4.0, q), (1000.0, q)],
+            RGBColor(160, 160, 160),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            name,
+            (4.3, q * 1.25),
+            ("sans-serif", 13)
+                .into_font()
+                .color(&RGBColor(110, 110, 110)),
+        )))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(180, 180, 180))
+        .label_font(("sans-serif", 14))
+        .draw()?;
+
+    let length = Tail::SlowSpell.length().as_secs_f64();
+    // The hedged client first, so that the standard one's flat line shows on top of it.
+    let series: Vec<(HedgeConfig, &[u32])> = HedgeConfig::ALL
+        .iter()
+        .rev()
+        .map(|&c| {
+            (
+                c,
+                &find_run(runs, Tail::SlowSpell, c).attempts_per_second[..],
+            )
+        })
+        .collect();
+    let y_top = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .max()
+        .unwrap_or(1);
+    let y_max = (f64::from(y_top) * 1.15 / 50.0).ceil() * 50.0;
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption(
+            "Attempts reaching the server when every answer is 50× slower (30–60 s)",
+            ("sans-serif", 20),
+        )
+        .margin(14)
+        .margin_right(30)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..length, 0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("attempts per second")
+        .x_labels(13)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .light_line_style(RGBColor(240, 240, 240))
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
+        .draw()?;
+    chart.draw_series(std::iter::once(Rectangle::new(
+        [
+            (SPELL_START.as_secs_f64(), 0.0),
+            (SPELL_END.as_secs_f64(), y_max),
+        ],
+        RGBColor(214, 39, 40).mix(0.10).filled(),
+    )))?;
+    for (config, seconds) in series {
+        let color = config.color();
+        chart
+            .draw_series(LineSeries::new(
+                seconds
+                    .iter()
+                    .enumerate()
+                    .take(length as usize)
+                    .map(|(i, &a)| (i as f64 + 0.5, f64::from(a))),
+                color.stroke_width(2),
+            ))?
+            .label(config.name())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.9))
         .border_style(RGBColor(180, 180, 180))
         .label_font(("sans-serif", 14))

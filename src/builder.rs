@@ -16,6 +16,7 @@ use crate::client::{Client, ClientRef, Core};
 use crate::error::{ConfigError, Error};
 use crate::event::{Event, Hook};
 use crate::fallback::{FallbackCache, FallbackCacheLayer};
+use crate::hedge::{HedgeLayer, Hedging};
 use crate::hosts::{HostPolicy, Pattern, Setting};
 use crate::rate_limit::{RateLimit, RateLimitLayer};
 use crate::retry::{Retry, RetryLayer};
@@ -53,6 +54,7 @@ pub struct ClientBuilder {
     total_timeout: Option<Duration>,
     attempt_timeout: Option<Duration>,
     retry: Option<Retry>,
+    hedging: Option<Hedging>,
     breaker: Option<CircuitBreaker>,
     rate_limit: Option<RateLimit>,
     bulkhead: Option<Bulkhead>,
@@ -81,6 +83,7 @@ impl ClientBuilder {
             total_timeout: Some(Duration::from_secs(30)),
             attempt_timeout: Some(Duration::from_secs(10)),
             retry: Some(Retry::default()),
+            hedging: None,
             breaker: Some(CircuitBreaker::default()),
             rate_limit: None,
             bulkhead: None,
@@ -177,6 +180,32 @@ impl ClientBuilder {
         self
     }
 
+    /// Hedges slow attempts of idempotent requests: after a delay, a copy races the attempt,
+    /// and the first good answer wins (see [`hedge`](crate::hedge)). The stage sits between
+    /// the retry stage and the circuit breaker, so each copy is an attempt that the breaker
+    /// admits and the rate limiter charges, and each hedge spends the retry budget. Default:
+    /// none.
+    ///
+    /// ```
+    /// use palisade::hedge::Hedging;
+    ///
+    /// let client = palisade::Client::builder()
+    ///     .hedging(Hedging::at_quantile(0.95))
+    ///     .build()?;
+    /// # let _ = client;
+    /// # Ok::<(), palisade::ConfigError>(())
+    /// ```
+    pub fn hedging(mut self, hedging: Hedging) -> Self {
+        self.hedging = Some(hedging);
+        self
+    }
+
+    /// Removes the hedging stage (the default).
+    pub fn no_hedging(mut self) -> Self {
+        self.hedging = None;
+        self
+    }
+
     /// The circuit breaker. Default [`CircuitBreaker::default`]: one per host, opening at a
     /// failure ratio of 0.5 over 30 s with at least 20 calls or at 12 failures in a row, for
     /// 5 s, then one probe, cut at 1 s.
@@ -215,7 +244,7 @@ impl ClientBuilder {
 
     /// A policy for the hosts `pattern` names: `api.example.com` (any port),
     /// `api.example.com:8443`, or `*.example.com` (its subdomains). The policy overrides any of
-    /// the client's timeouts, retry, circuit breaker, rate limit and bulkhead for them, and
+    /// the client's timeouts, retry, hedging, circuit breaker, rate limit and bulkhead for them, and
     /// inherits the rest; the most specific pattern wins, and of two equal patterns the later.
     /// See [`hosts`](crate::hosts) for the rules, and what is shared.
     ///
@@ -340,6 +369,9 @@ impl ClientBuilder {
         if let Some(r) = retry_summary {
             summary.push(r);
         }
+        if let Some(h) = &stages.hedge {
+            summary.push(h.summary());
+        }
         if stages.breaker.is_some() {
             summary.push("circuit_breaker".to_owned());
         }
@@ -439,6 +471,8 @@ pub(crate) struct Stages {
     total: TotalTimeoutLayer,
     attempt: Option<AttemptTimeoutLayer>,
     pub(crate) retry: Option<RetryLayer>,
+    /// Spending `retry`'s budget (or its own, without `retry`).
+    pub(crate) hedge: Option<HedgeLayer>,
     pub(crate) breaker: Option<CircuitBreakerLayer>,
     pub(crate) limiter: Option<RateLimitLayer>,
     pub(crate) bulkhead: Option<BulkheadLayer>,
@@ -456,16 +490,23 @@ impl Stages {
         let (total_timeout, attempt_timeout) = timeouts(b.total_timeout, b.attempt_timeout)?;
         let total = total_layer(total_timeout, hook)?;
         let attempt = attempt_layer(attempt_timeout, hook)?;
+        let retry = b
+            .retry
+            .clone()
+            .map(|r| retry_layer(r, classifier, hook))
+            .transpose()?;
+        let hedge = b
+            .hedging
+            .clone()
+            .map(|h| hedge_layer(h, classifier, hook).map(|l| l.under(retry.as_ref())))
+            .transpose()?;
         Ok(Stages {
             total_timeout,
             attempt_timeout,
             total,
             attempt,
-            retry: b
-                .retry
-                .clone()
-                .map(|r| retry_layer(r, classifier, hook))
-                .transpose()?,
+            retry,
+            hedge,
             breaker: b
                 .breaker
                 .clone()
@@ -531,6 +572,12 @@ impl Stages {
         let (retry, own_retry) = pick(&p.retry, client.retry.as_ref(), |r| {
             retry_layer(r, classifier, hook)
         })?;
+        // The hedges of this pipeline spend its retry stage's budget, whether the hedging
+        // stage is the client's or the policy's.
+        let (hedge, _) = pick(&p.hedging, client.hedge.as_ref(), |h| {
+            hedge_layer(h, classifier, hook)
+        })?;
+        let hedge = hedge.map(|h| h.under(retry.as_ref()));
         let (breaker, own_breaker) = pick(&p.breaker, client.breaker.as_ref(), |c| {
             breaker_layer(c, classifier, hook)
         })?;
@@ -546,6 +593,7 @@ impl Stages {
             total,
             attempt,
             retry,
+            hedge,
             breaker,
             limiter,
             bulkhead,
@@ -587,6 +635,10 @@ impl Stages {
         let stage = match &self.breaker {
             Some(l) => Either::Left(l.layer(stage)),
             None => Either::Right(stage),
+        };
+        let stage = match &self.hedge {
+            Some(l) => l.layer(stage),
+            None => crate::hedge::HedgeService::off(stage),
         };
         let stage = match &self.retry {
             Some(l) => Either::Left(l.layer(stage)),
@@ -642,6 +694,15 @@ fn retry_layer(r: Retry, classifier: &Classifier, hook: &Hook) -> Result<RetryLa
     Ok(RetryLayer::from_parts(r, classifier.clone(), hook.clone()))
 }
 
+fn hedge_layer(
+    h: Hedging,
+    classifier: &Classifier,
+    hook: &Hook,
+) -> Result<HedgeLayer, ConfigError> {
+    h.validate()?;
+    Ok(HedgeLayer::from_parts(h, classifier.clone(), hook.clone()))
+}
+
 fn breaker_layer(
     b: CircuitBreaker,
     classifier: &Classifier,
@@ -685,6 +746,7 @@ impl fmt::Debug for ClientBuilder {
             .field("total_timeout", &self.total_timeout)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("retry", &self.retry)
+            .field("hedging", &self.hedging)
             .field("circuit_breaker", &self.breaker)
             .field("rate_limit", &self.rate_limit)
             .field("bulkhead", &self.bulkhead)

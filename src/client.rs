@@ -24,6 +24,7 @@ use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerService};
 use crate::context;
 use crate::error::Error;
 use crate::fallback::{FallbackCacheHandle, FallbackCacheService};
+use crate::hedge::HedgeService;
 use crate::rate_limit::RateLimitService;
 use crate::redact;
 use crate::retry::RetryService;
@@ -39,10 +40,13 @@ pub(crate) type MeasuredStage = crate::metrics::Measured<AttemptStage>;
 pub(crate) type MeasuredStage = AttemptStage;
 pub(crate) type LimitStage = Either<RateLimitService<MeasuredStage>, MeasuredStage>;
 pub(crate) type BreakerStage = Either<CircuitBreakerService<LimitStage>, LimitStage>;
+// Hedging is opt-in: off, the stage passes every call through (a branch); on, a request that
+// is not hedged passes through too, and a race is boxed.
+pub(crate) type HedgeStage = HedgeService<BreakerStage>;
 // Without a retry stage, the stage below is boxed as the retry stage's loop is: the two sides
 // of an `Either` make a future as large as the larger, and the future of the stages below
 // (some 600 bytes) would make every request's future, retry on or off, that much larger.
-pub(crate) type RetryStage = Either<RetryService<BreakerStage>, Boxed<BreakerStage>>;
+pub(crate) type RetryStage = Either<RetryService<HedgeStage>, Boxed<HedgeStage>>;
 pub(crate) type BulkheadStage = Either<BulkheadService<RetryStage>, RetryStage>;
 pub(crate) type TimedStage = TotalTimeout<BulkheadStage>;
 pub(crate) type Pipeline = Either<FallbackCacheService<TimedStage>, TimedStage>;

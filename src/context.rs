@@ -18,7 +18,10 @@ use tokio::time::Instant;
 
 pub(crate) struct RequestContext {
     pub(crate) deadline: Option<Instant>,
+    /// The retry stage's attempts (each possibly hedged: see `hedges`).
     pub(crate) attempts: Cell<u32>,
+    /// The copies the hedging stage sent besides those attempts.
+    pub(crate) hedges: Cell<u32>,
     /// The earliest instant by which a stage below promised, as it went pending, to wake the
     /// request's task (its own timer is armed for it): the total timeout need not arm a timer
     /// of its own while one is promised before the deadline. Cleared before each poll.
@@ -32,6 +35,7 @@ impl RequestContext {
         RequestContext {
             deadline,
             attempts: Cell::new(1),
+            hedges: Cell::new(0),
             wake_by: Cell::new(None),
         }
     }
@@ -92,9 +96,21 @@ pub(crate) fn record_attempt(n: u32) {
     let _ = CONTEXT.try_with(|c| c.attempts.set(n));
 }
 
-/// The attempts made so far (0 outside a request's context).
+/// The attempts made so far, hedges included (0 outside a request's context).
 pub(crate) fn attempts() -> u32 {
-    CONTEXT.try_with(|c| c.attempts.get()).unwrap_or(0)
+    CONTEXT
+        .try_with(|c| c.attempts.get().saturating_add(c.hedges.get()))
+        .unwrap_or(0)
+}
+
+/// Records that the hedging stage sent one more copy of the request.
+pub(crate) fn record_hedge() {
+    let _ = CONTEXT.try_with(|c| c.hedges.set(c.hedges.get().saturating_add(1)));
+}
+
+/// The copies the hedging stage has sent so far for this request (0 outside a context).
+pub(crate) fn hedges() -> u32 {
+    CONTEXT.try_with(|c| c.hedges.get()).unwrap_or(0)
 }
 
 /// Promises that the request's task is woken by `at` at the latest: a stage calls it as it goes
@@ -102,8 +118,8 @@ pub(crate) fn attempts() -> u32 {
 /// rate-limit token), so that the total timeout arms no timer of its own while `at` comes before
 /// the deadline. Only a promise kept by a timer may be made, and the future that made it must
 /// still be polled when the poll returns: the total timeout relies on it to be polled again. (A
-/// stage that races futures and drops one within a poll, as hedging will, must not let the
-/// dropped one's promise stand.)
+/// stage that races futures and drops one within a poll, as hedging does, must not let the
+/// dropped one's promise stand: see `hedge::future`.)
 pub(crate) fn promise_wake(at: Instant) {
     let _ = CONTEXT.try_with(|c| {
         let by = c.wake_by.get().map_or(at, |t| t.min(at));

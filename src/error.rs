@@ -300,7 +300,8 @@ impl Error {
     }
 
     /// How many attempts the pipeline made before it returned this error: 1 without retries,
-    /// 0 when the total deadline had passed before the first could start.
+    /// 0 when the total deadline had passed before the first could start. Hedges sent count
+    /// as attempts (see [`ResponseExt::attempts`](crate::ResponseExt::attempts)).
     pub fn attempts(&self) -> u32 {
         self.inner.attempts
     }

@@ -67,6 +67,33 @@ pub enum Event<'a> {
         /// Why it did not try again.
         reason: GiveUpReason,
     },
+    /// The hedging stage sent a copy of a request whose attempt had not answered yet (see
+    /// [`hedge`](crate::hedge)).
+    #[non_exhaustive]
+    Hedge {
+        /// The request's method.
+        method: &'a Method,
+        /// The request's URL.
+        url: &'a Url,
+        /// The copy's number in its race: 2 for the first hedge (1 is the attempt it hedges).
+        attempt: u32,
+        /// How long after that first attempt it was sent.
+        after: Duration,
+    },
+    /// A race in which the hedging stage sent at least one hedge ended with an acceptable
+    /// answer (one the classifier does not call a failure).
+    #[non_exhaustive]
+    HedgeWon {
+        /// The request's method.
+        method: &'a Method,
+        /// The request's URL.
+        url: &'a Url,
+        /// The number of the attempt that answered: 1 for the first (the hedges did not help),
+        /// 2 for the first hedge, and so on.
+        attempt: u32,
+        /// The attempts the race sent, the first included.
+        sent: u32,
+    },
     /// A circuit breaker changed state (logged at `warn` by tracing too).
     #[non_exhaustive]
     CircuitStateChanged {
@@ -191,6 +218,30 @@ impl fmt::Debug for Event<'_> {
                 .field("attempts", attempts)
                 .field("class", class)
                 .field("reason", reason)
+                .finish(),
+            Event::Hedge {
+                method,
+                url,
+                attempt,
+                after,
+            } => f
+                .debug_struct("Hedge")
+                .field("method", method)
+                .field("url", &DisplayUrl(url))
+                .field("attempt", attempt)
+                .field("after", after)
+                .finish(),
+            Event::HedgeWon {
+                method,
+                url,
+                attempt,
+                sent,
+            } => f
+                .debug_struct("HedgeWon")
+                .field("method", method)
+                .field("url", &DisplayUrl(url))
+                .field("attempt", attempt)
+                .field("sent", sent)
                 .finish(),
             Event::CircuitStateChanged { key, from, to } => f
                 .debug_struct("CircuitStateChanged")

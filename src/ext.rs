@@ -34,6 +34,11 @@ pub trait ResponseExt: sealed::Sealed {
     /// How many attempts the pipeline made, the one that produced this response included: 1
     /// when it came at the first try (or when no retry stage was in the pipeline).
     ///
+    /// Every copy sent is an attempt: with [hedging](crate::hedge), the hedges count with the
+    /// retries (a first attempt hedged once and then retried once makes 3), whichever copy
+    /// won. The retry stage's [`Event::Attempt`](crate::Event::Attempt) numbers its own
+    /// attempts, each hedged race once.
+    ///
     /// For a response served by the [fallback cache](crate::fallback), the attempts of the
     /// request that failed, as its [`Error::attempts`](crate::Error::attempts) would have
     /// said.

@@ -1,8 +1,8 @@
 //! Policies per host: one client, several APIs, each with its own rules.
 //!
 //! [`ClientBuilder::host`](crate::ClientBuilder::host) gives the hosts a pattern names a
-//! [`HostPolicy`], which overrides any of the client's timeouts, retry, circuit breaker, rate
-//! limiter and bulkhead and inherits the rest:
+//! [`HostPolicy`], which overrides any of the client's timeouts, retry, hedging, circuit
+//! breaker, rate limiter and bulkhead and inherits the rest:
 //!
 //! ```
 //! use std::time::Duration;
@@ -55,7 +55,17 @@
 //! theirs too. A stage a policy sets is its own, shared by the hosts the policy covers (a
 //! global limiter set in a `*.partner.example` policy is one bucket for all of them; a per-host
 //! one is a bucket each). The fallback cache, the classifier, the event hook and the metrics
-//! are the client's, for every host.
+//! are the client's, for every host (the fallback cache bounds its copy of a body by the
+//! client's total timeout).
+//!
+//! A policy's own rate limit in fleet mode (feature `redis`, `RateLimit::redis`) shares its
+//! quota on Redis with every limiter of the same prefix: give it a `Redis::prefix` of its own
+//! unless it is meant to draw on the client's quota.
+//!
+//! Hedging spends the retry budget of the pipeline it is in: a policy that inherits the
+//! client's hedging but sets a retry policy of its own hedges (with the client's latency
+//! estimates) on its own budget, and a policy that sets hedging but inherits the client's
+//! retry spends the client's budget.
 //!
 //! # Cost
 //!
@@ -70,6 +80,7 @@ use url::{Host, Url};
 
 use crate::bulkhead::Bulkhead;
 use crate::circuit_breaker::CircuitBreaker;
+use crate::hedge::Hedging;
 use crate::rate_limit::RateLimit;
 use crate::retry::Retry;
 
@@ -99,6 +110,7 @@ pub struct HostPolicy {
     pub(crate) breaker: Setting<CircuitBreaker>,
     pub(crate) rate_limit: Setting<RateLimit>,
     pub(crate) bulkhead: Setting<Bulkhead>,
+    pub(crate) hedging: Setting<Hedging>,
 }
 
 impl HostPolicy {
@@ -180,6 +192,20 @@ impl HostPolicy {
         self.bulkhead = Setting::Off;
         self
     }
+
+    /// Hedging for these hosts (see [`hedge`](crate::hedge)), with latency estimates of its
+    /// own. Its hedges spend the retry budget these hosts' retry stage spends (the client's,
+    /// unless the policy sets a retry policy of its own).
+    pub fn hedging(mut self, hedging: Hedging) -> Self {
+        self.hedging = Setting::Set(hedging);
+        self
+    }
+
+    /// No hedging for these hosts, whatever the client's.
+    pub fn no_hedging(mut self) -> Self {
+        self.hedging = Setting::Off;
+        self
+    }
 }
 
 impl fmt::Debug for HostPolicy {
@@ -202,6 +228,7 @@ impl fmt::Debug for HostPolicy {
         field(&mut d, "circuit_breaker", &self.breaker);
         field(&mut d, "rate_limit", &self.rate_limit);
         field(&mut d, "bulkhead", &self.bulkhead);
+        field(&mut d, "hedging", &self.hedging);
         d.finish()
     }
 }

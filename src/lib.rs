@@ -2,8 +2,8 @@
 //!
 //! palisade wraps a [`reqwest::Client`] and puts every request through a pipeline of stages:
 //! a fallback cache, a total timeout, a bulkhead, retry (exponential backoff with jitter,
-//! `Retry-After`, a retry budget), a circuit breaker per host, a rate limiter and an attempt
-//! timeout. Each stage asks one [`Classifier`] what an outcome means — success,
+//! `Retry-After`, a retry budget), hedging, a circuit breaker per host, a rate limiter and an
+//! attempt timeout. Each stage asks one [`Classifier`] what an outcome means — success,
 //! client error (4xx), throttled (429), server error (5xx), timeout, network failure — and
 //! acts on that class.
 //!
@@ -34,7 +34,7 @@
 //! Outermost first (a request flows down, a response up):
 //!
 //! ```text
-//! FallbackCache → TotalTimeout → Bulkhead → Retry(+budget) → CircuitBreaker → RateLimit → AttemptTimeout → reqwest
+//! FallbackCache → TotalTimeout → Bulkhead → Retry(+budget) → Hedge → CircuitBreaker → RateLimit → AttemptTimeout → reqwest
 //! ```
 //!
 //! The [`fallback`] cache (opt-in, [`ClientBuilder::fallback_cache`]) sees the final outcome,
@@ -43,7 +43,11 @@
 //! The total timeout bounds every attempt and every backoff sleep, and no attempt starts after
 //! it; the retry stage does not wait for a `Retry-After` that points past it. Retries happen
 //! outside the breaker, so an open circuit stops them; every attempt takes a rate-limit token,
-//! and a rejected call takes none; a request holds one bulkhead place across its attempts. The
+//! and a rejected call takes none; a request holds one bulkhead place across its attempts.
+//! [`hedge`] (opt-in, [`ClientBuilder::hedging`]) sends a copy of a slow idempotent attempt
+//! after a delay (fixed, or a quantile of the host's recent latency) and takes the first good
+//! answer: each copy is an attempt through the breaker, the limiter and the attempt timeout,
+//! and each hedge spends the retry budget. The
 //! [`circuit_breaker`] is on by default (one per host); the [`rate_limit`] and the
 //! [`bulkhead`] are opt-in ([`ClientBuilder::rate_limit`], [`ClientBuilder::bulkhead`]). Each stage is also a public tower [`Layer`](tower_layer::Layer) in
 //! [`layer`], over any `tower::Service<reqwest::Request, Response = reqwest::Response>`, for
@@ -109,8 +113,9 @@
 //! `RequestBuilder::multipart`. `blocking`, `http3` (unstable in reqwest) and
 //! `native-tls-vendored` are not forwarded: depend on reqwest with them and Cargo switches
 //! them on for palisade's reqwest too. `serde` implements `serde::Serialize` for the snapshot
-//! of [`Client::health`] (see [`health`]). `middleware` gives the pipeline as a
-//! `reqwest-middleware` middleware (see `middleware`).
+//! of [`Client::health`] (see [`health`]) and adds `config`, the builder as data;
+//! `config-toml`, `config-yaml` and `config-json` read it from files (see `config`).
+//! `middleware` gives the pipeline as a `reqwest-middleware` middleware (see `middleware`).
 //!
 //! # MSRV
 //!
@@ -180,12 +185,15 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 mod client;
+#[cfg(feature = "serde")]
+pub mod config;
 mod context;
 mod error;
 mod event;
 mod ext;
 pub mod fallback;
 pub mod health;
+pub mod hedge;
 mod host;
 pub mod hosts;
 #[cfg(feature = "metrics")]
@@ -236,6 +244,7 @@ pub mod layer {
     pub use crate::bulkhead::BulkheadLayer;
     pub use crate::circuit_breaker::CircuitBreakerLayer;
     pub use crate::fallback::FallbackCacheLayer;
+    pub use crate::hedge::HedgeLayer;
     pub use crate::rate_limit::RateLimitLayer;
     pub use crate::retry::RetryLayer;
     pub use crate::timeout::{AttemptTimeoutLayer, TotalTimeoutLayer};

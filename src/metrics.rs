@@ -38,6 +38,8 @@
 //! | `palisade.retry.retries` | counter | retries decided, by the class of the attempt that failed | `server.address`, `palisade.retry.reason` |
 //! | `palisade.retry.give_ups` | counter | failed outcomes returned that could have been retried | `server.address`, `palisade.retry.give_up_reason` |
 //! | `palisade.retry.budget_exhausted` | counter | retries the retry budget refused | `server.address` |
+//! | `palisade.hedge.sent` | counter | hedges sent (see [`hedge`](crate::hedge)) | `server.address` |
+//! | `palisade.hedge.wins` | counter | hedged races (at least one hedge sent) won, by the winner's number: 1 the first attempt (the hedges did not help), 2 the first hedge, … | `server.address`, `palisade.hedge.attempt` |
 //! | `palisade.circuit_breaker.transitions` | counter | state changes | `server.address`, `palisade.circuit_breaker.from`, `palisade.circuit_breaker.to` |
 //! | `palisade.circuit_breaker.state` | gauge | the state a breaker entered last: 0 closed, 1 half-open, 2 open (no series: never left closed) | `server.address` |
 //! | `palisade.circuit_breaker.rejections` | counter | calls an open breaker refused | `server.address` |
@@ -101,6 +103,10 @@ pub mod names {
     pub const GIVE_UPS: &str = "palisade.retry.give_ups";
     /// Retries the retry budget refused.
     pub const BUDGET_EXHAUSTED: &str = "palisade.retry.budget_exhausted";
+    /// Hedges sent.
+    pub const HEDGES_SENT: &str = "palisade.hedge.sent";
+    /// Hedged races won, by the number of the attempt that won.
+    pub const HEDGE_WINS: &str = "palisade.hedge.wins";
     /// Circuit breaker state changes.
     pub const CIRCUIT_TRANSITIONS: &str = "palisade.circuit_breaker.transitions";
     /// The state a circuit breaker entered last: 0 closed, 1 half-open, 2 open.
@@ -258,6 +264,15 @@ impl Sink {
                     give_up_reason(*reason),
                 ));
                 counter(names::GIVE_UPS, labels);
+            }
+            Event::Hedge { url, .. } => counter(names::HEDGES_SENT, self.url_labels(url)),
+            Event::HedgeWon { url, attempt, .. } => {
+                let mut labels = self.url_labels(url);
+                labels.push(Label::from_static_parts(
+                    "palisade.hedge.attempt",
+                    attempt_label(*attempt),
+                ));
+                counter(names::HEDGE_WINS, labels);
             }
             Event::CircuitStateChanged { key, from, to } => {
                 let labels = self.key_labels(key);
@@ -422,6 +437,13 @@ fn describe() {
         names::BUDGET_EXHAUSTED,
         c,
         "Retries the retry budget refused.",
+        1,
+    );
+    d(names::HEDGES_SENT, c, "Hedges sent.", 1);
+    d(
+        names::HEDGE_WINS,
+        c,
+        "Hedged races won, by the number of the attempt that won (1: the first).",
         1,
     );
     d(
@@ -698,6 +720,16 @@ fn give_up_reason(reason: GiveUpReason) -> &'static str {
         GiveUpReason::RetryAfterTooLong => "retry_after_too_long",
         GiveUpReason::RetryAfterPastDeadline => "retry_after_past_deadline",
     }
+}
+
+/// An attempt's number in a hedged race (at most 10), as a label.
+fn attempt_label(attempt: u32) -> &'static str {
+    const NUMBERS: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+    attempt
+        .checked_sub(1)
+        .and_then(|i| NUMBERS.get(i as usize))
+        .copied()
+        .unwrap_or(OTHER)
 }
 
 fn state_name(state: CircuitState) -> &'static str {

@@ -2,10 +2,12 @@
 //! `middleware`).
 //!
 //! [`PalisadeMiddleware`] runs the same stages in the same order as a [`Client`](crate::Client)
-//! (fallback cache, total timeout, bulkhead, retry with its budget, circuit breaker, rate limit,
-//! attempt timeout), built from the same [`ClientBuilder`]; what it sends each attempt through
-//! is the rest of the chain: the middleware attached after it, then the `reqwest::Client` at
-//! the end. Every attempt, retries included, runs the middleware below palisade again. Host
+//! (fallback cache, total timeout, bulkhead, retry with its budget, hedging, circuit breaker,
+//! rate limit, attempt timeout), built from the same [`ClientBuilder`]; what it sends each
+//! attempt through is the rest of the chain: the middleware attached after it, then the
+//! `reqwest::Client` at the end. Every attempt, retries and hedges included, runs the
+//! middleware below palisade again (a hedge and the attempt it races run the chain below at
+//! the same time). Host
 //! policies ([`ClientBuilder::host`]) pick each call's pipeline by its host, as a `Client`'s do.
 //!
 //! ```no_run

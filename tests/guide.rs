@@ -57,10 +57,12 @@ async fn users_see_answers_through_503s_resets_and_hangs() {
     }
 
     // What users see: every request answered, a few with a stored copy, none waiting more
-    // than two attempt timeouts, at the cost of about a third more attempts.
+    // than two attempt timeouts and the two backoffs between three attempts (at most 100 ms
+    // and 200 ms: full jitter draws each below its ceiling), at the cost of about a third more
+    // attempts.
     assert_eq!(answered, 1_000);
     assert!(stale > 0 && stale < 50, "{stale} stale answers");
-    assert!(slowest <= Duration::from_millis(4_200), "{slowest:?}");
+    assert!(slowest <= Duration::from_millis(4_300), "{slowest:?}");
     assert!((1_200..1_450).contains(&attempts), "{attempts} attempts");
     assert!(
         faults.injected_total() > 250,

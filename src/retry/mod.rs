@@ -24,6 +24,11 @@
 //!
 //! Why a budget and not only a maximum of attempts: see [`RetryBudget`].
 //!
+//! With [hedging](crate::hedge) below (the stage between this one and the circuit breaker),
+//! each attempt is a race of copies: this stage sees the race's one outcome and decides on it
+//! as on any attempt, its hedges spend this stage's budget, and the response's attempts count
+//! them.
+//!
 //! [`ResponseExt::attempts`]: crate::ResponseExt::attempts
 
 mod backoff;
@@ -44,8 +49,9 @@ use tower_service::Service;
 use url::Url;
 
 pub use self::backoff::{Backoff, Jitter};
+use self::budget::Budget;
 pub use self::budget::RetryBudget;
-use self::budget::{Budget, Withdrawal};
+pub(crate) use self::budget::Withdrawal;
 use crate::classify::{Classifier, FailureClass, Outcome};
 use crate::context;
 use crate::error::{ConfigError, Error, TimeoutKind};
@@ -250,6 +256,67 @@ impl RetryLayer {
     }
 }
 
+impl RetryLayer {
+    /// The retry budget, to be spent by the hedging stage below too; `None` without a budget.
+    pub(crate) fn budget_handle(&self) -> Option<BudgetHandle> {
+        self.shared.budget.as_ref().map(|budget| BudgetHandle {
+            budget: budget.clone(),
+            epoch: self.shared.epoch,
+        })
+    }
+}
+
+/// A retry budget with the clock it is kept on: for the hedging stage, whose hedges spend the
+/// retry stage's budget (or a budget of its own, in a pipeline without a retry stage).
+#[derive(Clone)]
+pub(crate) struct BudgetHandle {
+    budget: Arc<Budget>,
+    epoch: Instant,
+}
+
+impl BudgetHandle {
+    /// A budget of its own, on a clock that starts now.
+    pub(crate) fn new(cfg: &RetryBudget) -> Self {
+        BudgetHandle {
+            budget: Arc::new(Budget::new(cfg)),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.epoch)
+    }
+
+    /// Records a request.
+    pub(crate) fn deposit(&self) {
+        self.budget.deposit(self.now());
+    }
+
+    /// Takes one retry (or hedge), if the budget holds one.
+    pub(crate) fn try_withdraw(&self) -> Option<Withdrawal> {
+        self.budget.try_withdraw(self.now())
+    }
+
+    /// Gives back a withdrawal that sent nothing after all.
+    pub(crate) fn refund(&self, w: Withdrawal) {
+        self.budget.refund(w);
+    }
+
+    /// The same budget, kept on the same clock.
+    #[cfg(test)]
+    pub(crate) fn same_as(&self, other: &BudgetHandle) -> bool {
+        Arc::ptr_eq(&self.budget, &other.budget) && self.epoch == other.epoch
+    }
+}
+
+impl fmt::Debug for BudgetHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BudgetHandle")
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A read-only view of a retry budget, on the clock of the stage that spends it.
 #[derive(Clone)]
 pub(crate) struct BudgetView {
@@ -378,7 +445,10 @@ struct Progress {
     /// request's URL while there is one (tracing reads it from the request's span).
     url: Option<Box<Url>>,
     rng: Option<fastrand::Rng>,
-    prev_delay: Duration,
+    /// The previous backoff delay (for decorrelated jitter), in nanoseconds, saturating at
+    /// 584 years: 8 bytes where a `Duration` takes 16, which keeps the boxed loop within the
+    /// allocator's per-thread cache with the hedging stage's service below it.
+    prev_delay: u64,
     attempt: u32,
     /// The retry withdrawn from the budget for the attempt to come, until that attempt starts:
     /// a caller that drops the request during the backoff sleep gives it back (see `Drop`).
@@ -478,7 +548,7 @@ impl Progress {
             method: req.method().clone(),
             url: None,
             rng: None,
-            prev_delay: shared.cfg.backoff.base,
+            prev_delay: nanos(shared.cfg.backoff.base),
             attempt: 0,
             reserved: None,
             last_sent: None,
@@ -567,8 +637,11 @@ impl Progress {
             &mut self.prev_delay,
             &mut self.rng,
         );
+        // The copies a hedging stage below sent count as attempts of the call, for the
+        // response's `attempts()` and the error's.
+        let sent = attempt.saturating_add(context::hedges());
         match next {
-            Next::Return => Step::Done(finish(result, attempt, url_for_error, self.last_sent)),
+            Next::Return => Step::Done(finish(result, sent, url_for_error, self.last_sent)),
             Next::GiveUp(reason) => {
                 tracing::debug!(attempts = attempt, class = %class, reason = ?reason, "not retrying");
                 if let Some(url) = url_for_error {
@@ -580,7 +653,7 @@ impl Progress {
                         reason,
                     });
                 }
-                Step::Done(finish(result, attempt, url_for_error, self.last_sent))
+                Step::Done(finish(result, sent, url_for_error, self.last_sent))
             }
             Next::Sleep {
                 delay,
@@ -633,7 +706,7 @@ fn decide(
     idempotent: bool,
     can_resend: bool,
     deadline: Option<Instant>,
-    prev_delay: &mut Duration,
+    prev_delay: &mut u64,
     rng: &mut Option<fastrand::Rng>,
 ) -> Next {
     let cfg = &shared.cfg;
@@ -677,8 +750,10 @@ fn decide(
         Some(d) => (d, true),
         None => {
             let rng = rng.get_or_insert_with(fastrand::Rng::new);
-            let d = cfg.backoff.delay(attempt, *prev_delay, rng);
-            *prev_delay = d;
+            let d = cfg
+                .backoff
+                .delay(attempt, Duration::from_nanos(*prev_delay), rng);
+            *prev_delay = nanos(d);
             (d, false)
         }
     };
@@ -699,6 +774,11 @@ fn decide(
     }
 }
 
+/// `d` in nanoseconds, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Whether `delay` from now reaches the deadline.
 fn past(deadline: Option<Instant>, delay: Duration) -> bool {
     deadline.is_some_and(|dl| Instant::now().checked_add(delay).is_none_or(|at| at >= dl))
@@ -716,8 +796,11 @@ fn finish(
             // at the first try inserts nothing.
             if attempts > 1 {
                 r.extensions_mut().insert(Attempts(attempts));
+                // A hedge that won marked when it was sent: that is when this answer was asked.
                 if let Some(at) = last_sent {
-                    r.extensions_mut().insert(FinalAttemptSent(at));
+                    if r.extensions().get::<FinalAttemptSent>().is_none() {
+                        r.extensions_mut().insert(FinalAttemptSent(at));
+                    }
                 }
             }
             Ok(r)
@@ -791,13 +874,16 @@ mod tests {
     #[test]
     fn the_boxed_loop_stays_small() {
         use tower::util::Either;
-        // The stages a client's retry loop holds, as `ClientBuilder::build` makes them.
+        // The stages a client's retry loop holds, as `ClientBuilder::build` makes them (the
+        // hedging stage's service, off, is 8 bytes larger than the breaker's: the loop keeps
+        // its previous backoff delay in 8 bytes rather than a `Duration`'s 16 to stay within).
         let layer = RetryLayer::new(Retry::default()).unwrap();
         let attempt: crate::client::AttemptStage =
             Either::Right(Transport::Reqwest(reqwest::Client::new()));
         #[cfg(feature = "metrics")]
         let attempt = crate::metrics::Measured::new(attempt, None);
-        let svc: crate::client::BreakerStage = Either::Right(Either::Right(attempt));
+        let svc: crate::client::HedgeStage =
+            crate::hedge::HedgeService::off(Either::Right(Either::Right(attempt)));
         let req = Request::new(Method::GET, "http://a.test/".parse().unwrap());
         let fut = run(svc, layer.shared.clone(), req, false);
         let size = std::mem::size_of_val(&fut);

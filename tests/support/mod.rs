@@ -78,6 +78,10 @@ struct Inner {
     script: VecDeque<Step>,
     fallback: Option<Step>,
     seen: Vec<Seen>,
+    /// Attempts that answered (or failed).
+    answered: usize,
+    /// Attempts whose future was dropped before it answered, by the time they were dropped.
+    cancelled: Vec<Instant>,
 }
 
 /// An in-memory transport that answers from a script, then with a fallback step, and records
@@ -114,6 +118,18 @@ impl Mock {
 
     pub fn calls(&self) -> usize {
         self.inner.lock().unwrap().seen.len()
+    }
+
+    /// When each attempt dropped before it answered was dropped (a hedge that lost, a call the
+    /// caller left or a timeout cut short).
+    pub fn cancelled(&self) -> Vec<Instant> {
+        self.inner.lock().unwrap().cancelled.clone()
+    }
+
+    /// Attempts sent and neither answered nor dropped yet.
+    pub fn in_flight(&self) -> usize {
+        let inner = self.inner.lock().unwrap();
+        inner.seen.len() - inner.cancelled.len() - inner.answered
     }
 
     /// Times between consecutive requests.
@@ -363,7 +379,38 @@ impl tower::Service<Request> for Mock {
                 None => inner.fallback.clone().unwrap_or(Step::Status(200)),
             }
         };
-        run_for(req.url().clone(), step)
+        Box::pin(Watched {
+            fut: run_for(req.url().clone(), step),
+            inner: Some(self.inner.clone()),
+        })
+    }
+}
+
+/// An attempt's future that tells the mock whether it answered or was dropped first.
+struct Watched {
+    fut: Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>,
+    /// Taken when the attempt answers.
+    inner: Option<Arc<Mutex<Inner>>>,
+}
+
+impl Future for Watched {
+    type Output = Result<Response, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let out = std::task::ready!(self.fut.as_mut().poll(cx));
+        if let Some(inner) = self.inner.take() {
+            inner.lock().unwrap().answered += 1;
+        }
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        // Never a panic in a drop (a test that failed may have poisoned the lock).
+        if let Some(Ok(mut inner)) = self.inner.take().as_ref().map(|i| i.lock()) {
+            inner.cancelled.push(Instant::now());
+        }
     }
 }
 
