@@ -67,6 +67,8 @@ fn example_in_code() -> ClientBuilder {
                 .failure_ratio(0.5)
                 .window(secs(30))
                 .min_calls(20)
+                .consecutive_failures(12)
+                .probe_timeout(secs(1))
                 .break_duration(secs(5))
                 .half_open_permits(1)
                 .per_host()
@@ -169,7 +171,9 @@ server_error_statuses = [502, 503]
 backoff = { base = "20ms", max = "1s", jitter = "decorrelated" }
 
 [circuit_breaker]
+failure_ratio = "off"
 consecutive_failures = 3
+probe_timeout = "250ms"
 window = "10s"
 min_calls = 5
 slow_call = "2s"
@@ -242,7 +246,9 @@ retry:
   server_error_statuses: [502, 503]
   backoff: { base: 20ms, max: 1s, jitter: decorrelated }
 circuit_breaker:
+  failure_ratio: off
   consecutive_failures: 3
+  probe_timeout: 250ms
   window: 10s
   min_calls: 5
   slow_call: 2s
@@ -313,7 +319,8 @@ const FULL_JSON: &str = r#"{
     "backoff": { "base": "20ms", "max": "1s", "jitter": "decorrelated" }
   },
   "circuit_breaker": {
-    "consecutive_failures": 3, "window": "10s", "min_calls": 5, "slow_call": "2s",
+    "failure_ratio": "off", "consecutive_failures": 3, "probe_timeout": "250ms",
+    "window": "10s", "min_calls": 5, "slow_call": "2s",
     "break_duration": "1s", "break_growth": { "factor": 2.5, "max": "1m" },
     "half_open_permits": 2, "scope": "global", "max_hosts": 100
   },
@@ -368,7 +375,9 @@ fn full_in_code() -> ClientBuilder {
         )
         .circuit_breaker(
             CircuitBreaker::default()
+                .no_failure_ratio()
                 .consecutive_failures(3)
+                .probe_timeout(ms(250))
                 .window(secs(10))
                 .min_calls(5)
                 .slow_call(secs(2))
@@ -679,6 +688,31 @@ fn unknown_keys_are_named_by_their_path_at_every_depth() {
 fn bad_values_are_named_by_their_path() {
     let cases: &[(&str, &str, &str)] = &[
         (
+            "[circuit_breaker]\nconsecutive_failures = -1",
+            "circuit_breaker.consecutive_failures",
+            "below zero",
+        ),
+        (
+            "[circuit_breaker]\nconsecutive_failures = 2.5",
+            "circuit_breaker.consecutive_failures",
+            "not a whole number",
+        ),
+        (
+            "[circuit_breaker]\nconsecutive_failures = 4294967296",
+            "circuit_breaker.consecutive_failures",
+            "too large",
+        ),
+        (
+            "[circuit_breaker]\nfailure_ratio = false",
+            "circuit_breaker.failure_ratio",
+            "write \"off\"",
+        ),
+        (
+            "[circuit_breaker]\nprobe_timeout = 5",
+            "circuit_breaker.probe_timeout",
+            "has no unit",
+        ),
+        (
             "[hosts.\"api.example.com\".retry]\nmax_attempts = -1",
             "hosts.\"api.example.com\".retry.max_attempts",
             "-1",
@@ -787,6 +821,10 @@ fn the_builders_validation_names_the_path_too() {
         ("[retry.backoff]\nbase = \"2s\"\nmax = \"1s\"", "retry.backoff.max"),
         ("[retry.budget]\nretry_ratio = -1.0", "retry.budget.retry_ratio"),
         ("[circuit_breaker]\nfailure_ratio = 1.5", "circuit_breaker.failure_ratio"),
+        ("[circuit_breaker]\nconsecutive_failures = 0", "circuit_breaker.consecutive_failures"),
+        ("[circuit_breaker]\nprobe_timeout = \"0s\"", "circuit_breaker.probe_timeout"),
+        // Both rules off: nothing would open it.
+        ("[circuit_breaker]\nfailure_ratio = \"off\"\nconsecutive_failures = \"off\"", "circuit_breaker.consecutive_failures"),
         ("[circuit_breaker]\nbreak_growth = { factor = 0.5, max = \"1m\" }", "circuit_breaker.break_growth.factor"),
         ("[hosts.\"*.b.test\".circuit_breaker]\nmin_calls = 0", "hosts.\"*.b.test\".circuit_breaker.min_calls"),
         ("[rate_limit]\nper_second = 1\nburst = 0", "rate_limit.burst"),
@@ -818,10 +856,6 @@ fn what_only_a_file_can_say_twice_is_refused() {
         (
             "[rate_limit]\nper_second = 1\nmax_wait = \"1s\"\nfail_fast = true",
             "rate_limit.fail_fast",
-        ),
-        (
-            "[circuit_breaker]\nfailure_ratio = 0.5\nconsecutive_failures = 3",
-            "circuit_breaker.consecutive_failures",
         ),
         ("[hosts.\"https://a.test/\"]", "hosts.\"https://a.test/\""),
     ];

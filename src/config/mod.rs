@@ -59,13 +59,16 @@
 //! - **`"off"` switches a setting off**: `total_timeout = "off"` is
 //!   [`no_total_timeout`](ClientBuilder::no_total_timeout), `retry = "off"` is
 //!   [`no_retry`](ClientBuilder::no_retry), `retry.budget = "off"` is
-//!   [`no_budget`](crate::retry::Retry::no_budget). It is the one way: `false` and `null` are
+//!   [`no_budget`](crate::retry::Retry::no_budget), `circuit_breaker.consecutive_failures =
+//!   "off"` is [`no_consecutive_failures`](CircuitBreaker::no_consecutive_failures) (and so
+//!   for `failure_ratio` and `probe_timeout`). It is the one way: `false` and `null` are
 //!   refused with a message that says so, since `null` could mean "off" as well as "the
 //!   default". Leave a key out for its default.
-//! - **Either-or settings** take one key: a rate is `per_second = n` or `per_minute = n`; a
-//!   breaker trips on `failure_ratio` or on `consecutive_failures`; `scope` is `"per_host"` or
-//!   `"global"`; `fail_fast = true` is `max_wait = "0s"`. Giving both keys of a pair is an
-//!   error rather than a silent choice.
+//! - **Either-or settings** take one key: a rate is `per_second = n` or `per_minute = n`;
+//!   `scope` is `"per_host"` or `"global"`; `fail_fast = true` is `max_wait = "0s"`. Giving
+//!   both keys of a pair is an error rather than a silent choice. (A breaker's two rules,
+//!   `failure_ratio` and `consecutive_failures`, are no such pair: both are on by default,
+//!   and either may be set, or switched off, alone.)
 //! - **Host policies** are `hosts."<pattern>"`, each with the settings a
 //!   [`HostPolicy`] overrides: `total_timeout`, `attempt_timeout`,
 //!   `retry`, `hedging`, `circuit_breaker`, `rate_limit`, `bulkhead`. A key left out inherits the client's
@@ -141,7 +144,7 @@ use serde::Deserialize;
 
 pub use self::error::{ConfigFileError, ConfigFileErrorKind};
 pub use self::load::{Format, MAX_BYTES};
-use self::value::{section, Hosts, Human, JitterName, Scope, Status, Table, Toggle};
+use self::value::{section, Count, Hosts, Human, JitterName, Scope, Share, Status, Table, Toggle};
 use crate::bulkhead::Bulkhead;
 use crate::circuit_breaker::CircuitBreaker;
 use crate::error::ConfigError;
@@ -218,8 +221,7 @@ impl Config {
     /// # Errors
     ///
     /// A [`ConfigError`] named by the key's path when the configuration says two things at
-    /// once (`per_second` and `per_minute`; `failure_ratio` and `consecutive_failures`;
-    /// `max_wait` and `fail_fast = true`), a rate limit has no rate or a rate of zero, or a
+    /// once (`per_second` and `per_minute`; `max_wait` and `fail_fast = true`), a rate limit has no rate or a rate of zero, or a
     /// host pattern is not one (see [`ClientBuilder::host`]). Every other value is checked by
     /// [`ClientBuilder::build`], which names it the same way.
     pub fn into_builder(self) -> Result<ClientBuilder, ConfigError> {
@@ -304,10 +306,11 @@ struct BudgetConfig {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct BreakerConfig {
-    failure_ratio: Option<f64>,
+    failure_ratio: Toggle<Share>,
     window: Option<Human>,
     min_calls: Option<u32>,
-    consecutive_failures: Option<u32>,
+    consecutive_failures: Toggle<Count>,
+    probe_timeout: Toggle<Human>,
     slow_call: Option<Human>,
     break_duration: Option<Human>,
     break_growth: Option<Table<GrowthConfig>>,
@@ -487,18 +490,22 @@ impl BudgetConfig {
 impl BreakerConfig {
     fn build(self) -> Result<CircuitBreaker, ConfigError> {
         let mut c = CircuitBreaker::default();
-        match (self.failure_ratio, self.consecutive_failures) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    "circuit_breaker.consecutive_failures",
-                    "cannot be set with failure_ratio: the breaker trips on a share of failures \
-                     (failure_ratio) or on a run of them (consecutive_failures), so set one",
-                ))
-            }
-            (Some(r), None) => c = c.failure_ratio(r),
-            (None, Some(n)) => c = c.consecutive_failures(n),
-            (None, None) => {}
-        }
+        // Both rules may be given, or either switched off; both off is the builder's error.
+        c = match self.failure_ratio {
+            Toggle::Unset => c,
+            Toggle::Off => c.no_failure_ratio(),
+            Toggle::On(Share(r)) => c.failure_ratio(r),
+        };
+        c = match self.consecutive_failures {
+            Toggle::Unset => c,
+            Toggle::Off => c.no_consecutive_failures(),
+            Toggle::On(Count(n)) => c.consecutive_failures(n),
+        };
+        c = match self.probe_timeout {
+            Toggle::Unset => c,
+            Toggle::Off => c.no_probe_timeout(),
+            Toggle::On(d) => c.probe_timeout(d.0),
+        };
         if let Some(w) = self.window {
             c = c.window(w.0);
         }

@@ -1,5 +1,6 @@
-//! The leaves of a configuration file: durations as human strings, switches that take `"off"`,
-//! the words of a few settings, status codes, the map of host policies, the Redis URL.
+//! The leaves of a configuration file: durations as human strings, switches that take `"off"`
+//! (a stage, a timeout, a breaker's rule), the words of a few settings, status codes, the map
+//! of host policies, the Redis URL.
 //!
 //! Each has a visitor of its own rather than serde's derived one, for two reasons: the error
 //! says what to write (`write its unit, like "30s"`), and it never echoes the value it
@@ -83,7 +84,8 @@ pub(crate) enum Toggle<T> {
     On(T),
 }
 
-/// What can stand in a [`Toggle`]: a table of settings (a stage) or a duration (a timeout).
+/// What can stand in a [`Toggle`]: a table of settings (a stage), a duration (a timeout), or a
+/// number (a breaker's rule).
 pub(crate) trait Switchable: Sized {
     /// What a value looks like, for errors.
     const EXPECTING: &'static str;
@@ -111,6 +113,75 @@ pub(crate) trait Switchable: Sized {
             "expected {}, or \"off\" to switch it off, not a number",
             Self::EXPECTING
         ))
+    }
+
+    /// The value from a non-negative whole number (as YAML and JSON give one).
+    fn from_u64<E: de::Error>(n: u64) -> Result<Self, E> {
+        Err(Self::number(&n))
+    }
+
+    /// The value from a whole number that may be negative (TOML gives every one so).
+    fn from_i64<E: de::Error>(n: i64) -> Result<Self, E> {
+        Err(Self::number(&n))
+    }
+
+    /// The value from a number with a fraction (or NaN, or an infinity).
+    fn from_f64<E: de::Error>(n: f64) -> Result<Self, E> {
+        Err(Self::number(&n))
+    }
+}
+
+/// A share written as a number (`0.5`, `1`), or `"off"` in a [`Toggle`]: a circuit breaker's
+/// `failure_ratio`. Its range is the builder's to check.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Share(pub(crate) f64);
+
+impl Switchable for Share {
+    const EXPECTING: &'static str = "a number, like 0.5";
+
+    fn from_u64<E: de::Error>(n: u64) -> Result<Self, E> {
+        Ok(Share(n as f64))
+    }
+
+    fn from_i64<E: de::Error>(n: i64) -> Result<Self, E> {
+        Ok(Share(n as f64))
+    }
+
+    fn from_f64<E: de::Error>(n: f64) -> Result<Self, E> {
+        Ok(Share(n))
+    }
+}
+
+/// A count written as a whole number from 0 to `u32::MAX`, or `"off"` in a [`Toggle`]: a
+/// circuit breaker's `consecutive_failures`. Whether 0 is allowed is the builder's to say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Count(pub(crate) u32);
+
+impl Switchable for Count {
+    const EXPECTING: &'static str = "a whole number, like 12";
+
+    fn from_u64<E: de::Error>(n: u64) -> Result<Self, E> {
+        u32::try_from(n)
+            .map(Count)
+            .map_err(|_| E::custom(format_args!("`{n}` is too large: at most {}", u32::MAX)))
+    }
+
+    fn from_i64<E: de::Error>(n: i64) -> Result<Self, E> {
+        // TOML gives every whole number as an `i64`.
+        match u64::try_from(n) {
+            Ok(n) => Count::from_u64(n),
+            Err(_) => Err(E::custom(format_args!(
+                "`{n}` is below zero: expected {}",
+                Self::EXPECTING
+            ))),
+        }
+    }
+
+    fn from_f64<E: de::Error>(n: f64) -> Result<Self, E> {
+        Err(E::custom(format_args!(
+            "`{n}` is not a whole number: expected {}",
+            Self::EXPECTING
+        )))
     }
 }
 
@@ -175,13 +246,13 @@ impl<'de, T: Switchable> Deserialize<'de> for Toggle<T> {
                 self.visit_unit()
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Toggle<T>, E> {
-                Err(T::number(&v))
+                T::from_u64(v).map(Toggle::On)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Toggle<T>, E> {
-                Err(T::number(&v))
+                T::from_i64(v).map(Toggle::On)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Toggle<T>, E> {
-                Err(T::number(&v))
+                T::from_f64(v).map(Toggle::On)
             }
         }
         d.deserialize_any(V(PhantomData))
