@@ -26,6 +26,8 @@ pub(crate) struct RequestContext {
     /// request's task (its own timer is armed for it): the total timeout need not arm a timer
     /// of its own while one is promised before the deadline. Cleared before each poll.
     pub(crate) wake_by: Cell<Option<Instant>>,
+    /// A circuit breaker admitted one of the request's attempts as a probe.
+    pub(crate) probed: Cell<bool>,
 }
 
 impl RequestContext {
@@ -37,6 +39,7 @@ impl RequestContext {
             attempts: Cell::new(1),
             hedges: Cell::new(0),
             wake_by: Cell::new(None),
+            probed: Cell::new(false),
         }
     }
 
@@ -101,6 +104,17 @@ pub(crate) fn attempts() -> u32 {
     CONTEXT
         .try_with(|c| c.attempts.get().saturating_add(c.hedges.get()))
         .unwrap_or(0)
+}
+
+/// Records that a circuit breaker admitted an attempt of the request as a probe.
+pub(crate) fn record_probe() {
+    let _ = CONTEXT.try_with(|c| c.probed.set(true));
+}
+
+/// Whether a circuit breaker admitted an attempt of the request as a probe (`false` outside a
+/// context).
+pub(crate) fn probed() -> bool {
+    CONTEXT.try_with(|c| c.probed.get()).unwrap_or(false)
 }
 
 /// Records that the hedging stage sent one more copy of the request.

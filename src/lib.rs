@@ -42,7 +42,8 @@
 //! to store.
 //! The total timeout bounds every attempt and every backoff sleep, and no attempt starts after
 //! it; the retry stage does not wait for a `Retry-After` that points past it. Retries happen
-//! outside the breaker, so an open circuit stops them; every attempt takes a rate-limit token,
+//! outside the breaker, so an open circuit stops them (a retry it turns away may wait for it
+//! within the deadline: [`retry::Retry::no_circuit_wait`]); every attempt takes a rate-limit token,
 //! and a rejected call takes none; a request holds one bulkhead place across its attempts.
 //! [`hedge`] (opt-in, [`ClientBuilder::hedging`]) sends a copy of a slow idempotent attempt
 //! after a delay (fixed, or a quantile of the host's recent latency) and takes the first good

@@ -166,6 +166,7 @@ attempt_timeout = "1m 30s"
 [retry]
 max_attempts = 4
 max_retry_after = "2s"
+circuit_wait = false
 budget = "off"
 server_error_statuses = [502, 503]
 backoff = { base = "20ms", max = "1s", jitter = "decorrelated" }
@@ -242,6 +243,7 @@ attempt_timeout: 1m 30s
 retry:
   max_attempts: 4
   max_retry_after: 2s
+  circuit_wait: false
   budget: off
   server_error_statuses: [502, 503]
   backoff: { base: 20ms, max: 1s, jitter: decorrelated }
@@ -314,6 +316,7 @@ const FULL_JSON: &str = r#"{
   "retry": {
     "max_attempts": 4,
     "max_retry_after": "2s",
+    "circuit_wait": false,
     "budget": "off",
     "server_error_statuses": [502, 503],
     "backoff": { "base": "20ms", "max": "1s", "jitter": "decorrelated" }
@@ -369,6 +372,7 @@ fn full_in_code() -> ClientBuilder {
             Retry::default()
                 .max_attempts(4)
                 .max_retry_after(secs(2))
+                .no_circuit_wait()
                 .no_budget()
                 .server_error_statuses([502, 503].map(|s| s.try_into().unwrap()))
                 .backoff(Backoff::new(ms(20), secs(1)).jitter(Jitter::Decorrelated)),

@@ -208,6 +208,28 @@ struct Trans {
     /// The latest instant (nanoseconds since the epoch) by which the probes of this half-open
     /// period will have timed out; 0 when they have no timeout.
     probes_due: u64,
+    /// When the latest probe of this half-open period was admitted (nanoseconds since the
+    /// epoch): a break after it, another may relieve the probes still out.
+    latest_probe: u64,
+    /// Probes admitted before this instant were relieved by a later one: their failures no
+    /// longer count (the later probe's outcome does); their successes still do. 0: none.
+    fresh_since: u64,
+}
+
+impl Trans {
+    /// Forgets the probes of a half-open period that ended.
+    fn clear_probes(&mut self) {
+        self.in_flight = 0;
+        self.succeeded = 0;
+        self.probes_due = 0;
+        self.latest_probe = 0;
+        self.fresh_since = 0;
+    }
+
+    /// Whether a probe admitted at `start` was relieved by a later one.
+    fn relieved(&self, start: u64) -> bool {
+        start < self.fresh_since
+    }
 }
 
 /// One breaker: the state of one key.
@@ -350,9 +372,7 @@ impl Breaker {
                     return (Decision::Reject(hint(until, t)), None);
                 }
                 // The break is over: this call makes the move to half-open (lazily, no timer).
-                tr.in_flight = 0;
-                tr.succeeded = 0;
-                tr.probes_due = 0;
+                tr.clear_probes();
                 gen += 1;
                 self.gen_state
                     .store(pack(gen, HALF_OPEN), Ordering::Release);
@@ -364,10 +384,17 @@ impl Breaker {
             }
             _ => {}
         }
-        // Half-open: admit while fewer than `permits` probes are in flight or have succeeded.
+        // Half-open: admit while fewer than `permits` probes are in flight or have succeeded,
+        // or once a break has passed since the latest probe while probes are still out.
         let t = nanos(now);
-        if tr.in_flight + tr.succeeded < self.policy.permits {
+        let relief = self.relief_at(&tr);
+        let relieves = relief.is_some_and(|at| t >= at);
+        if tr.in_flight + tr.succeeded < self.policy.permits || relieves {
+            if relieves {
+                tr.fresh_since = t;
+            }
             tr.in_flight += 1;
+            tr.latest_probe = t;
             let timeout_ms = self
                 .policy
                 .probe_timeout_after(tr.probes_cut)
@@ -381,19 +408,40 @@ impl Breaker {
                 probe: true,
                 timeout_ms,
             };
-            (admit, transition)
-        } else if tr.probes_due > t {
-            // The probes out will have answered or timed out by then.
-            (
-                Decision::Reject(Some(Duration::from_nanos(tr.probes_due - t))),
+            return (admit, transition);
+        }
+        // The probes out will have answered or timed out by `probes_due`, and another may be
+        // sent at `relief`: whichever comes first.
+        let due = (tr.probes_due > t).then_some(tr.probes_due);
+        let hint = match (due, relief) {
+            (Some(d), Some(r)) => Some(d.min(r)),
+            (d, r) => d.or(r),
+        };
+        match hint {
+            Some(at) => (
+                Decision::Reject(Some(Duration::from_nanos(at - t))),
                 transition,
-            )
-        } else {
+            ),
             // Probes without a timeout of their own: if they fail, the breaker opens for (at
             // least) the last break.
-            let hint = tr.last_break.unwrap_or(self.policy.break_base);
-            (Decision::Reject(Some(hint)), transition)
+            None => {
+                let hint = tr.last_break.unwrap_or(self.policy.break_base);
+                (Decision::Reject(Some(hint)), transition)
+            }
         }
+    }
+
+    /// When another probe may relieve the ones out: once the latest has been out for the base
+    /// probe timeout (which it outlives only once cuts have doubled the timeout), so a host
+    /// that is slow is probed once per base timeout, each probe given the doubled timeout.
+    /// Only with probe timeouts (without them, the probes out are awaited), and only while a
+    /// probe is out (else the permits admit the next).
+    fn relief_at(&self, tr: &Trans) -> Option<u64> {
+        let base = self.policy.probe_timeout?;
+        if tr.in_flight == 0 {
+            return None;
+        }
+        Some(tr.latest_probe.saturating_add(nanos(base)))
     }
 
     fn bucket_at(&self, t: u64) -> usize {
@@ -487,9 +535,7 @@ impl Breaker {
     ) -> Transition {
         let brk = self.policy.next_break(tr.last_break);
         tr.last_break = Some(brk);
-        tr.in_flight = 0;
-        tr.succeeded = 0;
-        tr.probes_due = 0;
+        tr.clear_probes();
         // What is left of the break that began at `since`.
         let left = brk.saturating_sub(now.saturating_sub(since));
         // A break too long to represent ends at `ISOLATED - 1`: far off, but still a break.
@@ -519,14 +565,15 @@ impl Breaker {
         })
     }
 
-    /// Records the outcome of a probe; `sent`: when it was admitted, if it failed as a timeout
-    /// (its break counts from then).
+    /// Records the outcome of a probe admitted at `start` (nanoseconds since the epoch);
+    /// `timed_out`: it failed as a timeout (its break counts from when it was sent).
     fn record_probe(
         &self,
         gen: u64,
         verdict: Verdict,
         now: Duration,
-        sent: Option<Duration>,
+        start: u64,
+        timed_out: bool,
     ) -> Option<Transition> {
         let mut tr = self.lock();
         if self.gen_state.load(Ordering::Acquire) != pack(gen, HALF_OPEN) {
@@ -535,15 +582,23 @@ impl Breaker {
         tr.in_flight = tr.in_flight.saturating_sub(1);
         match verdict {
             Verdict::Ignore => None,
+            // A later probe relieved this one: its outcome stands for the host now.
+            Verdict::Failure if tr.relieved(start) => None,
             Verdict::Failure => {
                 // Not cut by its own timeout: the host failed, or hung past the timeouts below
                 // too (it is not merely slow), so the next probe's timeout starts again from
                 // the base. A probe that timed out spent its time in the break: the break
                 // counts from when it was sent.
                 tr.probes_cut = 0;
-                let since = sent.unwrap_or(now);
+                let since = if timed_out {
+                    Duration::from_nanos(start)
+                } else {
+                    now
+                };
                 Some(self.open_since(&mut tr, gen, CircuitState::HalfOpen, now, since))
             }
+            // A success counts even from a relieved probe: the host answered within the
+            // probe's timeout (a host slower than a break is let in this way).
             Verdict::Success => {
                 tr.probes_cut = 0;
                 tr.succeeded += 1;
@@ -556,16 +611,22 @@ impl Breaker {
         }
     }
 
-    /// Records a probe its own timeout cut: a failure, which also doubles the next probe's
-    /// timeout. Its break counts from when it was sent (`sent`): the probe's timeout is part
-    /// of it, so probes of a host that hangs leave one break apart, start to start, as those
-    /// of a host that fails at once do (while the timeout is shorter than the break).
-    fn record_probe_cut(&self, gen: u64, now: Duration, sent: Duration) -> Option<Transition> {
+    /// Records a probe admitted at `start` that its own timeout cut: a failure, which also
+    /// doubles the next probe's timeout. Its break counts from when it was sent: the probe's
+    /// timeout is part of it, so probes of a host that hangs leave one break apart, start to
+    /// start, as those of a host that fails at once do. A relieved probe's cut counts for
+    /// nothing: the probe that relieved it has the same timeout and is still out.
+    fn record_probe_cut(&self, gen: u64, now: Duration, start: u64) -> Option<Transition> {
         let mut tr = self.lock();
         if self.gen_state.load(Ordering::Acquire) != pack(gen, HALF_OPEN) {
             return None;
         }
+        if tr.relieved(start) {
+            tr.in_flight = tr.in_flight.saturating_sub(1);
+            return None;
+        }
         tr.probes_cut = tr.probes_cut.saturating_add(1);
+        let sent = Duration::from_nanos(start);
         Some(self.open_since(&mut tr, gen, CircuitState::HalfOpen, now, sent))
     }
 
@@ -581,8 +642,7 @@ impl Breaker {
     pub(crate) fn isolate(&self) -> Option<Transition> {
         let mut tr = self.lock();
         let gs = self.gen_state.load(Ordering::Acquire);
-        tr.in_flight = 0;
-        tr.succeeded = 0;
+        tr.clear_probes();
         self.open_until.store(ISOLATED, Ordering::Release);
         self.gen_state
             .store(pack((gs >> STATE_BITS) + 1, OPEN), Ordering::Release);
@@ -736,7 +796,6 @@ impl Permit {
         (self.timeout_ms != 0).then(|| Duration::from_millis(u64::from(self.timeout_ms)))
     }
 
-    #[cfg(test)]
     pub(crate) fn is_probe(&self) -> bool {
         self.probe
     }
@@ -744,6 +803,12 @@ impl Permit {
     #[cfg(test)]
     pub(crate) fn gen(&self) -> u64 {
         self.gen
+    }
+
+    /// Whether a later probe relieved this one (see [`Trans::fresh_since`]).
+    #[cfg(test)]
+    pub(crate) fn is_relieved(&self) -> bool {
+        self.probe && self.breaker.lock().relieved(self.start)
     }
 
     /// Whether the call has run for as long as the policy's `slow_call` threshold (if any) by
@@ -781,8 +846,8 @@ impl Permit {
             now.saturating_sub(left.map_or(start, |l| l.max(start)))
         });
         if self.probe {
-            let timed_out = (class == FailureClass::Timeout).then_some(self.started());
-            b.record_probe(self.gen, verdict, now, timed_out)
+            let timed_out = class == FailureClass::Timeout;
+            b.record_probe(self.gen, verdict, now, self.start, timed_out)
         } else {
             b.record_closed(self.gen, verdict, now)
         }
@@ -797,7 +862,7 @@ impl Permit {
         if std::mem::replace(&mut self.done, true) || !self.probe {
             return None;
         }
-        self.breaker.record_probe_cut(self.gen, now, self.started())
+        self.breaker.record_probe_cut(self.gen, now, self.start)
     }
 }
 

@@ -6,7 +6,10 @@
 //! [`retry_after`](Error::retry_after) hint) without reaching the host. After a break it lets a
 //! few probe calls through (*half-open*); if they all succeed it *closes* and traffic flows
 //! again, if one fails it opens for another break. Placed inside the retry stage (the standard
-//! order), an open circuit also stops retries: a rejection is never retried.
+//! order), an open circuit also stops retries: a call turned away on its first attempt fails
+//! at once, and a retry turned away fails at once or, by default, waits for the circuit within
+//! its deadline and the retry budget
+//! ([`Retry::no_circuit_wait`](crate::retry::Retry::no_circuit_wait) says when, and why).
 //!
 //! - **What counts**, as the [`Classifier`] says: `ServerError`, `Timeout` and `Network` are
 //!   failures; `Success` and `ClientError` are successes (a 4xx is the caller's problem, never
@@ -43,8 +46,8 @@
 //!   The move to half-open is lazy: the first call after the break makes it, no timer runs.
 //! - **Half-open** admits exactly [`half_open_permits`](CircuitBreaker::half_open_permits) (1)
 //!   probes; other calls are rejected at once, their `retry_after` the time until the probes
-//!   will have timed out. All probes succeed: closed, with a fresh window. One fails: open
-//!   again. A probe whose call is cancelled, or ends in a class the breaker ignores, gives its
+//!   will have timed out or may be relieved (below). All probes succeed: closed, with a fresh
+//!   window. One fails: open again. A probe whose call is cancelled, or ends in a class the breaker ignores, gives its
 //!   permit back, so the breaker cannot be stuck half-open.
 //! - **Probe timeout**: a probe is bounded by its own
 //!   [`probe_timeout`](CircuitBreaker::probe_timeout) (1 s): a probe it cuts is cancelled,
@@ -52,22 +55,27 @@
 //!   failure (open again, for a break that counts from when the probe was sent, as after any
 //!   probe that timed out). Each probe in a row it cuts doubles the next one's, so a host
 //!   merely slower than the timeout is let back in a few breaks later; any other outcome of a
-//!   probe starts again from 1 s.
+//!   probe starts again from 1 s. A probe that has been out for the base timeout (1 s), which
+//!   only a doubled one outlives, is *relieved*: the next call is admitted as a probe too, with
+//!   the same timeout, and the latest probe speaks for the host (a relieved probe's success
+//!   still closes the breaker; its failure or cut no longer counts). So a slow host is probed
+//!   about once a second, with a few probes out at most, and the first probe after it recovers
+//!   lets traffic back in.
 //!
 //!   Why: without it, a probe sent to a host that hangs held the breaker half-open until the
 //!   attempt timeout (10 s), every other call rejected. In `examples/simulate.rs`'s slow
 //!   scenario (answers past the attempt timeout from 30 s to 60 s) the standard pipeline
 //!   succeeded for 67.5 % of requests against 75.0 % with no resilience, and let traffic back
-//!   9.2 s after the host recovered. With it: 74.9 % and 0.3 s. That one run depends on where
-//!   the probes fall when the host recovers; over 41 runs whose slow spell ends anywhere from
-//!   55 s to 65 s, traffic came back 4.1 s after the host on average (at most 8.1 s), against
-//!   9.2 s (at most 14.2 s) before. A fixed timeout would do better still there (about 2.5 s on
-//!   average, never more than one break, as the probes go one break apart), but a probe
-//!   timeout is also a latency the host must beat to be let back in: a host whose healthy
-//!   answers take longer would be kept open for ever. Doubling is the price of letting it in
-//!   (the 8.1 s: an 8 s probe out when the host recovered); starting again from the base once
-//!   a probe hangs past the attempt timeout too bounds that price. 1 s is above most APIs'
-//!   answers, and doubled stays under the 5 s break for three probes in a row (15 s of a hang).
+//!   9.2 s after the host recovered. With it: 0.3 s. That one run depends on where the probes
+//!   fall when the host recovers. With the doubled timeouts alone, over 41 runs whose slow
+//!   spell ends anywhere from 55 s to 65 s, traffic came back 4.1 s after the host on average
+//!   (at most 8.1 s: an 8 s probe out when the host recovered), against 9.2 s (at most 14.2 s)
+//!   before. A fixed timeout would not keep such a probe out, but a probe timeout is also a
+//!   latency the host must beat to be let back in: a host whose healthy answers take longer
+//!   would be kept open for ever. Relief keeps the doubling and drops its price: 0.7 s on
+//!   average, 1.1 s at most, over the same 41 runs. 1 s is above most APIs' answers; the
+//!   probes of a host that hangs stay bounded by the attempt timeout (a probe it cuts starts
+//!   the doubling again), so at 1 s apart no more than about ten are ever out.
 //! - **Late results** of calls that started before a transition are dropped: they cannot
 //!   re-trip the breaker or extend its break.
 //! - **Keys**: one breaker per host (`host:port`) by default, or one for all hosts
@@ -278,11 +286,17 @@ impl CircuitBreaker {
     /// timeout (10 s by default) cuts it.
     ///
     /// - While a probe is out, the calls the half-open breaker rejects carry, as their
-    ///   [`retry_after`](Error::retry_after), the time left until it will have timed out.
+    ///   [`retry_after`](Error::retry_after), the time left until it will have timed out or
+    ///   may be relieved, whichever comes first.
     /// - The break that follows a probe that timed out counts from when the probe was sent:
     ///   its wait was part of the break. So a host that hangs gets one probe per break, start
-    ///   to start, as one that fails at once does, and a host that recovers is let back in
-    ///   within one break (while the timeout is shorter than the break).
+    ///   to start, as one that fails at once does, while the timeout is shorter than the
+    ///   break.
+    /// - A probe out for `timeout` (the base, not the doubled one it may have) is relieved:
+    ///   the next call is a probe too, with the same timeout. The latest probe's failure or
+    ///   cut opens the breaker again, a relieved one's counts for nothing, and any probe's
+    ///   success closes it. So a slow host is probed once per `timeout`, and traffic returns
+    ///   within about `timeout` of its recovery whatever the doubling has reached.
     /// - Each probe in a row that the timeout cuts doubles the next one's (1 s, 2 s, 4 s, 8 s,
     ///   … by default): a host that is merely slower than `timeout`, but healthy, is let back
     ///   in a few breaks later rather than kept open for ever (one answering in 1.5 s at its
@@ -974,6 +988,9 @@ where
             Admission::Admitted(permit) => {
                 if let Some(t) = transition {
                     rec.report(permit.breaker().key(), t);
+                }
+                if permit.is_probe() {
+                    crate::context::record_probe();
                 }
                 let probe = permit
                     .probe_timeout()

@@ -487,9 +487,11 @@ fn a_probe_gets_its_own_timeout_doubled_by_each_cut_in_a_row() {
     for want in [1, 2, 4, 8] {
         let (mut p, timeout) = probe(sent);
         assert_eq!(timeout, Some(want * S));
-        // While it is out, rejections say when it will have timed out at the latest.
-        assert_eq!(rejected(&b, sent), Some(want * S));
-        assert_eq!(rejected(&b, sent + want * S / 4), Some(want * S * 3 / 4));
+        // While it is out, rejections say when it will have timed out at the latest, or when
+        // another probe may relieve it (once it has been out for the base timeout, 1 s),
+        // whichever comes first.
+        assert_eq!(rejected(&b, sent), Some(S));
+        assert_eq!(rejected(&b, sent + S / 4), Some(S * 3 / 4));
         let cut = sent + want * S;
         let t = p
             .record_cut(cut)
@@ -536,6 +538,81 @@ fn a_probe_gets_its_own_timeout_doubled_by_each_cut_in_a_row() {
     assert_eq!(probe(sent + 6 * S).1, Some(S));
 }
 
+/// A breaker with the default probe timeout (1 s) whose probes were cut twice (at 5 s and
+/// 10 s), as a slow host's are: tripped at 0; at 15 s its next probe gets 4 s.
+fn slow_probes() -> Arc<Breaker> {
+    let b = breaker(CircuitBreaker::default().consecutive_failures(1));
+    call(&b, Duration::ZERO, ServerError);
+    for (sent, timeout) in [(5 * S, S), (10 * S, 2 * S)] {
+        let mut p = admit(&b, sent);
+        assert_eq!(p.probe_timeout(), Some(timeout));
+        assert_eq!(to(p.record_cut(sent + timeout)), Some(Open));
+    }
+    b
+}
+
+#[test]
+fn a_probe_out_past_the_base_timeout_is_relieved_by_another() {
+    let b = slow_probes();
+    let mut first = admit(&b, 15 * S);
+    assert_eq!(first.probe_timeout(), Some(4 * S));
+    // Until it has been out for the base timeout (1 s), calls are turned away, told when the
+    // next probe may go.
+    assert_eq!(rejected(&b, 15 * S + MS), Some(S - MS));
+    let mut second = admit(&b, 16 * S);
+    assert!(second.is_probe() && first.is_relieved() && !second.is_relieved());
+    assert_eq!(
+        second.probe_timeout(),
+        Some(4 * S),
+        "a relief is no cut: same timeout"
+    );
+    assert_eq!(b.probes(), (2, 0));
+    // The host answers the second at once: closed, a second after the first probe went, not
+    // when its timeout cuts it (19 s).
+    assert_eq!(to(second.record(Success, 16 * S + MS)), Some(Closed));
+    assert_eq!(
+        first.record_cut(19 * S),
+        None,
+        "the relieved probe's cut comes too late"
+    );
+    assert_eq!(b.state(), Closed);
+}
+
+#[test]
+fn probes_of_a_host_that_hangs_go_one_base_timeout_apart() {
+    let b = slow_probes();
+    let mut held = Vec::new();
+    for k in 15..=17u32 {
+        held.push(admit(&b, k * S));
+        assert_eq!(rejected(&b, k * S), Some(S));
+    }
+    assert_eq!(b.probes(), (3, 0));
+    assert_eq!(b.state(), HalfOpen);
+    // The relieved probes' cuts and failures change nothing; the latest probe's cut opens the
+    // breaker again, for a break that counts from when it was sent (1 s of it is left).
+    let mut latest = held.pop().unwrap();
+    assert_eq!(held[0].record_cut(19 * S), None);
+    assert_eq!(held[1].record(Timeout, 19 * S), None);
+    assert_eq!(b.probes(), (1, 0));
+    assert_eq!(b.probes_cut(), 2, "a relieved probe's cut doubles nothing");
+    let t = latest
+        .record_cut(21 * S)
+        .expect("the latest probe's cut counts");
+    assert_eq!((t.from, t.to, t.open_for), (HalfOpen, Open, Some(S)));
+    assert_eq!(b.probes_cut(), 3);
+    assert_eq!(admit(&b, 22 * S).probe_timeout(), Some(8 * S));
+}
+
+#[test]
+fn a_relieved_probe_that_succeeds_still_closes_the_breaker() {
+    // A host slower than the base timeout but within the doubled one is let in by the first
+    // probe that gets through, even when a later one relieved it.
+    let b = slow_probes();
+    let mut first = admit(&b, 15 * S);
+    let _second = admit(&b, 16 * S);
+    assert_eq!(to(first.record(Success, 17 * S)), Some(Closed));
+}
+
 #[test]
 fn a_cut_counts_once_for_the_probe_of_its_period_only() {
     let b = breaker(
@@ -571,7 +648,12 @@ fn without_a_probe_timeout_a_probe_runs_on_and_the_hint_is_the_break() {
     let (a, _) = b.clone().acquire(5 * S);
     assert!(matches!(a, Admission::Admitted(ref p) if p.is_probe() && p.probe_timeout().is_none()));
     assert_eq!(rejected(&b, 100 * S), Some(5 * S));
-    // Overdue probes (their timer never fired) give the break as the hint too.
+    assert!(
+        matches!(b.clone().acquire(100 * S).0, Admission::Rejected(..)),
+        "without probe timeouts no probe relieves another"
+    );
+    // With them, overdue probes (their timer never fired) are relieved once the latest has
+    // been out for the base timeout: that is the hint.
     let b = breaker(
         CircuitBreaker::default()
             .consecutive_failures(1)
@@ -579,7 +661,8 @@ fn without_a_probe_timeout_a_probe_runs_on_and_the_hint_is_the_break() {
     );
     call(&b, Duration::ZERO, ServerError);
     let _probe = admit(&b, 5 * S);
-    assert_eq!(rejected(&b, 6 * S), Some(5 * S));
+    assert_eq!(rejected(&b, 5 * S + S / 2), Some(S / 2));
+    assert!(admit(&b, 7 * S).is_probe(), "an overdue probe is relieved");
 }
 
 #[test]
@@ -825,12 +908,14 @@ fn op() -> impl Strategy<Value = Op> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
-    /// Whatever the outcomes and their timing: half-open never has more probes than permits,
+    /// Whatever the outcomes and their timing: half-open never has more probes than permits
+    /// besides those a later probe relieved,
     /// its count of probes in flight is exactly the live probe permits of its generation, it
     /// can always admit a probe when none is in flight, breaks stay within their bounds, a
     /// closed breaker opens exactly when its rules (modelled here: the ratio, the run, or
     /// both) say so, a probe cut by its timeout opens it again and doubles the next probe's
-    /// timeout, and a half-open breaker's rejection never asks to wait past its probes' due.
+    /// timeout (unless a later probe relieved it), and a half-open breaker's rejection never
+    /// asks to wait past the next probe.
     #[test]
     fn the_state_machine_keeps_its_invariants(
         rules in 0u8..3,
@@ -881,13 +966,9 @@ proptest! {
                         Admission::Rejected(hint, _) => {
                             prop_assert_ne!(before, Closed);
                             if b.state() == HalfOpen {
-                                // The probes out are due within one probe timeout; once they
-                                // are overdue (nothing cut them here), the last break.
-                                let overdue = b.last_break().unwrap_or(2 * S);
-                                prop_assert!(
-                                    hint.is_some_and(|h| h <= probe_timeout(cuts) || h == overdue),
-                                    "hint {:?}", hint
-                                );
+                                // Another probe may relieve the ones out within the base probe
+                                // timeout.
+                                prop_assert!(hint.is_some_and(|h| h <= S), "hint {:?}", hint);
                             }
                         }
                     }
@@ -922,7 +1003,10 @@ proptest! {
                 Op::Cut(i) if !held.is_empty() => {
                     let i = i % held.len();
                     let (mut p, _) = held.swap_remove(i);
-                    let current = p.is_probe() && p.gen() == b.generation() && b.state() == HalfOpen;
+                    let current = p.is_probe()
+                        && p.gen() == b.generation()
+                        && b.state() == HalfOpen
+                        && !p.is_relieved();
                     let t = p.record_cut(now);
                     if current {
                         prop_assert_eq!(t.map(|t| (t.from, t.to)), Some((HalfOpen, Open)));
@@ -952,9 +1036,11 @@ proptest! {
             }
             let (in_flight, succeeded) = b.probes();
             if b.state() == HalfOpen {
-                let live = held.iter().filter(|(p, _)| p.is_probe() && p.gen() == gen).count();
-                prop_assert_eq!(in_flight as usize, live);
-                prop_assert!(in_flight + succeeded <= permits);
+                let live = held.iter().filter(|(p, _)| p.is_probe() && p.gen() == gen);
+                prop_assert_eq!(in_flight as usize, live.clone().count());
+                // Probes a later one relieved are out beyond the permits; the others are not.
+                let fresh = live.filter(|(p, _)| !p.is_relieved()).count() as u32;
+                prop_assert!(fresh + succeeded <= permits);
                 // So with no probe in flight, there is always a permit to admit one.
                 prop_assert!(succeeded < permits, "all probes succeeded but it did not close");
             } else {

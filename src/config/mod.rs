@@ -282,6 +282,7 @@ struct RetryConfig {
     max_retry_after: Option<Human>,
     budget: Toggle<BudgetConfig>,
     server_error_statuses: Option<Vec<Status>>,
+    circuit_wait: Option<bool>,
 }
 
 /// `[retry.backoff]`: [`Backoff`].
@@ -466,6 +467,9 @@ impl RetryConfig {
         };
         if let Some(statuses) = self.server_error_statuses {
             r = r.server_error_statuses(statuses.into_iter().map(|s| s.0));
+        }
+        if self.circuit_wait == Some(false) {
+            r = r.no_circuit_wait();
         }
         r
     }

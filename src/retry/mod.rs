@@ -54,7 +54,7 @@ pub use self::budget::RetryBudget;
 pub(crate) use self::budget::Withdrawal;
 use crate::classify::{Classifier, FailureClass, Outcome};
 use crate::context;
-use crate::error::{ConfigError, Error, TimeoutKind};
+use crate::error::{ConfigError, Error, ErrorKind, TimeoutKind};
 use crate::event::{Event, GiveUpReason, Hook};
 use crate::ext::{Attempts, FinalAttemptSent};
 use crate::health::BudgetHealth;
@@ -85,6 +85,7 @@ pub struct Retry {
     max_retry_after: Duration,
     budget: Option<RetryBudget>,
     statuses: Vec<StatusCode>,
+    circuit_wait: bool,
 }
 
 impl Default for Retry {
@@ -98,6 +99,7 @@ impl Default for Retry {
                 .into_iter()
                 .filter_map(|s| StatusCode::from_u16(s).ok())
                 .collect(),
+            circuit_wait: true,
         }
     }
 }
@@ -143,6 +145,32 @@ impl Retry {
     /// `Throttled` by default and retried whatever the list says.
     pub fn server_error_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// Fails a retry that the circuit breaker turns away at once, instead of waiting for the
+    /// circuit as it does by default.
+    ///
+    /// By default, when a call's attempt failed and the breaker (below the retry stage in the
+    /// standard order) turns its retry away, the retry waits for the circuit as for a
+    /// `Retry-After`: for the rejection's [`retry_after`](Error::retry_after) (the end of the
+    /// break, or when the probe out will have answered), plus up to one backoff base of jitter,
+    /// then tries again. Only under a deadline (a total timeout or a request's
+    /// [`timeout`](crate::RequestBuilder::timeout)), and only if the wait ends before it and
+    /// within [`max_retry_after`](Self::max_retry_after); each wait takes a retry from the
+    /// budget (given back when the circuit turns the call away again), and a turned-away retry
+    /// is not an attempt (nothing was sent), so `max_attempts` counts what reached the host.
+    ///
+    /// A call the open circuit turns away on its *first* attempt fails at once, whatever this
+    /// says, and so does a call one of whose attempts was a half-open probe (the host was
+    /// still failing as of that probe): failing fast is what the breaker is for, and the calls that wait are only those
+    /// already under way when it opened (bounded by the concurrency then, not by the traffic
+    /// during the outage). Why wait at all: those calls have spent part of their deadline
+    /// (often a whole attempt timeout) and the breaker may let them through before it ends; in
+    /// `examples/simulate.rs`'s slow scenario the waits are the difference between doing
+    /// worse than no resilience at all and doing better (the numbers are in the README).
+    pub fn no_circuit_wait(mut self) -> Self {
+        self.circuit_wait = false;
         self
     }
 
@@ -425,6 +453,12 @@ enum Next {
     /// The backoff would reach the deadline: wait for it (the total timeout fires during the
     /// sleep) without spending the budget on a retry that cannot happen.
     SleepToDeadline(Instant),
+    /// The circuit turned the retry away: wait for it, then try again; the turned-away retry
+    /// is not counted as an attempt.
+    WaitForCircuit {
+        delay: Duration,
+        withdrawal: Option<Withdrawal>,
+    },
 }
 
 /// What the loop does next, once an attempt's outcome has been dealt with.
@@ -450,9 +484,13 @@ struct Progress {
     /// allocator's per-thread cache with the hedging stage's service below it.
     prev_delay: u64,
     attempt: u32,
-    /// The retry withdrawn from the budget for the attempt to come, until that attempt starts:
-    /// a caller that drops the request during the backoff sleep gives it back (see `Drop`).
+    /// The retry withdrawn from the budget for the attempt to come, until that attempt ends:
+    /// a caller that drops the request during the backoff sleep gives it back (see `Drop`),
+    /// and so does a retry the circuit turns away (nothing was sent).
     reserved: Option<Withdrawal>,
+    /// An attempt is out: `reserved`, if any, is its retry, spent unless the circuit turns it
+    /// away (a caller that leaves now has made it).
+    sending: bool,
     /// When the latest attempt was sent, from the second one on.
     last_sent: Option<Instant>,
     /// The request was built by palisade's `RequestBuilder`: see [`copy_built`].
@@ -464,6 +502,9 @@ impl Drop for Progress {
     /// request, or its total timeout fired, during the sleep) goes back to the budget: callers
     /// who left must not spend retries that the others could use.
     fn drop(&mut self) {
+        if self.sending {
+            return;
+        }
         if let (Some(w), Some(b)) = (self.reserved.take(), &self.shared.budget) {
             b.refund(w);
         }
@@ -551,6 +592,7 @@ impl Progress {
             prev_delay: nanos(shared.cfg.backoff.base),
             attempt: 0,
             reserved: None,
+            sending: false,
             last_sent: None,
             built: false,
             shared,
@@ -572,8 +614,9 @@ impl Progress {
             return Err(e);
         }
         self.attempt += 1;
-        // The retry is being made: what it took from the budget is spent.
-        self.reserved = None;
+        // The retry is being made: what it took from the budget is spent, unless the circuit
+        // turns it away (see `after`).
+        self.sending = true;
         let mut send = if self.attempt < self.shared.cfg.max_attempts {
             let copy = if self.built {
                 copy_built(&original)
@@ -604,6 +647,14 @@ impl Progress {
 
     /// Classifies an attempt's outcome, reports it, and decides what comes next.
     fn after(&mut self, result: Result<Response, Error>, kept: Option<&Request>) -> Step {
+        self.sending = false;
+        let reserved = self.reserved.take();
+        if let (Some(w), Some(b)) = (reserved, &self.shared.budget) {
+            if matches!(&result, Err(e) if e.kind() == ErrorKind::CircuitOpen) {
+                // Turned away before it was sent: the retry was not made.
+                b.refund(w);
+            }
+        }
         let attempt = self.attempt;
         let shared = &self.shared;
         let outcome = Outcome::of(&result);
@@ -681,6 +732,27 @@ impl Progress {
                 // The failed response (and its connection) is released here, before sleeping.
                 Step::Sleep(delay)
             }
+            Next::WaitForCircuit { delay, withdrawal } => {
+                self.reserved = withdrawal;
+                // Nothing was sent: the next try takes this one's number.
+                self.attempt -= 1;
+                tracing::debug!(
+                    http.request.resend_count = self.attempt,
+                    delay_ms = delay.as_millis() as u64,
+                    "the circuit turned the retry away; waiting for it"
+                );
+                if let Some(url) = url_for_error {
+                    shared.hook.emit_ref(&Event::Retry {
+                        method,
+                        url,
+                        attempt: self.attempt + 1,
+                        class,
+                        delay,
+                        from_retry_after: true,
+                    });
+                }
+                Step::Sleep(delay)
+            }
             Next::SleepToDeadline(deadline) => {
                 tracing::debug!(
                     attempts = attempt,
@@ -710,6 +782,9 @@ fn decide(
     rng: &mut Option<fastrand::Rng>,
 ) -> Next {
     let cfg = &shared.cfg;
+    if class == FailureClass::Rejected {
+        return wait_for_circuit(shared, result, attempt, can_resend, deadline, rng);
+    }
     let retryable = match class {
         FailureClass::Throttled | FailureClass::Timeout | FailureClass::Network => true,
         // The status list filters 5xx answers; anything a custom classifier calls a server
@@ -772,6 +847,57 @@ fn decide(
         from_retry_after,
         withdrawal,
     }
+}
+
+/// What follows a rejection by another stage: a retry the circuit breaker turned away waits
+/// for it (see [`Retry::no_circuit_wait`]); anything else is returned.
+fn wait_for_circuit(
+    shared: &Shared,
+    result: &Result<Response, Error>,
+    attempt: u32,
+    can_resend: bool,
+    deadline: Option<Instant>,
+    rng: &mut Option<fastrand::Rng>,
+) -> Next {
+    let cfg = &shared.cfg;
+    let hint = match result {
+        Err(e) if e.kind() == ErrorKind::CircuitOpen => e.retry_after(),
+        _ => return Next::Return,
+    };
+    // A first attempt turned away fails fast; so does a call without a deadline (it could wait
+    // for ever), one turned away for good (an isolated breaker gives no hint), and one that was
+    // a probe itself (it saw the host still failing: the breaker opened again on its attempt).
+    let (Some(hint), true, true, true) = (
+        hint,
+        cfg.circuit_wait,
+        attempt > 1 && can_resend,
+        deadline.is_some(),
+    ) else {
+        return Next::Return;
+    };
+    if context::probed() {
+        return Next::Return;
+    }
+    if hint > cfg.max_retry_after {
+        return Next::GiveUp(GiveUpReason::RetryAfterTooLong);
+    }
+    if past(deadline, hint) {
+        return Next::GiveUp(GiveUpReason::RetryAfterPastDeadline);
+    }
+    // Calls turned away together wake apart: up to one backoff base later.
+    let rng = rng.get_or_insert_with(fastrand::Rng::new);
+    let spread = Duration::from_nanos(rng.u64(0..=nanos(cfg.backoff.base)));
+    let delay = Some(hint + spread)
+        .filter(|&d| !past(deadline, d))
+        .unwrap_or(hint);
+    let withdrawal = match &shared.budget {
+        Some(b) => match b.try_withdraw(shared.now()) {
+            Some(w) => Some(w),
+            None => return Next::GiveUp(GiveUpReason::BudgetExhausted),
+        },
+        None => None,
+    };
+    Next::WaitForCircuit { delay, withdrawal }
 }
 
 /// `d` in nanoseconds, saturating.
