@@ -129,7 +129,9 @@
 //!   which attempt won (1, the first one; 2, the first hedge; …), and how many were sent;
 //! - `tracing`: a `debug` event for each hedge (`hedge.attempt`, `hedge.after_ms`), for each
 //!   hedged race won (`hedge.winner`, `hedge.sent`), and for each hedge the budget refuses;
-//! - metrics (feature `metrics`): `palisade.hedge.sent` (counter, by `server.address`) and
+//! - metrics (feature `metrics`): `palisade.hedge.sent` (counter, by `server.address`),
+//!   `palisade.hedge.budget_refused` (counter, by `server.address`: hedges due that the retry
+//!   budget refused, so not sent; the race sends no more, so one at most per race) and
 //!   `palisade.hedge.wins` (counter, by `server.address` and `palisade.hedge.attempt`, the
 //!   winner's number): wins of attempt 1 are hedges that did not help;
 //! - [`Client::health`](crate::Client::health): per host, the delay a call starting now would
