@@ -476,8 +476,9 @@ pub(crate) struct Stages {
     pub(crate) breaker: Option<CircuitBreakerLayer>,
     pub(crate) limiter: Option<RateLimitLayer>,
     pub(crate) bulkhead: Option<BulkheadLayer>,
-    /// Which of the four above are this pipeline's own (a policy's inherited ones are not).
-    own: [bool; 4],
+    /// Which of retry, breaker, limiter, bulkhead and hedge are this pipeline's own (a
+    /// policy's inherited ones are not).
+    own: [bool; 5],
 }
 
 impl Stages {
@@ -522,7 +523,7 @@ impl Stages {
                 .clone()
                 .map(|c| bulkhead_layer(c, hook))
                 .transpose()?,
-            own: [true; 4],
+            own: [true; 5],
         })
     }
 
@@ -574,7 +575,7 @@ impl Stages {
         })?;
         // The hedges of this pipeline spend its retry stage's budget, whether the hedging
         // stage is the client's or the policy's.
-        let (hedge, _) = pick(&p.hedging, client.hedge.as_ref(), |h| {
+        let (hedge, own_hedge) = pick(&p.hedging, client.hedge.as_ref(), |h| {
             hedge_layer(h, classifier, hook)
         })?;
         let hedge = hedge.map(|h| h.under(retry.as_ref()));
@@ -597,7 +598,7 @@ impl Stages {
             breaker,
             limiter,
             bulkhead,
-            own: [own_retry, own_breaker, own_limiter, own_bulkhead],
+            own: [own_retry, own_breaker, own_limiter, own_bulkhead, own_hedge],
         })
     }
 
@@ -608,6 +609,7 @@ impl Stages {
             limiter: self.limiter.as_ref().map(RateLimitLayer::view),
             bulkhead: self.bulkhead.as_ref().map(BulkheadLayer::view),
             budget: self.retry.as_ref().and_then(RetryLayer::budget_view),
+            hedge: self.hedge.as_ref().map(HedgeLayer::view),
             ..Default::default()
         }
     }

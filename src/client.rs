@@ -182,9 +182,10 @@ impl Client {
 
     /// A snapshot of the pipeline's state, for a health endpoint: per host, the circuit
     /// breaker's state and recent failure ratio, the rate limiter's free tokens and
-    /// server-pushback pause, the bulkhead's load; the retry budget's balance and the
-    /// fallback store's size. A stage switched off gives `None` for its part. With the `serde`
-    /// feature the snapshot implements `serde::Serialize` (durations in seconds).
+    /// server-pushback pause, the bulkhead's load, the hedging delay (and, at a quantile, the
+    /// samples its estimate rests on); the retry budget's balance and the fallback store's
+    /// size. A stage switched off gives `None` for its part. With the `serde` feature the
+    /// snapshot implements `serde::Serialize` (durations in seconds).
     ///
     /// Reading is bounded (the per-host maps are bounded by each stage's `max_hosts`), holds
     /// one shard's lock at a time, briefly, and changes nothing: no host is evicted, no

@@ -1,9 +1,9 @@
 //! Health: a snapshot of the pipeline's state, for a service's health endpoint.
 //!
 //! [`Client::health`](crate::Client::health) reads, per host, the circuit breaker's state and
-//! recent failure ratio, the rate limiter's free tokens and server-pushback pause and the
-//! bulkhead's load, and, for the whole client, the retry budget's balance and the fallback
-//! store's size. The types are plain data with public fields; with the `serde` feature they
+//! recent failure ratio, the rate limiter's free tokens and server-pushback pause, the
+//! bulkhead's load and the hedging delay, and, for the whole client, the retry budget's balance
+//! and the fallback store's size. The types are plain data with public fields; with the `serde` feature they
 //! implement `serde::Serialize`, so a service can serve a snapshot as JSON as it is:
 //!
 //! ```json
@@ -23,7 +23,8 @@
 //!       },
 //!       "rate_limit": { "tokens": 10, "burst": 10 },
 //!       "paused_for_secs": null,
-//!       "bulkhead": { "in_flight": 0, "queued": 0 }
+//!       "bulkhead": { "in_flight": 0, "queued": 0 },
+//!       "hedge": null
 //!     }
 //!   ],
 //!   "circuit": null,
@@ -40,8 +41,8 @@
 //!
 //! **Durations are seconds**, as a number to the millisecond (rounded up: a time left is never
 //! shown shorter than it is), in fields whose names end in `_secs` (`half_open_in_secs`,
-//! `paused_for_secs`), as OpenTelemetry measures durations. The Rust fields hold the exact
-//! [`Duration`]s.
+//! `paused_for_secs`, `delay_secs`), as OpenTelemetry measures durations. The Rust fields hold
+//! the exact [`Duration`]s.
 //! A state the client does not keep is `null`: a stage switched off, or a per-host part of a
 //! stage shared by all hosts (whose state is then at the top level).
 //!
@@ -50,11 +51,14 @@
 //! A host is listed when a stage holds live state for it: a circuit breaker (per host; kept
 //! until it is evicted when idle), a token bucket not full again or a pause not over (a
 //! bucket full again or a pause that is over holds nothing, and the limiter drops it at its
-//! next sweep), or calls in flight or queued in a per-host bulkhead. Every stage that keeps
-//! state per host gives its part for every host listed, the state of a host it holds nothing
-//! for being a new host's (closed with no calls, a full bucket, no load). So the list is
-//! bounded by the stages' `max_hosts` (an isolated breaker excepted, which is kept beyond
-//! it), and sorted by host. Hosts are keys, `host:port`: never a path, a query, userinfo or
+//! next sweep), calls in flight or queued in a per-host bulkhead, or a latency estimate of the
+//! hedging stage ([`Hedging::at_quantile`](crate::hedge::Hedging::at_quantile): kept until a
+//! new host takes its place at the stage's `max_hosts`). Every stage that keeps state per host
+//! gives its part for every host listed, the state of a host it holds nothing for being a new
+//! host's (closed with no calls, a full bucket, no load, a latency estimate with no sample); a
+//! fixed hedging delay is given for every host listed whose calls are hedged. So the list is
+//! bounded by the stages' `max_hosts` (an isolated breaker excepted, which is kept beyond it),
+//! and sorted by host. Hosts are keys, `host:port`: never a path, a query, userinfo or
 //! a header value.
 //!
 //! # What reading costs, and what it does not change
@@ -63,10 +67,13 @@
 //! enough to copy out what they hold: the breaker's and the limiter's for reading (a call to a
 //! known host reads them too and does not wait; only a call to a new host, which must write,
 //! waits for the copy), the bulkhead's, which are mutexes that every call takes, for a moment,
-//! into buffers sized beforehand so that nothing is allocated under them. It changes nothing:
-//! no host is evicted or swept, no breaker moves from open to half-open (that move is lazy: a
-//! breaker whose break is over reads `open` with `half_open_in` zero until the next call), no
-//! last-use mark is touched, the budget's window is not moved. Each stage is read on its own
+//! and the hedging estimates', mutexes that every hedged call takes to read and to record its
+//! host's latency, for a walk over each host's buckets, both into buffers sized beforehand so
+//! that nothing is allocated under them. It changes nothing: no host is evicted or swept, no
+//! breaker moves from open to half-open (that move is lazy: a breaker whose break is over reads
+//! `open` with `half_open_in` zero until the next call), no last-use mark is touched, the
+//! budget's window is not moved, no latency estimate is decayed (its counts are read as they
+//! would be once decayed, as a call's lookup decays them first). Each stage is read on its own
 //! clock (tokio's, so paused time reads exactly); each figure is read atomically, but a
 //! snapshot taken while calls run is not one instant of the whole pipeline.
 //!
@@ -168,6 +175,38 @@ pub struct HostHealth {
     /// The calls in flight and queued for this host; `None` without a bulkhead or with one
     /// shared by all hosts.
     pub bulkhead: Option<Load>,
+    /// The host's hedging ([`hedge`](crate::hedge)): the delay before a hedge and what it
+    /// rests on; `None` without hedging (the client's off, or switched off by the host's
+    /// policy, [`HostPolicy::no_hedging`](crate::HostPolicy::no_hedging)).
+    pub hedge: Option<HedgeHealth>,
+}
+
+/// A host's hedging: after how long a call to it starting now would send its first hedge,
+/// and, with a delay at a quantile of the host's latency
+/// ([`Hedging::at_quantile`](crate::hedge::Hedging::at_quantile)), what the estimate rests on.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct HedgeHealth {
+    /// The fixed delay ([`Hedging::after`](crate::hedge::Hedging::after)), or the host's
+    /// estimate as the stage would use it now: its quantile, clamped to
+    /// [`min_delay`](crate::hedge::Hedging::min_delay)..=[`max_delay`](crate::hedge::Hedging::max_delay).
+    /// `None` while the estimate holds fewer than
+    /// [`min_samples`](crate::hedge::Hedging::min_samples) answers: calls then wait
+    /// [`fallback_delay`](crate::hedge::Hedging::fallback_delay). Serialized in seconds, as
+    /// `delay_secs`.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "delay_secs", serialize_with = "secs::option")
+    )]
+    pub delay: Option<Duration>,
+    /// The quantile of the host's latency the delay is read at (0.95: its p95); `None` with a
+    /// fixed delay.
+    pub quantile: Option<f64>,
+    /// The answers the estimate holds now, as they count after decaying (each counts half as
+    /// much every [`half_life`](crate::hedge::Hedging::half_life); see
+    /// [`hedge`](crate::hedge)); `None` with a fixed delay, which keeps no estimate.
+    pub samples: Option<u64>,
 }
 
 /// A circuit breaker's state.
@@ -283,6 +322,7 @@ pub(crate) struct Sources {
     pub(crate) limiter: Option<crate::rate_limit::LimiterView>,
     pub(crate) bulkhead: Option<crate::bulkhead::BulkheadView>,
     pub(crate) budget: Option<crate::retry::BudgetView>,
+    pub(crate) hedge: Option<crate::hedge::HedgeView>,
     pub(crate) fallback: Option<FallbackCacheHandle>,
     /// The host policies, in the client's order, and the table that finds a host's.
     pub(crate) policies: Vec<PolicySources>,
@@ -295,8 +335,8 @@ pub(crate) struct Sources {
 pub(crate) struct PolicySources {
     pub(crate) pattern: String,
     pub(crate) stages: Sources,
-    /// Retry (budget), breaker, limiter, bulkhead.
-    pub(crate) own: [bool; 4],
+    /// Retry (budget), breaker, limiter, bulkhead, hedging.
+    pub(crate) own: [bool; 5],
 }
 
 /// The per-host parts, by host, as the stages are read one after the other. A host's key is
@@ -324,12 +364,14 @@ impl Hosts {
                 rate_limit: None,
                 paused_for: None,
                 bulkhead: None,
+                hedge: None,
             })
             .into_mut()
     }
 
-    /// Reads the per-host parts of `s`'s breakers, limiter and bulkhead, those `read` names.
-    fn read(&mut self, s: &Sources, [breaker, limiter, bulkhead]: [bool; 3]) {
+    /// Reads the per-host parts of `s`'s breakers, limiter, bulkhead and hedging estimates,
+    /// those `read` names.
+    fn read(&mut self, s: &Sources, [breaker, limiter, bulkhead, hedge]: [bool; 4]) {
         if let Some(b) = s.breakers.as_ref().filter(|_| breaker) {
             b.health_hosts(|host, c| self.entry(host).circuit = Some(c));
         }
@@ -339,6 +381,9 @@ impl Hosts {
         }
         if let Some(b) = s.bulkhead.as_ref().filter(|_| bulkhead) {
             b.hosts(|host, load| self.entry(host).bulkhead = Some(load));
+        }
+        if let Some(h) = s.hedge.as_ref().filter(|_| hedge) {
+            h.hosts(|host, hedge| self.entry(host).hedge = Some(hedge));
         }
     }
 }
@@ -350,6 +395,8 @@ struct Defaults {
     breakers_per_host: Option<bool>,
     full: Option<LimiterHealth>,
     bulkhead_per_host: bool,
+    /// A host's hedging without an estimate held.
+    hedge: Option<HedgeHealth>,
 }
 
 impl Defaults {
@@ -362,6 +409,7 @@ impl Defaults {
                 .map(|b| b.counts_runs()),
             full: s.limiter.as_ref().and_then(|l| l.full_bucket()),
             bulkhead_per_host: s.bulkhead.as_ref().is_some_and(|b| b.is_per_host()),
+            hedge: s.hedge.as_ref().map(|h| h.unseen()),
         }
     }
 
@@ -374,6 +422,9 @@ impl Defaults {
         }
         if self.bulkhead_per_host && h.bulkhead.is_none() {
             h.bulkhead = Some(Load::default());
+        }
+        if h.hedge.is_none() {
+            h.hedge.clone_from(&self.hedge);
         }
     }
 }
@@ -400,11 +451,11 @@ impl Sources {
         health.circuit = self.breakers.as_ref().and_then(|b| b.health_global());
         health.rate_limit = self.limiter.as_ref().and_then(|l| l.global());
         health.bulkhead = self.bulkhead.as_ref().and_then(|b| b.global());
-        hosts.read(self, [true; 3]);
+        hosts.read(self, [true; 4]);
         // A host is in one pipeline's maps only: each host has one policy (or none).
         for p in &self.policies {
-            let [retry, breaker, limiter, bulkhead] = p.own;
-            hosts.read(&p.stages, [breaker, limiter, bulkhead]);
+            let [retry, breaker, limiter, bulkhead, hedge] = p.own;
+            hosts.read(&p.stages, [breaker, limiter, bulkhead, hedge]);
             let s = &p.stages;
             health.policies.push(PolicyHealth {
                 pattern: p.pattern.clone(),

@@ -100,8 +100,8 @@
 //!
 //! [`Client::health`] takes a snapshot of the pipeline for a health endpoint: per host, the
 //! breaker's state and recent failure ratio, the limiter's free tokens and pushback pause, the
-//! bulkhead's load; the retry budget's balance and the fallback store's size. Reading it is
-//! bounded and changes nothing. See [`health`].
+//! bulkhead's load, the hedging delay; the retry budget's balance and the fallback store's
+//! size. Reading it is bounded and changes nothing. See [`health`].
 //!
 //! # Features
 //!

@@ -39,6 +39,7 @@
 //! | `palisade.retry.give_ups` | counter | failed outcomes returned that could have been retried | `server.address`, `palisade.retry.give_up_reason` |
 //! | `palisade.retry.budget_exhausted` | counter | retries the retry budget refused | `server.address` |
 //! | `palisade.hedge.sent` | counter | hedges sent (see [`hedge`](crate::hedge)) | `server.address` |
+//! | `palisade.hedge.budget_refused` | counter | hedges the retry budget refused, so not sent (the race sends no more: at most one per race) | `server.address` |
 //! | `palisade.hedge.wins` | counter | hedged races (at least one hedge sent) won, by the winner's number: 1 the first attempt (the hedges did not help), 2 the first hedge, … | `server.address`, `palisade.hedge.attempt` |
 //! | `palisade.circuit_breaker.transitions` | counter | state changes | `server.address`, `palisade.circuit_breaker.from`, `palisade.circuit_breaker.to` |
 //! | `palisade.circuit_breaker.state` | gauge | the state a breaker entered last: 0 closed, 1 half-open, 2 open (no series: never left closed) | `server.address` |
@@ -105,6 +106,8 @@ pub mod names {
     pub const BUDGET_EXHAUSTED: &str = "palisade.retry.budget_exhausted";
     /// Hedges sent.
     pub const HEDGES_SENT: &str = "palisade.hedge.sent";
+    /// Hedges the retry budget refused (not sent).
+    pub const HEDGE_BUDGET_REFUSED: &str = "palisade.hedge.budget_refused";
     /// Hedged races won, by the number of the attempt that won.
     pub const HEDGE_WINS: &str = "palisade.hedge.wins";
     /// Circuit breaker state changes.
@@ -354,6 +357,12 @@ impl Sink {
         metrics::with_recorder(|r| r.register_gauge(&key, &META))
     }
 
+    /// Counts a hedge of a request to `url` that the retry budget refused
+    /// (`palisade.hedge.budget_refused`).
+    pub(crate) fn hedge_budget_refused(&self, url: &Url) {
+        counter(names::HEDGE_BUDGET_REFUSED, self.url_labels(url));
+    }
+
     fn url_labels(&self, url: &Url) -> Vec<Label> {
         let mut labels = Vec::with_capacity(3);
         self.host_of(url).push_address(&mut labels);
@@ -440,6 +449,12 @@ fn describe() {
         1,
     );
     d(names::HEDGES_SENT, c, "Hedges sent.", 1);
+    d(
+        names::HEDGE_BUDGET_REFUSED,
+        c,
+        "Hedges the retry budget refused (not sent).",
+        1,
+    );
     d(
         names::HEDGE_WINS,
         c,

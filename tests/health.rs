@@ -8,9 +8,11 @@ use std::time::Duration;
 use palisade::bulkhead::{Bulkhead, Load};
 use palisade::circuit_breaker::CircuitBreaker;
 use palisade::fallback::FallbackCache;
-use palisade::health::{BudgetHealth, CircuitHealth, FallbackHealth, HostHealth};
+use palisade::health::{BudgetHealth, CircuitHealth, FallbackHealth, HedgeHealth, HostHealth};
+use palisade::hedge::Hedging;
 use palisade::rate_limit::RateLimit;
-use palisade::{CircuitState, ErrorKind, Health};
+use palisade::retry::Retry;
+use palisade::{CircuitState, ErrorKind, Health, HostPolicy};
 use support::{ms, secs, Mock, Step};
 
 /// The entry of `host` (`host:port`), which must be listed.
@@ -519,7 +521,8 @@ async fn the_snapshot_serializes_to_readable_json_with_hosts_only() {
                     },
                     "rate_limit": { "tokens": 10, "burst": 10 },
                     "paused_for_secs": null,
-                    "bulkhead": { "in_flight": 0, "queued": 0 }
+                    "bulkhead": { "in_flight": 0, "queued": 0 },
+                    "hedge": null
                 },
                 {
                     "host": "b.test:80",
@@ -535,7 +538,8 @@ async fn the_snapshot_serializes_to_readable_json_with_hosts_only() {
                     },
                     "rate_limit": { "tokens": 10, "burst": 10 },
                     "paused_for_secs": 0.5,
-                    "bulkhead": { "in_flight": 0, "queued": 0 }
+                    "bulkhead": { "in_flight": 0, "queued": 0 },
+                    "hedge": null
                 }
             ],
             "circuit": null,
@@ -551,5 +555,173 @@ async fn the_snapshot_serializes_to_readable_json_with_hosts_only() {
             "fleet": null,
             "policies": []
         })
+    );
+}
+
+fn hedge<'a>(health: &'a Health, h: &str) -> &'a HedgeHealth {
+    host(health, h).hedge.as_ref().expect("hedging on")
+}
+
+/// The upper edge of the estimate's bucket that holds 100 ms (98.304 ms to 106.496 ms): the
+/// p90 of answers that all take 100 ms.
+const P90_OF_100_MS: Duration = Duration::from_micros(106_496);
+
+/// At a quantile: no delay until `min_samples` answers are in, then the host's estimate, the
+/// one its next call waits; the samples decay with the half-life, and reading decays nothing.
+/// Hosts are listed for their estimate alone.
+#[tokio::test(start_paused = true)]
+async fn a_quantile_hedge_delay_shows_its_estimate_and_the_samples_it_rests_on() {
+    let mock = Mock::always(Step::after(ms(100), Step::Status(200)));
+    let client = mock.client(|b| {
+        b.no_circuit_breaker().hedging(
+            Hedging::at_quantile(0.9)
+                .min_samples(10)
+                .fallback_delay(ms(500)),
+        )
+    });
+    assert!(client.health().hosts.is_empty(), "no estimate yet");
+    for _ in 0..9 {
+        client.get("http://a.test/x").send().await.unwrap();
+    }
+    client.get("http://b.test/y").send().await.unwrap();
+    let health = client.health();
+    assert_eq!(hosts(&health), ["a.test:80", "b.test:80"]);
+    let a = hedge(&health, "a.test:80");
+    assert_eq!((a.delay, a.quantile, a.samples), (None, Some(0.9), Some(9)));
+    let b = hedge(&health, "b.test:80");
+    assert_eq!((b.delay, b.samples), (None, Some(1)));
+    assert_eq!(host(&health, "a.test:80").circuit, None, "no breaker");
+
+    client.get("http://a.test/x").send().await.unwrap();
+    let a = hedge(&client.health(), "a.test:80").clone();
+    assert_eq!((a.delay, a.samples), (Some(P90_OF_100_MS), Some(10)));
+    // The next call waits that long (to tokio's millisecond) before its hedge.
+    mock.set(Step::after(secs(1), Step::Status(200)));
+    let start = tokio::time::Instant::now();
+    let before = mock.calls();
+    client.get("http://a.test/x").send().await.unwrap();
+    assert_eq!(mock.seen()[before + 1].at - start, ms(107));
+    // The first attempt won, after 1 s: one more sample, above the p90.
+    let a = hedge(&client.health(), "a.test:80").clone();
+    assert_eq!((a.delay, a.samples), (Some(P90_OF_100_MS), Some(11)));
+
+    // One half-life (10 s) on, each bucket's count is halved, rounded down: 5 samples, below
+    // min_samples.
+    tokio::time::advance(secs(10)).await;
+    let health = client.health();
+    let a = hedge(&health, "a.test:80");
+    assert_eq!((a.delay, a.samples), (None, Some(5)));
+    assert_eq!(hedge(&health, "b.test:80").samples, Some(0));
+    assert_eq!(client.health(), health, "reading changes nothing");
+}
+
+/// A fixed delay: the same for every host listed, with no estimate.
+#[tokio::test(start_paused = true)]
+async fn a_fixed_hedge_delay_is_given_for_every_host_listed() {
+    let mock = Mock::always(Step::Status(200));
+    let client = mock.client(|b| b.hedging(Hedging::after(ms(50))));
+    client.get("http://a.test/").send().await.unwrap();
+    client.get("http://b.test/").send().await.unwrap();
+    let health = client.health();
+    // Listed by their breakers: a fixed delay keeps no state of its own.
+    assert_eq!(hosts(&health), ["a.test:80", "b.test:80"]);
+    for h in ["a.test:80", "b.test:80"] {
+        let hedge = hedge(&health, h);
+        assert_eq!(
+            (hedge.delay, hedge.quantile, hedge.samples),
+            (Some(ms(50)), None, None)
+        );
+    }
+    let bare = mock.client(|b| b.no_circuit_breaker().hedging(Hedging::after(ms(50))));
+    bare.get("http://a.test/").send().await.unwrap();
+    assert!(bare.health().hosts.is_empty(), "nothing holds the host");
+}
+
+/// Without hedging, a host has no hedge part; under host policies, each host has its own
+/// pipeline's: switched off, set by the policy, or the client's inherited (whose estimates it
+/// shares, and is listed once).
+#[tokio::test(start_paused = true)]
+async fn a_host_has_no_hedge_part_without_hedging_or_under_a_policy_that_switches_it_off() {
+    let mock = Mock::always(Step::after(ms(100), Step::Status(200)));
+    let plain = mock.client(|b| b);
+    plain.get("http://a.test/").send().await.unwrap();
+    let health = plain.health();
+    assert_eq!(hosts(&health), ["a.test:80"]);
+    assert_eq!(host(&health, "a.test:80").hedge, None);
+
+    let client = mock.client(|b| {
+        b.hedging(Hedging::at_quantile(0.95).min_samples(2))
+            .host("quiet.test", HostPolicy::new().no_hedging())
+            .host(
+                "eager.test",
+                HostPolicy::new().hedging(Hedging::after(ms(10))),
+            )
+            .host(
+                "own-retry.test",
+                HostPolicy::new().retry(Retry::default().max_attempts(2)),
+            )
+    });
+    for url in [
+        "http://a.test/",
+        "http://quiet.test/",
+        "http://own-retry.test/",
+    ] {
+        for _ in 0..2 {
+            client.get(url).send().await.unwrap();
+        }
+    }
+    client.get("http://eager.test/").send().await.unwrap();
+    let health = client.health();
+    assert_eq!(
+        hosts(&health),
+        [
+            "a.test:80",
+            "eager.test:80",
+            "own-retry.test:80",
+            "quiet.test:80"
+        ]
+    );
+    let quiet = host(&health, "quiet.test:80");
+    assert_eq!(quiet.policy.as_deref(), Some("quiet.test"));
+    assert_eq!(quiet.hedge, None, "switched off by its policy");
+    assert!(quiet.circuit.is_some(), "the client's breakers, inherited");
+    let eager = hedge(&health, "eager.test:80");
+    assert_eq!((eager.delay, eager.quantile), (Some(ms(10)), None));
+    // The eager policy's fixed delay keeps no estimate; the others hold the client's.
+    // The p95 of two answers of 100 ms: the same bucket's edge.
+    let p95_of_100_ms = Some(P90_OF_100_MS);
+    for h in ["a.test:80", "own-retry.test:80"] {
+        let hedge = hedge(&health, h);
+        assert_eq!(
+            (hedge.delay, hedge.quantile, hedge.samples),
+            (p95_of_100_ms, Some(0.95), Some(2)),
+            "{h}"
+        );
+    }
+}
+
+/// `delay_secs` in seconds (to the millisecond, rounded up), the quantile and the samples.
+#[cfg(feature = "serde")]
+#[tokio::test(start_paused = true)]
+async fn a_hosts_hedge_serializes_with_its_delay_in_seconds() {
+    let mock = Mock::always(Step::after(ms(100), Step::Status(200)));
+    let client = mock.client(|b| {
+        b.no_circuit_breaker()
+            .hedging(Hedging::at_quantile(0.9).min_samples(3))
+    });
+    for _ in 0..3 {
+        client.get("http://a.test/").send().await.unwrap();
+    }
+    let value = serde_json::to_value(client.health()).unwrap();
+    assert_eq!(
+        value["hosts"][0]["hedge"],
+        serde_json::json!({ "delay_secs": 0.107, "quantile": 0.9, "samples": 3 })
+    );
+    let fixed = mock.client(|b| b.hedging(Hedging::after(ms(50))));
+    fixed.get("http://a.test/").send().await.unwrap();
+    let value = serde_json::to_value(fixed.health()).unwrap();
+    assert_eq!(
+        value["hosts"][0]["hedge"],
+        serde_json::json!({ "delay_secs": 0.05, "quantile": null, "samples": null })
     );
 }

@@ -14,9 +14,10 @@ use metrics_util::MetricKind;
 use palisade::bulkhead::Bulkhead;
 use palisade::circuit_breaker::CircuitBreaker;
 use palisade::fallback::FallbackCache;
+use palisade::hedge::Hedging;
 use palisade::metrics::{names, Metrics, OTHER};
 use palisade::rate_limit::RateLimit;
-use palisade::retry::RetryBudget;
+use palisade::retry::{Retry, RetryBudget};
 use palisade::{Client, ClientBuilder};
 use support::{exact, ms, secs, Mock, Step};
 
@@ -302,6 +303,81 @@ fn budget_refusals_are_counted() {
         3
     );
     assert!(r.named(names::RETRIES).is_empty());
+}
+
+/// A hedge is counted as refused when it is due and the budget has no retry left, once per
+/// race (the race sends no more); not when the budget pays for it, nor when no hedge is due
+/// (a quick answer, a request that is not hedged).
+#[test]
+fn hedges_the_budget_refuses_are_counted_and_no_others() {
+    run(|snap| async move {
+        // A budget of 2 retries (2 a second over 1 s, nothing from the requests).
+        let budget = RetryBudget::default()
+            .retry_ratio(0.0)
+            .min_per_second(2)
+            .window(secs(1));
+        let slow = Step::after(ms(200), Step::Status(200));
+        let mock = Mock::always(slow.clone());
+        // Copies at 50, 100 and 150 ms of a call whose every attempt takes 200 ms.
+        let hedging = Hedging::after(ms(50)).max_hedged_attempts(4);
+        let c = metered(&mock, |b| {
+            b.retry(Retry::default().budget(budget))
+                .hedging(hedging.clone())
+        });
+        let attempts = |c: &Client| {
+            let c = c.clone();
+            async move {
+                use palisade::ResponseExt;
+                c.get(URL).send().await.unwrap().attempts()
+            }
+        };
+        // Counted since the last look (a snapshot takes what it shows); 0 if never recorded.
+        let count = |r: &Recorded, name: &str| {
+            r.named(name)
+                .iter()
+                .map(|s| match s.value {
+                    Value::Counter(n) => n,
+                    ref v => panic!("{name}: {v:?}"),
+                })
+                .sum::<u64>()
+        };
+        // The first race's two hedges spend the budget; its third is refused.
+        assert_eq!(attempts(&c).await, 3);
+        let r = Recorded::take(&snap);
+        assert_eq!(r.counter(names::HEDGES_SENT, &[HOST]), 2);
+        assert_eq!(r.counter(names::HEDGE_BUDGET_REFUSED, &[HOST]), 1);
+        // No hedge due: a quick answer, a slow POST (never hedged). (All within the budget's
+        // 1 s window.)
+        mock.set(Step::after(ms(10), Step::Status(200)));
+        assert_eq!(attempts(&c).await, 1);
+        mock.set(slow);
+        c.post(URL).send().await.unwrap();
+        let r = Recorded::take(&snap);
+        assert_eq!(count(&r, names::HEDGE_BUDGET_REFUSED), 0);
+        // Slow answers with the budget spent: each race's first hedge is refused, once.
+        for _ in 0..2 {
+            assert_eq!(attempts(&c).await, 1);
+        }
+        let r = Recorded::take(&snap);
+        assert_eq!(r.counter(names::HEDGE_BUDGET_REFUSED, &[HOST]), 2);
+        assert_eq!(count(&r, names::HEDGES_SENT), 0);
+        // The window moves on: the budget pays for two hedges again, and refuses the third.
+        tokio::time::sleep(secs(2)).await;
+        assert_eq!(attempts(&c).await, 3);
+        let r = Recorded::take(&snap);
+        assert_eq!(r.counter(names::HEDGES_SENT, &[HOST]), 2);
+        assert_eq!(r.counter(names::HEDGE_BUDGET_REFUSED, &[HOST]), 1);
+        // A retry stage without a budget refuses no hedge.
+        let unbounded = metered(&mock, |b| {
+            b.retry(Retry::default().no_budget()).hedging(hedging)
+        });
+        for _ in 0..3 {
+            assert_eq!(attempts(&unbounded).await, 4);
+        }
+        let r = Recorded::take(&snap);
+        assert_eq!(r.counter(names::HEDGES_SENT, &[HOST]), 9);
+        assert_eq!(count(&r, names::HEDGE_BUDGET_REFUSED), 0);
+    });
 }
 
 #[test]

@@ -471,6 +471,10 @@ impl<S> RaceState<S> {
                         hedge.attempt = self.sent + 1,
                         "the retry budget has no retry left: not hedging"
                     );
+                    #[cfg(feature = "metrics")]
+                    if let Some(m) = self.shared.hook.metrics() {
+                        m.hedge_budget_refused(self.kept.url());
+                    }
                     self.due = None;
                     return Sending::Stop;
                 }

@@ -133,22 +133,49 @@ impl Histogram {
     /// `min_samples`. A walk over the buckets up to the quantile's (a few hundred
     /// nanoseconds at most), on every call: the estimate is the latest.
     fn quantile(&self, q: f64, min_samples: u32) -> Option<Duration> {
-        if self.total < u64::from(min_samples.max(1)) {
-            return None;
+        self.read(0, q, min_samples).0
+    }
+
+    /// The quantile `q` (as [`quantile`](Self::quantile) reads it) and the number of samples,
+    /// of the counts as they would be after `halvings` more halvings, without changing them:
+    /// each count shifted right once per halving, as [`halve`](Self::halve) does.
+    fn read(&self, halvings: u64, q: f64, min_samples: u32) -> (Option<Duration>, u64) {
+        let count = |c: u32| match u32::try_from(halvings) {
+            Ok(h) if h < 32 => u64::from(c >> h),
+            _ => 0,
+        };
+        let total = if halvings == 0 {
+            self.total
+        } else {
+            self.counts.iter().map(|&c| count(c)).sum()
+        };
+        if total < u64::from(min_samples.max(1)) {
+            return (None, total);
         }
         // The rank of the quantile, from 1: the smallest sample with at least `q` of them at
         // or below it.
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
         let mut seen = 0u64;
         let mut at = BUCKETS - 1;
         for (i, &c) in self.counts.iter().enumerate() {
-            seen += u64::from(c);
+            seen += count(c);
             if seen >= rank {
                 at = i;
                 break;
             }
         }
-        Some(Duration::from_micros(lower(at + 1)))
+        (Some(Duration::from_micros(lower(at + 1))), total)
+    }
+
+    /// What [`Estimates::delay`] would read at `period`, and the samples it rests on, without
+    /// decaying the counts (they decay lazily, when a call finds them).
+    fn peek(&self, period: u64, s: &Settings) -> (Option<Duration>, u64) {
+        let (quantile, samples) = self.read(
+            period.saturating_sub(self.period),
+            s.quantile,
+            s.min_samples,
+        );
+        (quantile.map(|d| d.clamp(s.min_delay, s.max_delay)), samples)
     }
 }
 
@@ -233,6 +260,46 @@ impl Estimates {
         let mut h = Histogram::new(period);
         h.record(latency, period);
         map.insert(key.into(), h);
+    }
+
+    /// Calls `f` with each host held, the delay a call to it starting now would wait for its
+    /// first hedge (its quantile, clamped; `None` below `min_samples`, when the call waits the
+    /// fallback delay), and the samples that rests on, decayed to now. Changes nothing: the
+    /// counts are decayed on the fly, not in place. Each shard is locked in turn, long enough
+    /// to read its hosts into buffers sized beforehand (nothing is allocated under a lock;
+    /// a shard that outgrew them is read again).
+    pub(crate) fn for_each_host(&self, mut f: impl FnMut(&str, Option<Duration>, u64)) {
+        let period = self.period();
+        let mut keys = String::new();
+        // Where each key ends in `keys`, its delay and its samples.
+        let mut read: Vec<(usize, Option<Duration>, u64)> = Vec::new();
+        for shard in self.shards.iter() {
+            loop {
+                keys.clear();
+                read.clear();
+                let (n, bytes) = {
+                    let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+                    let (n, bytes) = map.keys().fold((0, 0), |(n, b), k| (n + 1, b + k.len()));
+                    if n <= read.capacity() && bytes <= keys.capacity() {
+                        for (k, h) in map.iter() {
+                            keys.push_str(k);
+                            let (delay, samples) = h.peek(period, &self.settings);
+                            read.push((keys.len(), delay, samples));
+                        }
+                        break;
+                    }
+                    (n, bytes)
+                };
+                // Room for some growth, so that a busy shard is seldom read a third time.
+                read.reserve(n.saturating_mul(2));
+                keys.reserve(bytes.saturating_mul(2));
+            }
+            let mut start = 0;
+            for &(stop, delay, samples) in &read {
+                f(&keys[start..stop], delay, samples);
+                start = stop;
+            }
+        }
     }
 
     /// The hosts held.
@@ -373,6 +440,45 @@ mod tests {
             }
         }
         assert!(e.delay("a:80") >= Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reading_every_host_decays_on_the_fly_and_changes_nothing() {
+        let e = Estimates::new(settings());
+        for _ in 0..40 {
+            e.record("a:80", Duration::from_millis(100));
+        }
+        for _ in 0..5 {
+            e.record("b:80", Duration::from_millis(100));
+        }
+        let read = |e: &Estimates| {
+            let mut all = Vec::new();
+            e.for_each_host(|k, d, n| all.push((k.to_owned(), d, n)));
+            all.sort();
+            all
+        };
+        let p = Duration::from_micros(lower(index(100_000) + 1));
+        assert_eq!(
+            read(&e),
+            [
+                ("a:80".to_owned(), Some(p), 40),
+                ("b:80".to_owned(), None, 5)
+            ]
+        );
+        assert_eq!(e.delay("a:80"), p, "what a call reads");
+        // Two half-lives on: a quarter of the samples, 10, below min_samples.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(read(&e)[0], ("a:80".to_owned(), None, 10));
+        let held = |e: &Estimates| {
+            let map = e.shard("a:80");
+            let h = &map["a:80"];
+            (h.total, h.period)
+        };
+        assert_eq!(held(&e), (40, 0), "the counts held are not decayed");
+        assert_eq!(e.delay("a:80"), Duration::from_millis(500), "the fallback");
+        assert_eq!(held(&e), (10, 2));
+        tokio::time::advance(Duration::from_secs(400)).await;
+        assert_eq!(read(&e)[0], ("a:80".to_owned(), None, 0));
     }
 
     #[tokio::test(start_paused = true)]

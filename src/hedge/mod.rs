@@ -129,9 +129,14 @@
 //!   which attempt won (1, the first one; 2, the first hedge; …), and how many were sent;
 //! - `tracing`: a `debug` event for each hedge (`hedge.attempt`, `hedge.after_ms`), for each
 //!   hedged race won (`hedge.winner`, `hedge.sent`), and for each hedge the budget refuses;
-//! - metrics (feature `metrics`): `palisade.hedge.sent` (counter, by `server.address`) and
+//! - metrics (feature `metrics`): `palisade.hedge.sent` (counter, by `server.address`),
+//!   `palisade.hedge.budget_refused` (counter, by `server.address`: hedges due that the retry
+//!   budget refused, so not sent; the race sends no more, so one at most per race) and
 //!   `palisade.hedge.wins` (counter, by `server.address` and `palisade.hedge.attempt`, the
-//!   winner's number): wins of attempt 1 are hedges that did not help.
+//!   winner's number): wins of attempt 1 are hedges that did not help;
+//! - [`Client::health`](crate::Client::health): per host, the delay a call starting now would
+//!   wait before its first hedge and, at a quantile, the samples its estimate holds
+//!   ([`HostHealth::hedge`](crate::health::HostHealth::hedge)).
 //!
 //! # Compared with others
 //!
@@ -177,6 +182,7 @@ use crate::classify::Classifier;
 use crate::context;
 use crate::error::{ConfigError, Error};
 use crate::event::{Event, Hook};
+use crate::health::HedgeHealth;
 use crate::host::with_host_key;
 use crate::retry::{BudgetHandle, RetryBudget, RetryLayer};
 
@@ -498,6 +504,14 @@ impl HedgeLayer {
         self.shared.estimates.as_ref().map_or(0, |e| e.len())
     }
 
+    /// What [`Client::health`](crate::Client::health) reads of this stage.
+    pub(crate) fn view(&self) -> HedgeView {
+        HedgeView {
+            delay: self.shared.cfg.delay,
+            estimates: self.shared.estimates.clone(),
+        }
+    }
+
     /// Whether both layers hedge on the same state (estimates and budget).
     #[cfg(test)]
     pub(crate) fn shares_state_with(&self, other: &HedgeLayer) -> bool {
@@ -512,6 +526,50 @@ impl HedgeLayer {
             _ => false,
         };
         same_estimates && same_budget
+    }
+}
+
+/// A hedging stage's delay and latency estimates, for
+/// [`Client::health`](crate::Client::health).
+#[derive(Clone)]
+pub(crate) struct HedgeView {
+    delay: Delay,
+    estimates: Option<Arc<Estimates>>,
+}
+
+impl HedgeView {
+    /// Calls `f` with each host that has a latency estimate (none with a fixed delay), and
+    /// what it says now; changes nothing.
+    pub(crate) fn hosts(&self, mut f: impl FnMut(&str, HedgeHealth)) {
+        let (Delay::Quantile(q), Some(e)) = (self.delay, &self.estimates) else {
+            return;
+        };
+        e.for_each_host(|host, delay, samples| {
+            f(
+                host,
+                HedgeHealth {
+                    delay,
+                    quantile: Some(q),
+                    samples: Some(samples),
+                },
+            );
+        });
+    }
+
+    /// A host's part with no estimate held: the fixed delay, or a quantile with no sample.
+    pub(crate) fn unseen(&self) -> HedgeHealth {
+        match self.delay {
+            Delay::Fixed(d) => HedgeHealth {
+                delay: Some(d),
+                quantile: None,
+                samples: None,
+            },
+            Delay::Quantile(q) => HedgeHealth {
+                delay: None,
+                quantile: Some(q),
+                samples: Some(0),
+            },
+        }
     }
 }
 
