@@ -20,15 +20,18 @@ pub(crate) struct RequestContext {
     pub(crate) deadline: Option<Instant>,
     /// The retry stage's attempts (each possibly hedged: see `hedges`).
     pub(crate) attempts: Cell<u32>,
-    /// The copies the hedging stage sent besides those attempts.
+    /// The copies the hedging stage sent besides those attempts (below `PROBED`), and whether
+    /// a circuit breaker admitted one of the request's attempts as a probe (`PROBED`): one
+    /// word, as a context sits in futures that have no byte to spare.
     pub(crate) hedges: Cell<u32>,
     /// The earliest instant by which a stage below promised, as it went pending, to wake the
     /// request's task (its own timer is armed for it): the total timeout need not arm a timer
     /// of its own while one is promised before the deadline. Cleared before each poll.
     pub(crate) wake_by: Cell<Option<Instant>>,
-    /// A circuit breaker admitted one of the request's attempts as a probe.
-    pub(crate) probed: Cell<bool>,
 }
+
+/// The bit of `RequestContext::hedges` that says an attempt was a probe.
+const PROBED: u32 = 1 << 31;
 
 impl RequestContext {
     /// The total-timeout stage calls the stage below it at once: that is attempt 1, unless a
@@ -39,7 +42,6 @@ impl RequestContext {
             attempts: Cell::new(1),
             hedges: Cell::new(0),
             wake_by: Cell::new(None),
-            probed: Cell::new(false),
         }
     }
 
@@ -102,29 +104,35 @@ pub(crate) fn record_attempt(n: u32) {
 /// The attempts made so far, hedges included (0 outside a request's context).
 pub(crate) fn attempts() -> u32 {
     CONTEXT
-        .try_with(|c| c.attempts.get().saturating_add(c.hedges.get()))
+        .try_with(|c| c.attempts.get().saturating_add(c.hedges.get() & !PROBED))
         .unwrap_or(0)
 }
 
 /// Records that a circuit breaker admitted an attempt of the request as a probe.
 pub(crate) fn record_probe() {
-    let _ = CONTEXT.try_with(|c| c.probed.set(true));
+    let _ = CONTEXT.try_with(|c| c.hedges.set(c.hedges.get() | PROBED));
 }
 
 /// Whether a circuit breaker admitted an attempt of the request as a probe (`false` outside a
 /// context).
 pub(crate) fn probed() -> bool {
-    CONTEXT.try_with(|c| c.probed.get()).unwrap_or(false)
+    CONTEXT
+        .try_with(|c| c.hedges.get() & PROBED != 0)
+        .unwrap_or(false)
 }
 
 /// Records that the hedging stage sent one more copy of the request.
 pub(crate) fn record_hedge() {
-    let _ = CONTEXT.try_with(|c| c.hedges.set(c.hedges.get().saturating_add(1)));
+    let _ = CONTEXT.try_with(|c| {
+        let h = c.hedges.get();
+        c.hedges
+            .set((h & PROBED) | ((h & !PROBED) + 1).min(PROBED - 1));
+    });
 }
 
 /// The copies the hedging stage has sent so far for this request (0 outside a context).
 pub(crate) fn hedges() -> u32 {
-    CONTEXT.try_with(|c| c.hedges.get()).unwrap_or(0)
+    CONTEXT.try_with(|c| c.hedges.get() & !PROBED).unwrap_or(0)
 }
 
 /// Promises that the request's task is woken by `at` at the latest: a stage calls it as it goes

@@ -104,20 +104,36 @@ const SLOTS: usize = 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a withdrawal is made or refunded"]
 pub(crate) struct Withdrawal {
-    /// The slot's generation plus one (saturating), so that an `Option<Withdrawal>` takes 8
-    /// bytes in every request's retry loop.
+    /// The slot's generation plus one (saturating below the top bit), so that an
+    /// `Option<Withdrawal>` takes 8 bytes in every request's retry loop; the top bit says the
+    /// retry is being sent ([`sending`](Self::sending)).
     gen_1: std::num::NonZeroU64,
 }
+
+/// The top bit of `gen_1`: the retry's attempt is out.
+const SENDING: u64 = 1 << 63;
 
 impl Withdrawal {
     fn new(gen: u64) -> Withdrawal {
         Withdrawal {
-            gen_1: std::num::NonZeroU64::MIN.saturating_add(gen),
+            gen_1: std::num::NonZeroU64::MIN.saturating_add(gen.min(SENDING - 2)),
         }
     }
 
     fn gen(self) -> u64 {
-        self.gen_1.get() - 1
+        (self.gen_1.get() & !SENDING) - 1
+    }
+
+    /// The same withdrawal, marked as the retry whose attempt is out.
+    pub(crate) fn sending(self) -> Withdrawal {
+        Withdrawal {
+            gen_1: self.gen_1 | SENDING,
+        }
+    }
+
+    /// Whether it was marked [`sending`](Self::sending).
+    pub(crate) fn is_sending(self) -> bool {
+        self.gen_1.get() & SENDING != 0
     }
 }
 /// One retry, in the budget's fixed-point units.

@@ -486,11 +486,9 @@ struct Progress {
     attempt: u32,
     /// The retry withdrawn from the budget for the attempt to come, until that attempt ends:
     /// a caller that drops the request during the backoff sleep gives it back (see `Drop`),
-    /// and so does a retry the circuit turns away (nothing was sent).
+    /// and so does a retry the circuit turns away (nothing was sent). Marked `sending` while
+    /// its attempt is out: a caller that leaves then has made it.
     reserved: Option<Withdrawal>,
-    /// An attempt is out: `reserved`, if any, is its retry, spent unless the circuit turns it
-    /// away (a caller that leaves now has made it).
-    sending: bool,
     /// When the latest attempt was sent, from the second one on.
     last_sent: Option<Instant>,
     /// The request was built by palisade's `RequestBuilder`: see [`copy_built`].
@@ -502,11 +500,10 @@ impl Drop for Progress {
     /// request, or its total timeout fired, during the sleep) goes back to the budget: callers
     /// who left must not spend retries that the others could use.
     fn drop(&mut self) {
-        if self.sending {
-            return;
-        }
         if let (Some(w), Some(b)) = (self.reserved.take(), &self.shared.budget) {
-            b.refund(w);
+            if !w.is_sending() {
+                b.refund(w);
+            }
         }
     }
 }
@@ -592,7 +589,6 @@ impl Progress {
             prev_delay: nanos(shared.cfg.backoff.base),
             attempt: 0,
             reserved: None,
-            sending: false,
             last_sent: None,
             built: false,
             shared,
@@ -616,7 +612,7 @@ impl Progress {
         self.attempt += 1;
         // The retry is being made: what it took from the budget is spent, unless the circuit
         // turns it away (see `after`).
-        self.sending = true;
+        self.reserved = self.reserved.map(Withdrawal::sending);
         let mut send = if self.attempt < self.shared.cfg.max_attempts {
             let copy = if self.built {
                 copy_built(&original)
@@ -647,7 +643,6 @@ impl Progress {
 
     /// Classifies an attempt's outcome, reports it, and decides what comes next.
     fn after(&mut self, result: Result<Response, Error>, kept: Option<&Request>) -> Step {
-        self.sending = false;
         let reserved = self.reserved.take();
         if let (Some(w), Some(b)) = (reserved, &self.shared.budget) {
             if matches!(&result, Err(e) if e.kind() == ErrorKind::CircuitOpen) {
