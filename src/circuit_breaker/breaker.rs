@@ -209,7 +209,7 @@ struct Trans {
     /// period will have timed out; 0 when they have no timeout.
     probes_due: u64,
     /// When the latest probe of this half-open period was admitted (nanoseconds since the
-    /// epoch): a break after it, another may relieve the probes still out.
+    /// epoch): the base probe timeout after it, another may relieve the probes still out.
     latest_probe: u64,
     /// Probes admitted before this instant were relieved by a later one: their failures no
     /// longer count (the later probe's outcome does); their successes still do. 0: none.
@@ -385,7 +385,7 @@ impl Breaker {
             _ => {}
         }
         // Half-open: admit while fewer than `permits` probes are in flight or have succeeded,
-        // or once a break has passed since the latest probe while probes are still out.
+        // or once the latest probe has been out for the base probe timeout (a relief).
         let t = nanos(now);
         let relief = self.relief_at(&tr);
         let relieves = relief.is_some_and(|at| t >= at);
@@ -614,8 +614,9 @@ impl Breaker {
     /// Records a probe admitted at `start` that its own timeout cut: a failure, which also
     /// doubles the next probe's timeout. Its break counts from when it was sent: the probe's
     /// timeout is part of it, so probes of a host that hangs leave one break apart, start to
-    /// start, as those of a host that fails at once do. A relieved probe's cut counts for
-    /// nothing: the probe that relieved it has the same timeout and is still out.
+    /// start, as those of a host that fails at once do (until the doubled timeout outlives the
+    /// base and reliefs go once per base timeout). A relieved probe's cut counts for nothing:
+    /// the probe that relieved it has the same timeout and is still out.
     fn record_probe_cut(&self, gen: u64, now: Duration, start: u64) -> Option<Transition> {
         let mut tr = self.lock();
         if self.gen_state.load(Ordering::Acquire) != pack(gen, HALF_OPEN) {

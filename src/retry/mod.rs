@@ -163,9 +163,9 @@ impl Retry {
     ///
     /// A call the open circuit turns away on its *first* attempt fails at once, whatever this
     /// says, and so does a call one of whose attempts was a half-open probe (the host was
-    /// still failing as of that probe): failing fast is what the breaker is for, and the calls that wait are only those
-    /// already under way when it opened (bounded by the concurrency then, not by the traffic
-    /// during the outage). Why wait at all: those calls have spent part of their deadline
+    /// still failing as of that probe): failing fast is what the breaker is for, and the calls
+    /// that wait are only those already under way when it opened (bounded by the concurrency
+    /// then, not by the traffic during the outage). Why wait at all: those calls have spent part of their deadline
     /// (often a whole attempt timeout) and the breaker may let them through before it ends; in
     /// `examples/simulate.rs`'s slow scenario the waits are the difference between doing
     /// worse than no resilience at all and doing better (the numbers are in the README).
@@ -830,12 +830,9 @@ fn decide(
     if let Some(dl) = deadline.filter(|_| past(deadline, delay)) {
         return Next::SleepToDeadline(dl);
     }
-    let withdrawal = match &shared.budget {
-        Some(b) => match b.try_withdraw(shared.now()) {
-            Some(w) => Some(w),
-            None => return Next::GiveUp(GiveUpReason::BudgetExhausted),
-        },
-        None => None,
+    let withdrawal = match withdraw(shared) {
+        Ok(w) => w,
+        Err(reason) => return Next::GiveUp(reason),
     };
     Next::Sleep {
         delay,
@@ -857,20 +854,16 @@ fn wait_for_circuit(
     let cfg = &shared.cfg;
     let hint = match result {
         Err(e) if e.kind() == ErrorKind::CircuitOpen => e.retry_after(),
-        _ => return Next::Return,
+        _ => None,
     };
-    // A first attempt turned away fails fast; so does a call without a deadline (it could wait
-    // for ever), one turned away for good (an isolated breaker gives no hint), and one that was
-    // a probe itself (it saw the host still failing: the breaker opened again on its attempt).
-    let (Some(hint), true, true, true) = (
-        hint,
-        cfg.circuit_wait,
-        attempt > 1 && can_resend,
-        deadline.is_some(),
-    ) else {
+    // Not the circuit, or turned away for good (an isolated breaker gives no hint).
+    let Some(hint) = hint else {
         return Next::Return;
     };
-    if context::probed() {
+    // A first attempt turned away fails fast; so does a call without a deadline (it could wait
+    // for ever), and one that was a probe itself (it saw the host still failing: the breaker
+    // opened again on its attempt).
+    if !cfg.circuit_wait || attempt <= 1 || !can_resend || deadline.is_none() || context::probed() {
         return Next::Return;
     }
     if hint > cfg.max_retry_after {
@@ -882,17 +875,24 @@ fn wait_for_circuit(
     // Calls turned away together wake apart: up to one backoff base later.
     let rng = rng.get_or_insert_with(fastrand::Rng::new);
     let spread = Duration::from_nanos(rng.u64(0..=nanos(cfg.backoff.base)));
-    let delay = Some(hint + spread)
+    let delay = Some(hint.saturating_add(spread))
         .filter(|&d| !past(deadline, d))
         .unwrap_or(hint);
-    let withdrawal = match &shared.budget {
-        Some(b) => match b.try_withdraw(shared.now()) {
-            Some(w) => Some(w),
-            None => return Next::GiveUp(GiveUpReason::BudgetExhausted),
-        },
-        None => None,
-    };
-    Next::WaitForCircuit { delay, withdrawal }
+    match withdraw(shared) {
+        Ok(withdrawal) => Next::WaitForCircuit { delay, withdrawal },
+        Err(reason) => Next::GiveUp(reason),
+    }
+}
+
+/// Takes a retry from the budget, if there is one: `Ok(None)` without a budget.
+fn withdraw(shared: &Shared) -> Result<Option<Withdrawal>, GiveUpReason> {
+    match &shared.budget {
+        Some(b) => b
+            .try_withdraw(shared.now())
+            .map(Some)
+            .ok_or(GiveUpReason::BudgetExhausted),
+        None => Ok(None),
+    }
 }
 
 /// `d` in nanoseconds, saturating.
